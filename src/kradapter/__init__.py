@@ -1,0 +1,31 @@
+"""kradapter: Khatri-Rao adapters as a first-class PEFT method.
+
+Importing this package registers every method it defines with PEFT, so ``peft.get_peft_model`` and
+``peft.PeftModel.from_pretrained`` accept their configs in any process that ran ``import kradapter``.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import _registry
+from .methods.kradapter import KRAdapterConfig, KRAdapterLayer, KRAdapterModel
+from .ops import khatri_rao, kradapter_delta, resolve_k
+from .spectral import effective_rank, spectral_summary
+
+try:
+    __version__ = version("kradapter")
+except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = "0.0.0+unknown"
+
+_registry.register("kradapter", KRAdapterConfig, KRAdapterModel)
+
+__all__ = [
+    "KRAdapterConfig",
+    "KRAdapterLayer",
+    "KRAdapterModel",
+    "__version__",
+    "effective_rank",
+    "khatri_rao",
+    "kradapter_delta",
+    "resolve_k",
+    "spectral_summary",
+]

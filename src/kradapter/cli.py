@@ -1,0 +1,82 @@
+"""The `kradapter` command. Thin: parse arguments, call the library, print. Subcommands register themselves in
+COMMANDS as (help, add_arguments, run)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+# Modules that define subcommands; each registers itself with @command when imported.
+COMMAND_MODULES = ("kradapter.demo",)
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+
+
+def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
+    def wrap(run: Callable[[argparse.Namespace], int]):
+        COMMANDS[name] = (help, add_arguments, run)
+        return run
+
+    return wrap
+
+
+def _no_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+@command("info", "list the PEFT methods kradapter registers and the library versions", _no_arguments)
+def run_info(args: argparse.Namespace) -> int:
+    import peft
+    import torch
+    import transformers
+
+    import kradapter
+    from kradapter._registry import REGISTERED
+
+    print(f"kradapter {kradapter.__version__}  (peft {peft.__version__}, transformers {transformers.__version__}, "
+          f"torch {torch.__version__})")
+    print("registered PEFT methods:")
+    for name, (config_cls, model_cls) in REGISTERED.items():
+        print(f"  {name:<12} {config_cls.__name__:<20} {model_cls.__name__:<20} prefix {model_cls.prefix}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import kradapter
+
+    parser = argparse.ArgumentParser(prog="kradapter", description="Khatri-Rao adapters for PEFT: tools and studies")
+    parser.add_argument("--version", action="version", version=f"kradapter {kradapter.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (help_text, add_arguments, run) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(p)
+        p.set_defaults(run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _load_commands()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "run", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError, KeyError) as err:
+        # Library errors are written to name the bad input; show them as one line, not a traceback.
+        print(f"kradapter {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _load_commands() -> None:
+    """Import the modules that define subcommands (each registers itself with @command)."""
+    import importlib
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

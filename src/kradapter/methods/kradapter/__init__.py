@@ -1,0 +1,5 @@
+from .config import KRAdapterConfig
+from .layer import Conv2d, KRAdapterLayer, Linear
+from .model import KRAdapterModel
+
+__all__ = ["Conv2d", "KRAdapterConfig", "KRAdapterLayer", "KRAdapterModel", "Linear"]

@@ -1,0 +1,102 @@
+"""KRAdapterConfig: the fields a user sets, validated once at construction."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+from peft.config import PeftConfig
+
+from ... import _registry
+from ...ops import BUDGET_WORDS
+
+
+def check_k1(k1, where: str = "k1") -> None:
+    """Reject k1 values that no layer could accept (range against m is checked per layer)."""
+    if isinstance(k1, str):
+        if k1 not in BUDGET_WORDS:
+            raise ValueError(f"{where}={k1!r} is not a budget word; use an int >= 1 or one of {sorted(BUDGET_WORDS)}")
+    elif isinstance(k1, bool) or not isinstance(k1, int):
+        raise ValueError(f"{where} must be an int >= 1 or one of {sorted(BUDGET_WORDS)}, got {k1!r}")
+    elif k1 < 1:
+        raise ValueError(f"{where}={k1} must be >= 1")
+
+
+def check_alpha(alpha, where: str = "alpha") -> None:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise ValueError(f"{where} must be a finite number, got {alpha!r}")
+
+
+@dataclass
+class KRAdapterConfig(PeftConfig):
+    """Configuration of a Khatri-Rao adapter (arXiv 2508.00230).
+
+    For a frozen weight W0 (d_out x d_in) with n = min(d_out, d_in) and m = max(d_out, d_in), the adapter trains
+    U (k1 x n), initialised to zero, and V (k2 x n), kaiming-uniform with negative slope sqrt(1/k1). The update is
+    ``alpha * (U ⊙ V)[:m]`` (transposed when d_out < d_in) and costs n * (k1 + k2) parameters.
+    """
+
+    target_modules: Optional[Union[list[str], str]] = field(
+        default=None,
+        metadata={
+            "help": "Module names or a regex to adapt, or 'all-linear'. Defaults per architecture (attention key "
+            "and value, as in the paper) when the model type is known."
+        },
+    )
+    exclude_modules: Optional[Union[list[str], str]] = field(
+        default=None, metadata={"help": "Module names or a regex never to adapt."}
+    )
+    k1: Union[int, str] = field(
+        default="sqrt",
+        metadata={
+            "help": "Rows of U: an int, or 'sqrt' / 'cbrt' / 'qdrt' for floor(m^(1/2)), m^(1/3), m^(1/4) (the "
+            "paper's low, medium and high budgets). k2 = ceil(m / k1)."
+        },
+    )
+    alpha: float = field(default=0.1, metadata={"help": "Scale of the update: h = W0 x + alpha * Delta W x."})
+    dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter's input."})
+    module_dropout: float = field(
+        default=0.0, metadata={"help": "Probability of skipping the whole adapter for a step (training only)."}
+    )
+    init_weights: bool = field(
+        default=True,
+        metadata={"help": "True: U = 0 so the model starts unchanged. False: U random too (for tests)."},
+    )
+    layers_to_transform: Optional[Union[list[int], int]] = field(
+        default=None, metadata={"help": "Layer indices to adapt; needs target_modules as a list."}
+    )
+    layers_pattern: Optional[Union[list[str], str]] = field(
+        default=None, metadata={"help": "Name of the layer list (e.g. 'layers', 'h') used with layers_to_transform."}
+    )
+    alpha_pattern: Optional[dict] = field(
+        default_factory=dict, metadata={"help": "Regex -> alpha, overriding `alpha` for matching modules."}
+    )
+    k1_pattern: Optional[dict] = field(
+        default_factory=dict, metadata={"help": "Regex -> k1, overriding `k1` for matching modules."}
+    )
+    modules_to_save: Optional[list[str]] = field(
+        default=None, metadata={"help": "Modules besides the adapters to train and save (e.g. a classifier head)."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.peft_type = _registry.peft_type("KRADAPTER")
+        for name in ("target_modules", "exclude_modules"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                setattr(self, name, set(value))
+        if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
+            raise ValueError("layers_to_transform cannot be used when target_modules is a str (a regex)")
+        if self.layers_pattern and self.layers_to_transform is None:
+            raise ValueError("layers_pattern needs layers_to_transform")
+        check_k1(self.k1)
+        check_alpha(self.alpha)
+        for key, value in (self.alpha_pattern or {}).items():
+            check_alpha(value, f"alpha_pattern[{key!r}]")
+        for key, value in (self.k1_pattern or {}).items():
+            check_k1(value, f"k1_pattern[{key!r}]")
+        for name in ("dropout", "module_dropout"):
+            p = getattr(self, name)
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"{name}={p!r} must be in [0, 1)")

@@ -1,0 +1,36 @@
+"""Spectra of weight updates: effective rank (Roy & Vetterli 2007), nuclear and Frobenius norms."""
+
+from __future__ import annotations
+
+import torch
+
+
+def singular_values(M: torch.Tensor) -> torch.Tensor:
+    """Singular values of a 2-D matrix (higher-rank tensors are flattened to out x rest), in float64, descending."""
+    M = M.detach()
+    if M.dim() > 2:
+        M = M.reshape(M.shape[0], -1)
+    return torch.linalg.svdvals(M.to(device="cpu", dtype=torch.float64))
+
+
+def effective_rank(M_or_s: torch.Tensor, *, is_spectrum: bool = False) -> float:
+    """exp(entropy of the sum-normalised singular values); 0 for the zero matrix."""
+    s = M_or_s if is_spectrum else singular_values(M_or_s)
+    s = s.to(torch.float64).clamp_min(0)
+    total = s.sum()
+    if total <= 0:
+        return 0.0
+    p = s / total
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def spectral_summary(M: torch.Tensor) -> dict[str, float]:
+    """The columns of the paper's Tables 2, 4 and 10 for one update."""
+    s = singular_values(M)
+    return {
+        "effective_rank": effective_rank(s, is_spectrum=True),
+        "nuclear_norm": float(s.sum()),
+        "frobenius_norm": float(s.pow(2).sum().sqrt()),
+        "rank": int((s > s.max() * max(M.shape) * torch.finfo(torch.float64).eps).sum()) if s.numel() else 0,
+    }
