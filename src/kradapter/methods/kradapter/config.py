@@ -75,6 +75,15 @@ class KRAdapterConfig(PeftConfig):
     k1_pattern: Optional[dict] = field(
         default_factory=dict, metadata={"help": "Regex -> k1, overriding `k1` for matching modules."}
     )
+    fused: bool = field(
+        default=True,
+        metadata={
+            "help": "Train Linear/Conv1D layers through the fused path: one GEMM with W0 + alpha * Delta W, "
+            "nothing of size d_out x d_in kept for backward. Layers fall back to the plain path by themselves "
+            "when it does not apply (adapter dropout in training, several active adapters, quantized or trained "
+            "base weights). False always uses the plain path. Per layer: `layer.fused = False`."
+        },
+    )
     modules_to_save: Optional[list[str]] = field(
         default=None, metadata={"help": "Modules besides the adapters to train and save (e.g. a classifier head)."}
     )
@@ -96,6 +105,8 @@ class KRAdapterConfig(PeftConfig):
             check_alpha(value, f"alpha_pattern[{key!r}]")
         for key, value in (self.k1_pattern or {}).items():
             check_k1(value, f"k1_pattern[{key!r}]")
+        if not isinstance(self.fused, bool):
+            raise ValueError(f"fused must be True or False, got {self.fused!r}")
         for name in ("dropout", "module_dropout"):
             p = getattr(self, name)
             if not 0.0 <= p < 1.0:

@@ -20,6 +20,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ...ops import kradapter_delta, resolve_k
+from .fused import fused_adapter_name, fused_linear
 
 
 def weight_geometry(base_layer: nn.Module) -> tuple[int, int]:
@@ -172,7 +173,8 @@ class KRAdapterLayer(BaseTunerLayer):
 
 
 class Linear(nn.Module, KRAdapterLayer):
-    """KRAdapter around nn.Linear or transformers' Conv1D."""
+    """KRAdapter around nn.Linear or transformers' Conv1D. Trains through the fused path (fused.py) whenever it
+    applies; the plain path (base(x) + alpha * dropout(x) Delta W^T) otherwise."""
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, **kwargs) -> None:
         super().__init__()
@@ -180,8 +182,17 @@ class Linear(nn.Module, KRAdapterLayer):
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, **kwargs)
 
+    def update_layer(self, adapter_name: str, fused: bool = True, **kwargs: Any) -> None:
+        self.fused = bool(fused)  # per layer: False forces the plain path below (see fused.py)
+        super().update_layer(adapter_name, **kwargs)
+
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return self.adapted_forward(x, *args, **kwargs)
+        name = fused_adapter_name(self, x, args, kwargs)
+        if name is None:
+            return self.adapted_forward(x, *args, **kwargs)
+        if self._adapter_skipped(name):
+            return self.base_layer(x)
+        return fused_linear(self, x, name)
 
     def _adapter_output(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
         U = self.kradapter_U[adapter_name]

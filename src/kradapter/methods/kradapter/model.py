@@ -62,6 +62,7 @@ class KRAdapterModel(BaseTuner):
             "dropout": config.dropout,
             "module_dropout": config.module_dropout,
             "init_weights": config.init_weights,
+            "fused": config.fused,
         }
         if isinstance(target, KRAdapterLayer):
             target.update_layer(adapter_name, inference_mode=config.inference_mode, **kwargs)

@@ -1,0 +1,176 @@
+"""The fused KRAdapter training path for Linear / Conv1D layers.
+
+    y = x (W0 + alpha * Delta W)^T + b,    Delta W = (U ⊙ V)[:m]   (transposed when d_out < d_in)
+
+The plain form (base(x) + x (alpha Delta W)^T) costs 5 GEMMs of N x d_out x d_in per training step and keeps
+Delta W alive until backward. Here the forward is one GEMM with W0 + alpha * Delta W built on the fly; only x,
+W0 (already alive as a parameter), U and V are saved. Backward rebuilds the weight for dX (GEMM 2), forms
+G = alpha * dDelta W (GEMM 3, the only d_out x d_in temporary) and reduces G to dU and dV in small chunks:
+
+    row r = i * k2 + j of (U ⊙ V):   dU[i] = sum_j G[r] * V[j],   dV[j] = sum_i G[r] * U[i]
+
+Precision: W0 + alpha * Delta W is summed in float32 or better, then cast to the GEMM dtype (the autocast dtype
+under autocast, else W0's), so the forward equals that of the merged layer; dU and dV are reduced in the
+adapter's precision (>= float32 when the adapter is float32) from G in the GEMM dtype, as the plain path does.
+
+`fused_adapter_name` decides when this path applies; everything else takes the plain path in layer.py.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+from transformers.pytorch_utils import Conv1D
+
+from ...ops import kradapter_delta
+
+# Rows of the Khatri-Rao gradient reduced at once: bounds the reduction's temporaries to ~1 MB (float32).
+_REDUCE_CHUNK_ELEMENTS = 1 << 18
+_HALF_OR_SINGLE = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def fused_weight(
+    weight: torch.Tensor, U: torch.Tensor, V: torch.Tensor, alpha: float, conv1d: bool, dtype: torch.dtype
+) -> torch.Tensor:
+    """W0 + alpha * Delta W in nn.Linear layout (d_out x d_in), summed in >= float32, returned in `dtype`.
+
+    Call without autograd (inside the Function): it works in place on the fresh Khatri-Rao product.
+    """
+    w0 = weight.T if conv1d else weight  # Conv1D stores (d_in, d_out)
+    d_out, d_in = w0.shape
+    delta = kradapter_delta(U, V, d_out, d_in)
+    acc = torch.promote_types(torch.promote_types(w0.dtype, delta.dtype), torch.float32)
+    if delta.dtype != acc:
+        delta = delta.to(acc)
+    return delta.mul_(alpha).add_(w0).to(dtype)
+
+
+def khatri_rao_grad(G: torch.Tensor, U: torch.Tensor, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """dU, dV for a loss whose gradient w.r.t. (U ⊙ V)[:m] is G (m x n), in U's and V's dtypes.
+
+    Works through G in blocks of rows of U, so no temporary is as large as G; each block is cast to the
+    adapter's dtype first (G may be bfloat16 under autocast).
+    """
+    m, n = G.shape
+    k1, k2 = U.shape[0], V.shape[0]
+    dtype = torch.promote_types(U.dtype, V.dtype)
+    Uc, Vc = U.to(dtype), V.to(dtype)
+    dU = torch.zeros(k1, n, dtype=dtype, device=G.device)
+    dV = torch.zeros(k2, n, dtype=dtype, device=G.device)
+    q, r = divmod(m, k2)  # q full blocks of k2 rows, then r rows of U's row q (truncation to m)
+    blocks = G[: q * k2].view(q, k2, n)
+    step = max(1, _REDUCE_CHUNK_ELEMENTS // (k2 * n))
+    for s in range(0, q, step):
+        e = min(s + step, q)
+        block = blocks[s:e].to(dtype)  # (e - s, k2, n)
+        dU[s:e] = (block * Vc).sum(1)
+        dV += (block * Uc[s:e, None, :]).sum(0)
+    if r:
+        tail = G[q * k2 :].to(dtype)  # (r, n), all in row q of U
+        dU[q] = (tail * Vc[:r]).sum(0)
+        dV[:r] += tail * Uc[q]
+    return dU.to(U.dtype), dV.to(V.dtype)
+
+
+class KRAdapterLinearFunction(torch.autograd.Function):
+    """y = x (W0 + alpha * Delta W)^T + b with W0 frozen; gradients for x, b, U and V."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, U, V, alpha: float, conv1d: bool, dtype: torch.dtype):
+        with torch.autocast(x.device.type, enabled=False):  # dtypes are chosen explicitly (`dtype`)
+            W = fused_weight(weight, U, V, alpha, conv1d, dtype)
+            y = F.linear(x.to(dtype), W, None if bias is None else bias.to(dtype))
+        # x itself (not a cast copy) is saved: it is usually alive anyway, so saving it costs nothing extra.
+        ctx.save_for_backward(x, weight, U, V)
+        ctx.alpha, ctx.conv1d, ctx.dtype = alpha, conv1d, dtype
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):
+        x, weight, U, V = ctx.saved_tensors
+        need_x, need_w, need_b, need_U, need_V = ctx.needs_input_grad[:5]
+        if need_w:
+            raise RuntimeError("the fused KRAdapter path needs a frozen base weight; this layer should not use it")
+        alpha, conv1d, dtype = ctx.alpha, ctx.conv1d, ctx.dtype
+        d_in = x.shape[-1]
+        d_out = grad_y.shape[-1]
+        grad_x = grad_b = dU = dV = None
+        with torch.autocast(x.device.type, enabled=False):
+            g = grad_y.reshape(-1, d_out).to(dtype)
+            if need_x:
+                W = fused_weight(weight, U, V, alpha, conv1d, dtype)
+                grad_x = (g @ W).reshape(x.shape).to(x.dtype)
+                del W  # before the next d_out x d_in temporary
+            if need_U or need_V:
+                xf = x.reshape(-1, d_in).to(dtype)
+                # G = d loss / d (U ⊙ V)[:m] = alpha * dDelta W, in the Khatri-Rao layout (m x n)
+                G = g.T @ xf if d_out >= d_in else xf.T @ g
+                dU, dV = khatri_rao_grad(G, U, V)
+                del G
+                dU, dV = dU.mul_(alpha), dV.mul_(alpha)
+            if need_b:
+                grad_b = g.sum(0).to(ctx.bias_dtype)
+        return grad_x, None, grad_b, dU if need_U else None, dV if need_V else None, None, None, None
+
+
+def _plain_float(t: Optional[torch.Tensor]) -> bool:
+    # Quantized or otherwise wrapped weights are tensor subclasses (bnb Params4bit, torchao tensors, DTensor).
+    return t is None or (type(t) in (torch.Tensor, nn.Parameter) and t.is_floating_point() and not t.is_meta)
+
+
+def gemm_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dtype]:
+    """The dtype the base layer's GEMM runs in, or None when the fused path should not guess (mixed dtypes)."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        if x.dtype in _HALF_OR_SINGLE and weight.dtype in _HALF_OR_SINGLE:
+            return torch.get_autocast_dtype(device)
+        return None
+    return weight.dtype if x.dtype == weight.dtype else None
+
+
+def fused_adapter_name(layer, x: torch.Tensor, args: tuple, kwargs: dict) -> Optional[str]:
+    """The one adapter the fused path can run on `layer` for input x, or None for the plain path.
+
+    Plain path: fused disabled, extra forward arguments, adapters disabled or merged, not exactly one active
+    adapter, adapter dropout active, a base layer with its own forward or hooks (quantized, offloaded, stacked
+    tuners), a base weight that is not a plain float tensor or that is being trained, mixed input dtypes.
+    """
+    if not getattr(layer, "fused", True) or args or kwargs or layer.disable_adapters or layer.merged:
+        return None
+    names = [name for name in layer.active_adapters if name in layer.kradapter_U]
+    if len(names) != 1:
+        return None
+    name = names[0]
+    dropout = layer.kradapter_dropout[name]
+    if dropout.training and not isinstance(dropout, nn.Identity) and getattr(dropout, "p", 1.0) > 0:
+        return None
+    base = layer.base_layer
+    if type(base).forward not in (nn.Linear.forward, Conv1D.forward) or base._forward_hooks or base._forward_pre_hooks:
+        return None
+    weight, bias = base.weight, base.bias
+    if not (_plain_float(weight) and _plain_float(bias)) or weight.requires_grad or not x.is_floating_point():
+        return None
+    if gemm_dtype(x, weight) is None:
+        return None
+    return name
+
+
+def fused_linear(layer, x: torch.Tensor, name: str) -> torch.Tensor:
+    """Run adapter `name` of a Linear/Conv1D KRAdapter layer through the fused Function."""
+    base = layer.base_layer
+    return KRAdapterLinearFunction.apply(
+        x,
+        base.weight,
+        base.bias,
+        layer.kradapter_U[name],
+        layer.kradapter_V[name],
+        layer.alpha[name],
+        isinstance(base, Conv1D),
+        gemm_dtype(x, base.weight),
+    )
