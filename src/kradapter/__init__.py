@@ -8,6 +8,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import _registry
 from .methods.kradapter import KRAdapterConfig, KRAdapterLayer, KRAdapterModel
+from .methods.kronlora import KronLoRAConfig, KronLoRAModel, quantize_kronlora_
+from .methods.sinlora import SinLoRAConfig, SinLoRAModel
 from .ops import khatri_rao, kradapter_delta, resolve_k
 from .spectral import effective_rank, spectral_summary
 
@@ -17,15 +19,22 @@ except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
 _registry.register("kradapter", KRAdapterConfig, KRAdapterModel)
+_registry.register("sinlora", SinLoRAConfig, SinLoRAModel)
+_registry.register("kronlora", KronLoRAConfig, KronLoRAModel)
 
 __all__ = [
     "KRAdapterConfig",
     "KRAdapterLayer",
     "KRAdapterModel",
+    "KronLoRAConfig",
+    "KronLoRAModel",
+    "SinLoRAConfig",
+    "SinLoRAModel",
     "__version__",
     "effective_rank",
     "khatri_rao",
     "kradapter_delta",
+    "quantize_kronlora_",
     "resolve_k",
     "spectral_summary",
 ]

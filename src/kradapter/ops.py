@@ -67,3 +67,73 @@ def kradapter_delta(U: torch.Tensor, V: torch.Tensor, d_out: int, d_in: int) -> 
         )
     kr = kr[:m]
     return kr if d_out >= d_in else kr.T
+
+
+# --- SinLoRA (Ji et al., arXiv 2403.19243) -------------------------------------------------------------------------
+
+
+def sinlora_delta(A: torch.Tensor, B: torch.Tensor, freq: float, scale: float, scaling: float = 1.0) -> torch.Tensor:
+    """SinLoRA's update (d_out x d_in): ``scaling * sin(freq * B @ A) / scale``.
+
+    A is (r x d_in), B is (d_out x r). The official code (samy-ji/Sine-Low-Rank, llm/peft/src/peft/tuners/sinlora.py)
+    computes exactly ``sin(freq * B A) / s * (lora_alpha / r)`` with s = sqrt(d_in); callers pass those as
+    ``scale`` and ``scaling``.
+    """
+    if A.dim() != 2 or B.dim() != 2 or B.shape[1] != A.shape[0]:
+        raise ValueError(f"sinlora_delta needs A (r x d_in) and B (d_out x r), got {tuple(A.shape)} and {tuple(B.shape)}")
+    return torch.sin(freq * (B @ A)) * (scaling / scale)
+
+
+# --- Kron-LoRA (Shen, arXiv 2508.01961) ----------------------------------------------------------------------------
+
+
+def largest_divisor_at_most(d: int, f: int) -> int:
+    """Largest divisor of d that is <= f (1 at worst): the Kronecker factor side used for an int kron_shape."""
+    for a in range(min(d, f), 0, -1):
+        if d % a == 0:
+            return a
+    return 1
+
+
+def kronlora_shapes(
+    d_out: int, d_in: int, kron_shape: int | tuple[int, int] | list[int] = 4, r: int = 8
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """Shapes of A, B1, B2 for ``Delta W = A ⊗ (B1 @ B2)`` on a d_out x d_in layer.
+
+    ``kron_shape`` is A's shape (a_out, a_in), which must divide (d_out, d_in); an int f means, per side, the largest
+    divisor of that side that is <= f. Then B = B1 B2 is (d_out/a_out) x (d_in/a_in) with rank r <= min of its sides.
+    """
+    if isinstance(kron_shape, bool):
+        raise ValueError(f"kron_shape must be an int >= 1 or a pair (a_out, a_in), got {kron_shape!r}")
+    if isinstance(kron_shape, int):
+        if kron_shape < 1:
+            raise ValueError(f"kron_shape={kron_shape} must be >= 1")
+        a_out, a_in = largest_divisor_at_most(d_out, kron_shape), largest_divisor_at_most(d_in, kron_shape)
+    elif isinstance(kron_shape, (tuple, list)) and len(kron_shape) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in kron_shape
+    ):
+        a_out, a_in = kron_shape
+        if d_out % a_out or d_in % a_in:
+            raise ValueError(
+                f"kron_shape={tuple(kron_shape)} does not divide the {d_out} x {d_in} layer (need d_out % a_out == 0 "
+                "and d_in % a_in == 0)"
+            )
+    else:
+        raise ValueError(f"kron_shape must be an int >= 1 or a pair (a_out, a_in) of ints >= 1, got {kron_shape!r}")
+    b_out, b_in = d_out // a_out, d_in // a_in
+    if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= min(b_out, b_in):
+        raise ValueError(
+            f"r={r!r} is out of range for Kron-LoRA on a {d_out} x {d_in} layer with A {a_out} x {a_in}: "
+            f"B is {b_out} x {b_in}, so need 1 <= r <= {min(b_out, b_in)}"
+        )
+    return (a_out, a_in), (b_out, r), (r, b_in)
+
+
+def kronlora_delta(A: torch.Tensor, B1: torch.Tensor, B2: torch.Tensor, scaling: float = 1.0) -> torch.Tensor:
+    """Kron-LoRA's update ``scaling * A ⊗ (B1 @ B2)``: (a_out*b_out) x (a_in*b_in)."""
+    if A.dim() != 2 or B1.dim() != 2 or B2.dim() != 2 or B1.shape[1] != B2.shape[0]:
+        raise ValueError(
+            f"kronlora_delta needs A (a_out x a_in), B1 (b_out x r), B2 (r x b_in), got {tuple(A.shape)}, "
+            f"{tuple(B1.shape)}, {tuple(B2.shape)}"
+        )
+    return kronecker(A, B1 @ B2) * scaling

@@ -1,0 +1,113 @@
+"""What every additive-update layer of ours shares: merge / unmerge / forward on top of one ``delta_matrix``.
+
+A method's layer subclasses ``DeltaLayer``, creates its parameters in ``update_layer`` and defines
+``delta_matrix(name)`` (the (d_out x d_in) update, scaling included) by calling its one function in ops.py. The
+rest -- base-weight layout (Conv1D stores W transposed), merging in float32 or better, module dropout, disabling
+-- lives here once. Used by SinLoRA and Kron-LoRA; targets nn.Linear and transformers' Conv1D.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from .kradapter.layer import weight_geometry
+
+
+class DeltaLayer(BaseTunerLayer):
+    """Base for layers whose update is a dense matrix built by one function (subclasses set the names below)."""
+
+    method_name: str = ""  # shown in errors and repr
+    dropout_attr: str = ""  # name of the ModuleDict holding per-adapter input dropout
+
+    def __init__(self, base_layer: nn.Module, **kwargs) -> None:
+        self.base_layer = base_layer
+        setattr(self, self.dropout_attr, nn.ModuleDict({}))
+        self.module_dropout: dict[str, float] = {}
+        self._disable_adapters = False
+        self.merged_adapters: list[str] = []
+        self.d_out, self.d_in = weight_geometry(self.get_base_layer())
+        self.out_features, self.in_features = self.d_out, self.d_in
+        self.kwargs = kwargs
+
+    # --- hooks for subclasses -----------------------------------------------------------------------------------
+    def delta_matrix(self, adapter_name: str) -> torch.Tensor:
+        """The scaled update as a (d_out x d_in) matrix, in the adapter's dtype."""
+        raise NotImplementedError
+
+    def has_adapter(self, adapter_name: str) -> bool:
+        return adapter_name in getattr(self, self.adapter_layer_names[0])
+
+    def adapter_dtype(self, adapter_name: str) -> torch.dtype:
+        return getattr(self, self.adapter_layer_names[0])[adapter_name].dtype
+
+    def _set_dropouts(self, adapter_name: str, dropout: float, module_dropout: float) -> None:
+        getattr(self, self.dropout_attr)[adapter_name] = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.module_dropout[adapter_name] = float(module_dropout)
+
+    # --- the update in the base weight's layout -------------------------------------------------------------------
+    def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
+        delta = self.delta_matrix(adapter_name)
+        return delta.T if isinstance(self.get_base_layer(), Conv1D) else delta
+
+    def merged_weight(self, adapter_name: str, weight: Optional[torch.Tensor] = None, sign: float = 1.0) -> torch.Tensor:
+        """W +/- Delta W computed in float32 or better, returned in W's dtype (W untouched)."""
+        weight = self.get_base_layer().weight.data if weight is None else weight
+        delta = self.get_delta_weight(adapter_name).detach()
+        compute = torch.promote_types(torch.promote_types(weight.dtype, delta.dtype), torch.float32)
+        return (weight.to(compute) + sign * delta.to(device=weight.device, dtype=compute)).to(weight.dtype)
+
+    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+        adapter_names = [n for n in check_adapters_to_merge(self, adapter_names) if self.has_adapter(n)]
+        if not adapter_names:
+            return
+        base = self.get_base_layer()
+        new_weight = base.weight.data
+        for name in adapter_names:
+            new_weight = self.merged_weight(name, new_weight)
+            if safe_merge and not torch.isfinite(new_weight).all():
+                raise ValueError(f"merging adapter '{name}' gives NaN/Inf weights; nothing was merged")
+        base.weight.data = new_weight
+        self.merged_adapters.extend(adapter_names)
+
+    def unmerge(self) -> None:
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.")
+            return
+        base = self.get_base_layer()
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            if self.has_adapter(name):
+                base.weight.data = self.merged_weight(name, base.weight.data, sign=-1.0)
+
+    # --- forward --------------------------------------------------------------------------------------------------
+    def _adapter_skipped(self, adapter_name: str) -> bool:
+        p = self.module_dropout[adapter_name]
+        return self.training and p > 0 and bool(torch.rand(1) < p)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if kwargs.pop("adapter_names", None) is not None:
+            raise ValueError(f"{self.method_name} does not support mixed-adapter batches (adapter_names=...)")
+        base = self.base_layer
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return base(x, *args, **kwargs)
+        result = base(x, *args, **kwargs)
+        if self.merged:
+            return result
+        for name in self.active_adapters:
+            if not self.has_adapter(name) or self._adapter_skipped(name):
+                continue
+            h = getattr(self, self.dropout_attr)[name](x.to(self.adapter_dtype(name)))
+            result = result + F.linear(h, self.delta_matrix(name)).to(result.dtype)
+        return result
+
+    def __repr__(self) -> str:
+        return f"{self.method_name.lower()}." + super().__repr__()

@@ -1,0 +1,78 @@
+"""What the models of DeltaLayer methods share: wrap nn.Linear / Conv1D targets, check merges model-wide first.
+
+Injection, saving, loading and several named adapters are PEFT's (BaseTuner). A subclass sets ``prefix``,
+``tuner_layer_cls``, ``layer_cls`` (the concrete nn.Module layer) and ``layer_kwargs(config, key)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from ._delta_layer import DeltaLayer
+
+
+class DeltaTuner(BaseTuner):
+    # LoRA-family methods: by default adapt what PEFT's LoRA adapts for a known architecture.
+    target_module_mapping = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+    tuner_layer_cls = DeltaLayer
+    layer_cls: type = nn.Module
+
+    def layer_kwargs(self, config, current_key: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _create_and_replace(self, config, adapter_name, target, target_name, parent, current_key) -> None:
+        if current_key is None:
+            raise ValueError("current_key must not be None")
+        kwargs = self.layer_kwargs(config, current_key)
+        if isinstance(target, self.tuner_layer_cls):
+            try:
+                target.update_layer(adapter_name, inference_mode=config.inference_mode, **kwargs)
+            except ValueError as err:
+                raise ValueError(f"{self.tuner_layer_cls.method_name} on module '{current_key}': {err}") from None
+            return
+        base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+        if not isinstance(base, (nn.Linear, Conv1D)):
+            raise TypeError(
+                f"{self.tuner_layer_cls.method_name} cannot adapt module '{current_key}' of type "
+                f"{type(base).__module__}.{type(base).__name__}; supported: torch.nn.Linear, transformers Conv1D"
+            )
+        try:
+            new_module = self.layer_cls(target, adapter_name, **kwargs)
+        except ValueError as err:  # shape errors name the layer they happened on
+            raise ValueError(f"{self.tuner_layer_cls.method_name} on module '{current_key}': {err}") from None
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)  # an added, inactive adapter stays frozen until set_adapter
+        self._replace_module(parent, target_name, new_module, target)
+
+    # safe_merge checks every layer before touching any, so a bad adapter leaves the whole model unchanged.
+    def _check_merge_finite(self, adapter_names: Optional[list[str]]) -> None:
+        for key, module in self.model.named_modules():
+            if not isinstance(module, self.tuner_layer_cls):
+                continue
+            names = module.active_adapters if adapter_names is None else adapter_names
+            weight = module.get_base_layer().weight.data
+            for name in names:
+                if module.has_adapter(name) and name not in module.merged_adapters:
+                    weight = module.merged_weight(name, weight)
+                    if not torch.isfinite(weight).all():
+                        raise ValueError(
+                            f"merging adapter '{name}' into '{key}' gives NaN/Inf weights; nothing was merged"
+                        )
+
+    def merge_adapter(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
+        if safe_merge:
+            self._check_merge_finite(adapter_names)
+        super().merge_adapter(adapter_names=adapter_names, safe_merge=safe_merge)
+
+    def _unload_and_optionally_merge(self, merge=True, progressbar=False, safe_merge=False, adapter_names=None):
+        if merge and safe_merge:
+            self._check_merge_finite(adapter_names)
+        return super()._unload_and_optionally_merge(
+            merge=merge, progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names
+        )

@@ -1,0 +1,88 @@
+"""Kron-LoRA on one module.
+
+    h = W0 x + Delta W x,   Delta W = (alpha / r) * A ⊗ (B1 B2)
+
+A (a_out x a_in) and B2 (r x d_in/a_in) start kaiming-uniform(a = sqrt(5)) and B1 (d_out/a_out x r) at zero, so the
+model starts unchanged. Shapes come from ``ops.kronlora_shapes`` and the math from ``ops.kronlora_delta``; merge,
+unmerge and forward are DeltaLayer's.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...ops import kronlora_delta, kronlora_shapes
+from .._delta_layer import DeltaLayer
+
+
+def init_kronlora_(A: torch.Tensor, B1: torch.Tensor, B2: torch.Tensor, init_weights: bool = True) -> None:
+    with torch.no_grad():
+        nn.init.kaiming_uniform_(A, a=math.sqrt(5))
+        nn.init.kaiming_uniform_(B2, a=math.sqrt(5))
+        if init_weights:
+            nn.init.zeros_(B1)
+        else:
+            nn.init.kaiming_uniform_(B1, a=math.sqrt(5))
+
+
+class KronLoRALayer(DeltaLayer):
+    adapter_layer_names = ("kronlora_A", "kronlora_B1", "kronlora_B2")
+    other_param_names = ("r", "alpha", "kronlora_dropout", "module_dropout")
+    method_name = "KronLoRA"
+    dropout_attr = "kronlora_dropout"
+
+    def __init__(self, base_layer: nn.Module, **kwargs) -> None:
+        self.kronlora_A = nn.ParameterDict({})
+        self.kronlora_B1 = nn.ParameterDict({})
+        self.kronlora_B2 = nn.ParameterDict({})
+        self.r: dict[str, int] = {}
+        self.alpha: dict[str, float] = {}
+        super().__init__(base_layer, **kwargs)
+
+    def update_layer(
+        self,
+        adapter_name: str,
+        r: int = 8,
+        kron_shape: int | list[int] = 4,
+        alpha: float = 8.0,
+        dropout: float = 0.0,
+        module_dropout: float = 0.0,
+        init_weights: bool = True,
+        inference_mode: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        shape_a, shape_b1, shape_b2 = kronlora_shapes(self.d_out, self.d_in, kron_shape, r)
+        self.r[adapter_name] = r
+        self.alpha[adapter_name] = float(alpha)
+        self._set_dropouts(adapter_name, dropout, module_dropout)
+        self.kronlora_A[adapter_name] = nn.Parameter(torch.empty(shape_a))
+        self.kronlora_B1[adapter_name] = nn.Parameter(torch.empty(shape_b1))
+        self.kronlora_B2[adapter_name] = nn.Parameter(torch.empty(shape_b2))
+        init_kronlora_(
+            self.kronlora_A[adapter_name], self.kronlora_B1[adapter_name], self.kronlora_B2[adapter_name], init_weights
+        )
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self.set_adapter(self.active_adapters, inference_mode=inference_mode)
+
+    def delta_matrix(self, adapter_name: str) -> torch.Tensor:
+        return kronlora_delta(
+            self.kronlora_A[adapter_name], self.kronlora_B1[adapter_name], self.kronlora_B2[adapter_name],
+            self.alpha[adapter_name] / self.r[adapter_name],
+        )
+
+
+class Linear(nn.Module, KronLoRALayer):
+    """Kron-LoRA around nn.Linear or transformers' Conv1D."""
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, **kwargs) -> None:
+        super().__init__()
+        KronLoRALayer.__init__(self, base_layer)
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, **kwargs)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return KronLoRALayer.forward(self, x, *args, **kwargs)

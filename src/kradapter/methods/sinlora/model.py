@@ -1,0 +1,30 @@
+"""SinLoRAModel: which modules get a SinLoRA layer and with which per-module settings."""
+
+from __future__ import annotations
+
+from peft.utils.other import get_pattern_key
+
+from .._delta_model import DeltaTuner
+from .config import SinLoRAConfig
+from .layer import Linear, SinLoRALayer
+
+
+class SinLoRAModel(DeltaTuner):
+    """Injects SinLoRA layers into a model (use through ``peft.get_peft_model`` with a ``SinLoRAConfig``)."""
+
+    prefix: str = "sinlora_"
+    tuner_layer_cls = SinLoRALayer
+    layer_cls = Linear
+
+    def layer_kwargs(self, config: SinLoRAConfig, current_key: str) -> dict:
+        r_key = get_pattern_key(config.rank_pattern.keys(), current_key)
+        alpha_key = get_pattern_key(config.alpha_pattern.keys(), current_key)
+        return {
+            "r": config.rank_pattern.get(r_key, config.r),
+            "lora_alpha": config.alpha_pattern.get(alpha_key, config.lora_alpha),
+            "freq": config.freq,
+            "scale": config.scale,
+            "dropout": config.dropout,
+            "module_dropout": config.module_dropout,
+            "init_weights": config.init_weights,
+        }
