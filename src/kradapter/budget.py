@@ -110,46 +110,35 @@ def trainable_count(method: str, d_out: int, d_in: int, **hparams: Any) -> int:
 # --- search spaces ------------------------------------------------------------------------------------------------
 
 
+# The hyperparameter that sets each method's size; fixing it means there is nothing left to match.
+KNOB = {"kradapter": "k1", "lora": "r", "dora": "r", "sinlora": "r", "randlora": "r", "krona": "decompose_factor",
+        "kronlora": "r"}
+
+
+def _krona_full_r(shapes: list[tuple[int, int]], decompose_factor: int) -> int:
+    """One LoKr r for every layer, large enough that w2 stays a full matrix on each (KronA: no low-rank factors)."""
+    return max(max(w1 + w2) for w1, w2 in (krona_factors(o, i, decompose_factor) for o, i in shapes))
+
+
 def _candidates(method: str, shapes: list[tuple[int, int]], fixed: dict[str, Any]) -> Iterable[dict[str, Any]]:
-    """Hyperparameter settings to try, each valid on every shape; ``fixed`` ones are held."""
+    """Settings of the method's size knob to try (the other hyperparameters are in ``fixed``)."""
     shapes = sorted(set(shapes))
     if method == "kradapter":
-        if "k1" in fixed:
-            yield {}
-            return
-        for k1 in range(1, min(max(s) for s in shapes) + 1):
-            yield {"k1": k1}
+        yield from ({"k1": k1} for k1 in range(1, min(max(s) for s in shapes) + 1))
     elif method in ("lora", "sinlora", "dora"):
-        if "r" in fixed:
-            yield {}
-            return
         yield from ({"r": r} for r in range(1, max(max(s) for s in shapes) + 1))
     elif method == "randlora":
-        if "r" in fixed:
-            yield {}
-            return
         yield from ({"r": r} for r in range(1, max(min(s) for s in shapes) + 1))
     elif method == "krona":
-        if "decompose_factor" in fixed and fixed.get("r") is not None:
-            yield {}
-            return
-        factors = [fixed["decompose_factor"]] if "decompose_factor" in fixed else [-1, *range(1, max(max(s) for s in shapes) + 1)]
-        for f in factors:
-            # one r for every layer, large enough that w2 is a full matrix on each (KronA: no low-rank factors)
-            r = fixed.get("r") or max(max(max(krona_factors(o, i, f))) for o, i in shapes)
-            yield {"decompose_factor": f, "r": r}
+        for f in [-1, *range(1, max(max(s) for s in shapes) + 1)]:
+            yield {"decompose_factor": f, "r": fixed.get("r") or _krona_full_r(shapes, f)}
     elif method == "kronlora":  # _match fixes kron_shape first
-        if "r" in fixed:
-            yield {}
-            return
         try:  # r can go up to the smaller side of B on every layer
             r_max = min(min(o // a_out, i // a_in) for o, i in shapes
                         for (a_out, a_in), _, _ in [kronlora_shapes(o, i, fixed["kron_shape"], 1)])
         except ValueError:
             return
         yield from ({"r": r} for r in range(1, r_max + 1))
-    else:  # full
-        yield {}
 
 
 def _total(method: str, shapes: list[tuple[int, int]], hparams: dict[str, Any]) -> int:
@@ -170,7 +159,7 @@ def _match(method: str, shapes: list[tuple[int, int]], budget: Optional[int], fi
     fixed = dict(fixed)
     if method == "kradapter" and budget == default_budget and not fixed:
         return {"hparams": {"k1": "sqrt"}, "trainable": budget, "budget": budget}
-    if method == "kronlora" and "kron_shape" not in fixed:
+    if method == "kronlora" and "kron_shape" not in fixed and "r" not in fixed:
         # keep the default A shape when it can reach the budget; smaller A (bigger B) only when it cannot
         for kron_shape in (HPARAMS["kronlora"]["kron_shape"], 2, 1):
             try:
@@ -178,13 +167,14 @@ def _match(method: str, shapes: list[tuple[int, int]], budget: Optional[int], fi
             except ValueError as err:
                 last = err
         raise last
-    candidates = list(_candidates(method, shapes, fixed))
-    if candidates == [{}]:  # every hyperparameter is fixed: nothing to match, report what it costs
-        return {"hparams": dict(fixed), "trainable": _total(method, shapes, fixed), "budget": budget}
+    if KNOB[method] in fixed:  # the size is fixed: nothing to match, report what it costs
+        if method == "krona" and fixed.get("r") is None:
+            fixed["r"] = _krona_full_r(shapes, fixed["decompose_factor"])
+        return {"hparams": fixed, "trainable": _total(method, shapes, fixed), "budget": budget}
     best = None
     largest = 0
-    for cand in candidates:
-        h = {**cand, **fixed}
+    for cand in _candidates(method, shapes, fixed):
+        h = {**fixed, **cand}
         try:
             total = _total(method, shapes, h)
         except ValueError:
@@ -235,7 +225,7 @@ def match_all(d_out: int, d_in: int, budget: Optional[int] = None, methods: Iter
 def target_layers(model: nn.Module, target_modules) -> dict[str, tuple[int, int]]:
     """``{module name: (d_out, d_in)}`` of the modules PEFT would adapt for ``target_modules`` (names, a regex, or
     "all-linear"); every one must be nn.Linear or transformers' Conv1D."""
-    from peft.tuners.tuners_utils import _maybe_include_all_linear_layers, check_target_module_exists
+    from peft.tuners.tuners_utils import BaseTunerLayer, _maybe_include_all_linear_layers, check_target_module_exists
 
     from .methods.kradapter.config import KRAdapterConfig
     from .methods.kradapter.layer import weight_geometry
@@ -249,6 +239,8 @@ def target_layers(model: nn.Module, target_modules) -> dict[str, tuple[int, int]
     for key, module in model.named_modules():
         if not key or not check_target_module_exists(config, key):
             continue
+        if isinstance(module, BaseTunerLayer):  # already adapted: count on the layer underneath
+            module = module.get_base_layer()
         if not isinstance(module, (nn.Linear, Conv1D)):
             raise ValueError(
                 f"target module '{key}' is a {type(module).__name__}; the budget matcher handles torch.nn.Linear "
