@@ -1,18 +1,28 @@
 """KRAdapterModel: which module types get a KRAdapter layer. Injection, saving, loading and the handling of
-several named adapters are PEFT's (BaseTuner)."""
+several named adapters are PEFT's (BaseTuner).
+
+Two additions make bad input fail cleanly. PEFT injects layer by layer, so a bad target found halfway would leave
+the model half-adapted: `inject_adapter` first checks every target (type, k1 against its shape) and only then lets
+PEFT inject. And PEFT loads a checkpoint only after it has injected the layers, so weights of the wrong shape would
+leave those layers behind in the user's base model: `_load_from_state_dict` checks the shapes first and, on a
+mismatch, removes the adapter it was loading before raising.
+"""
 
 from __future__ import annotations
 
+import copy
 from typing import Optional
 
 import torch
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, _maybe_include_all_linear_layers
+from peft.utils.constants import DUMMY_TARGET_MODULES
 from peft.utils.other import get_pattern_key
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .config import KRAdapterConfig
-from .layer import Conv2d, KRAdapterLayer, Linear
+from ...ops import resolve_k
+from .config import KRAdapterConfig, check_alpha, check_k1
+from .layer import Conv2d, KRAdapterLayer, Linear, weight_geometry
 
 # The paper adapts attention key and value (sections 4.3 and H); used when target_modules is not given.
 DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
@@ -36,6 +46,13 @@ DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
 SUPPORTED_BASE_TYPES = (nn.Linear, Conv1D, nn.Conv2d)
 
 
+def unsupported_target_error(key: str, module: nn.Module) -> ValueError:
+    return ValueError(
+        f"KRAdapter cannot adapt module '{key}' of type {type(module).__module__}.{type(module).__name__}; "
+        "supported: torch.nn.Linear, transformers Conv1D, torch.nn.Conv2d"
+    )
+
+
 class KRAdapterModel(BaseTuner):
     """Injects KRAdapter layers into a model (use through ``peft.get_peft_model`` with a ``KRAdapterConfig``)."""
 
@@ -54,11 +71,8 @@ class KRAdapterModel(BaseTuner):
     ) -> None:
         if current_key is None:
             raise ValueError("current_key must not be None")
-        alpha_key = get_pattern_key(config.alpha_pattern.keys(), current_key)
-        k1_key = get_pattern_key(config.k1_pattern.keys(), current_key)
         kwargs = {
-            "k1": config.k1_pattern.get(k1_key, config.k1),
-            "alpha": config.alpha_pattern.get(alpha_key, config.alpha),
+            **self._layer_settings(config, current_key),
             "dropout": config.dropout,
             "module_dropout": config.module_dropout,
             "init_weights": config.init_weights,
@@ -73,16 +87,77 @@ class KRAdapterModel(BaseTuner):
         self._replace_module(parent, target_name, new_module, target)
 
     @staticmethod
+    def _layer_settings(config: KRAdapterConfig, key: str) -> dict:
+        """k1 and alpha for the module at `key`: the first matching k1_pattern / alpha_pattern entry, else the default."""
+        k1_key = get_pattern_key(config.k1_pattern.keys(), key)
+        alpha_key = get_pattern_key(config.alpha_pattern.keys(), key)
+        return {"k1": config.k1_pattern.get(k1_key, config.k1), "alpha": config.alpha_pattern.get(alpha_key, config.alpha)}
+
+    @staticmethod
     def _create_new_module(adapter_name: str, target: nn.Module, current_key: str, **kwargs) -> nn.Module:
+        # One branch per supported base type; quantized bases (bitsandbytes) slot in here as further branches.
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
         if isinstance(base, nn.Conv2d):
             return Conv2d(target, adapter_name, **kwargs)
         if isinstance(base, (nn.Linear, Conv1D)):
             return Linear(target, adapter_name, **kwargs)
-        raise TypeError(
-            f"KRAdapter cannot adapt module '{current_key}' of type {type(base).__module__}.{type(base).__name__}; "
-            "supported: torch.nn.Linear, transformers Conv1D, torch.nn.Conv2d"
+        raise unsupported_target_error(current_key, base)
+
+    # --- validate every target before PEFT replaces any module ----------------------------------------------------
+    def inject_adapter(
+        self,
+        model: nn.Module,
+        adapter_name: str,
+        autocast_adapter_dtype: bool = True,
+        low_cpu_mem_usage: bool = False,
+        state_dict: Optional[dict[str, torch.Tensor]] = None,
+    ) -> None:
+        self._check_targets(model, adapter_name, state_dict)
+        super().inject_adapter(
+            model,
+            adapter_name,
+            autocast_adapter_dtype=autocast_adapter_dtype,
+            low_cpu_mem_usage=low_cpu_mem_usage,
+            state_dict=state_dict,
         )
+
+    def _check_targets(self, model: nn.Module, adapter_name: str, state_dict=None) -> None:
+        """Raise on the first target PEFT would fail on halfway: unsupported type or k1 out of range for its shape.
+
+        Matches modules exactly as PEFT's inject_adapter does, on a copy of the config (PEFT resolves default and
+        "all-linear" targets in place later)."""
+        config = self.peft_config[adapter_name]
+        check_k1(config.k1)
+        check_alpha(config.alpha)
+        for key, value in (config.alpha_pattern or {}).items():
+            check_alpha(value, f"alpha_pattern[{key!r}]")
+        for key, value in (config.k1_pattern or {}).items():
+            check_k1(value, f"k1_pattern[{key!r}]")
+        config = self._prepare_adapter_config(copy.deepcopy(config), self.get_model_config(model))
+        if config.target_modules == DUMMY_TARGET_MODULES:
+            return
+        config = _maybe_include_all_linear_layers(config, model)
+        named_modules = list(model.named_modules())
+        inside_adapters = tuple(key + "." for key, module in named_modules if isinstance(module, BaseTunerLayer))
+        if state_dict is not None:
+            wanted = {k.rsplit("." + self.prefix, 1)[0].removeprefix("_orig_mod.") for k in state_dict}
+        for key, module in named_modules:
+            if not key or key.startswith(inside_adapters):
+                continue
+            if state_dict is not None:
+                matched = key.removeprefix("_orig_mod.") in wanted
+            else:
+                matched = bool(self._check_target_module_exists(config, key))
+            if not matched:
+                continue
+            base = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
+            if not isinstance(base, SUPPORTED_BASE_TYPES):
+                raise unsupported_target_error(key, base)
+            d_out, d_in = weight_geometry(base)
+            try:
+                resolve_k(d_out, d_in, self._layer_settings(config, key)["k1"])
+            except ValueError as err:
+                raise ValueError(f"module '{key}': {err}") from None
 
     # safe_merge checks every layer before touching any, so a bad adapter leaves the whole model unchanged.
     def _check_merge_finite(self, adapter_names: Optional[list[str]]) -> None:
@@ -110,3 +185,32 @@ class KRAdapterModel(BaseTuner):
         return super()._unload_and_optionally_merge(
             merge=merge, progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names
         )
+
+    # --- loading: check shapes before any tensor is copied; undo the injection on a mismatch --------------------
+    def _pre_injection_hook(self, model: nn.Module, config: KRAdapterConfig, adapter_name: str) -> None:
+        # Injection freezes the base model; remember its trainability so a failed load can restore it.
+        self._requires_grad_before_injection = [(p, p.requires_grad) for p in model.parameters()]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # nn.Module.load_state_dict calls this with the whole checkpoint before it visits any adapter layer.
+        for name, param in self.named_parameters():
+            key = prefix + name
+            if f".{self.prefix}" in key and key in state_dict and state_dict[key].shape != param.shape:
+                adapter_name = name.rsplit(".", 1)[-1]
+                self._remove_failed_adapter(adapter_name)
+                raise ValueError(
+                    f"adapter weights do not fit this model: tensor '{key.removesuffix('.' + adapter_name)}' has "
+                    f"shape {tuple(state_dict[key].shape)} in the checkpoint but {tuple(param.shape)} in the model "
+                    f"(trained on another model, or with another k1?); adapter '{adapter_name}' was not loaded and "
+                    "the model is as it was before"
+                )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _remove_failed_adapter(self, adapter_name: str) -> None:
+        """Take out an adapter whose weights could not be loaded, leaving the model as it was before."""
+        if set(self.peft_config) != {adapter_name}:
+            self.delete_adapter(adapter_name)  # other adapters stay; PEFT removes this one's layers and config
+            return
+        self._unload_and_optionally_merge(merge=False)  # the only adapter: give back the bare base model
+        for param, requires_grad in getattr(self, "_requires_grad_before_injection", []):
+            param.requires_grad_(requires_grad)
