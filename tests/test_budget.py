@@ -104,6 +104,27 @@ def test_krona_is_lokr_with_full_kronecker_factors():
     assert sum(p.numel() for p in layer.parameters() if p.requires_grad) == 49_168
 
 
+def test_full_finetune_unfreezes_only_target_weights():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5))
+    assert budget.full_finetune_(model, ["0"]) == 48 == match_layer("full", 8, 6)["trainable"]
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable == ["0.weight"]
+
+
+def test_all_linear_targets_like_peft():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=16))
+    layers = budget.target_layers(gpt2, "all-linear")
+    assert set(layers) == {"transformer.h.0.attn.c_attn", "transformer.h.0.attn.c_proj",
+                           "transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj"}  # no lm_head
+    assert layers["transformer.h.0.attn.c_attn"] == (48, 16)  # Conv1D: (d_out, d_in) read from the transposed weight
+    config = peft_config_for("sinlora", gpt2, "all-linear")
+    assert peft_trainable(gpt2, config) == budget.match_model("sinlora", gpt2, "all-linear")["trainable"]
+
+
 def test_krona_refuses_conv1d():
     with pytest.raises(ValueError, match="LoKr.*Conv1D.*fc"):
         peft_config_for("krona", one_layer(24, 16, conv1d=True), ["fc"])

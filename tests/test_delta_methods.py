@@ -203,3 +203,18 @@ def test_unsupported_module_type_is_named(method):
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))
     with pytest.raises(TypeError, match=r"cannot adapt module '0' of type torch.nn.modules.conv.Conv2d"):
         get_peft_model(model, type(CONFIGS[method]())(target_modules=["0"]))
+
+
+@pytest.mark.parametrize("method", sorted(CONFIGS))
+def test_bfloat16_base_keeps_float32_adapter_and_merges(method):
+    base = fresh().to(torch.bfloat16)
+    torch.manual_seed(3)
+    model = get_peft_model(base, CONFIGS[method](init_weights=False))
+    layer = model.base_model.model.fc1
+    assert layer.adapter_dtype("default") == torch.float32  # PEFT's autocast_adapter_dtype
+    x = torch.randn(3, 16, dtype=torch.bfloat16)
+    y = model(x)
+    assert y.dtype == torch.bfloat16
+    model.merge_adapter()
+    assert layer.get_base_layer().weight.dtype == torch.bfloat16
+    assert torch.allclose(model(x).float(), y.float(), atol=5e-2)

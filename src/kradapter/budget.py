@@ -222,9 +222,10 @@ def match_all(d_out: int, d_in: int, budget: Optional[int] = None, methods: Iter
 # --- whole models ---------------------------------------------------------------------------------------------------
 
 
-def target_layers(model: nn.Module, target_modules) -> dict[str, tuple[int, int]]:
+def target_layers(model: nn.Module, target_modules, task_type=None) -> dict[str, tuple[int, int]]:
     """``{module name: (d_out, d_in)}`` of the modules PEFT would adapt for ``target_modules`` (names, a regex, or
-    "all-linear"); every one must be nn.Linear or transformers' Conv1D."""
+    "all-linear", which like PEFT leaves out the output head, and for task_type "SEQ_CLS" the classifier); every one
+    must be nn.Linear or transformers' Conv1D."""
     from peft.tuners.tuners_utils import BaseTunerLayer, _maybe_include_all_linear_layers, check_target_module_exists
 
     from .methods.kradapter.config import KRAdapterConfig
@@ -232,7 +233,7 @@ def target_layers(model: nn.Module, target_modules) -> dict[str, tuple[int, int]
 
     if not target_modules:
         raise ValueError("target_modules must name at least one module (a list of names, a regex, or 'all-linear')")
-    config = KRAdapterConfig(target_modules=target_modules)
+    config = KRAdapterConfig(target_modules=target_modules, task_type=task_type)
     if target_modules == "all-linear":
         config = _maybe_include_all_linear_layers(config, model)
     found = {}
@@ -252,11 +253,13 @@ def target_layers(model: nn.Module, target_modules) -> dict[str, tuple[int, int]
     return found
 
 
-def match_model(method: str, model: nn.Module, target_modules, budget: Optional[int] = None, **fixed: Any) -> dict:
+def match_model(
+    method: str, model: nn.Module, target_modules, budget: Optional[int] = None, task_type=None, **fixed: Any
+) -> dict:
     """Like ``match_layer`` over every targeted layer of ``model`` with one hyperparameter setting for all of them:
     the smallest TOTAL count >= ``budget`` (default: KRAdapter's total on the same targets). Adds ``"layers"``."""
     check_method(method)
-    layers = target_layers(model, target_modules)
+    layers = target_layers(model, target_modules, task_type)
     result = _match(method, list(layers.values()), budget, fixed)
     result["layers"] = layers
     return result
@@ -292,7 +295,7 @@ def peft_config_for(method: str, model: nn.Module, target_modules, budget: Optio
     fixed = {k: v for k, v in overrides.items() if k in HPARAMS[method]}
     if method == "krona" and "decompose_both" in fixed:
         fixed.pop("decompose_both")
-    matched = match_model(method, model, target_modules, budget, **fixed)
+    matched = match_model(method, model, target_modules, budget, overrides.get("task_type"), **fixed)
     if method == "full":
         return None
     targets = list(matched["layers"])
@@ -315,3 +318,15 @@ def peft_config_for(method: str, model: nn.Module, target_modules, budget: Optio
     if method == "sinlora":
         return SinLoRAConfig(target_modules=targets, **h)
     return KronLoRAConfig(target_modules=targets, **h)
+
+
+def full_finetune_(model: nn.Module, target_modules, task_type=None) -> int:
+    """The "full" comparator: freeze every parameter of ``model`` except the weights of the targeted layers (their
+    biases stay frozen, as no adapter trains them either). Returns the trainable count, ``match_model("full", ...)``."""
+    layers = target_layers(model, target_modules, task_type)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    modules = dict(model.named_modules())
+    for key in layers:
+        modules[key].weight.requires_grad_(True)
+    return sum(d_out * d_in for d_out, d_in in layers.values())
