@@ -110,7 +110,7 @@ class KRAdapterLayer(BaseTunerLayer):
     # --- merge / unmerge ----------------------------------------------------------------------------------------
     def merged_weight(self, adapter_name: str, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
         """W + alpha * Delta W computed in float32 or better, returned in W's dtype (W untouched)."""
-        weight = self.get_base_layer().weight.data if weight is None else weight
+        weight = self.get_base_weight() if weight is None else weight
         delta = self.get_delta_weight(adapter_name).detach()
         compute = torch.promote_types(torch.promote_types(weight.dtype, delta.dtype), torch.float32)
         return (weight.to(compute) + delta.to(device=weight.device, dtype=compute)).to(weight.dtype)

@@ -15,6 +15,7 @@ from typing import Optional
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, _maybe_include_all_linear_layers
+from peft.utils import get_quantization_kwargs
 from peft.utils.constants import DUMMY_TARGET_MODULES
 from peft.utils.other import get_pattern_key
 from torch import nn
@@ -23,6 +24,7 @@ from transformers.pytorch_utils import Conv1D
 from ...ops import resolve_k
 from .config import KRAdapterConfig, check_alpha, check_k1
 from .layer import Conv2d, KRAdapterLayer, Linear, weight_geometry
+from .quantized import QuantizedLinear, dispatch_quantized
 
 # The paper adapts attention key and value (sections 4.3 and H); used when target_modules is not given.
 DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
@@ -49,7 +51,7 @@ SUPPORTED_BASE_TYPES = (nn.Linear, Conv1D, nn.Conv2d)
 def unsupported_target_error(key: str, module: nn.Module) -> ValueError:
     return ValueError(
         f"KRAdapter cannot adapt module '{key}' of type {type(module).__module__}.{type(module).__name__}; "
-        "supported: torch.nn.Linear, transformers Conv1D, torch.nn.Conv2d"
+        "supported: torch.nn.Linear (also bitsandbytes/torchao quantized), transformers Conv1D, torch.nn.Conv2d"
     )
 
 
@@ -81,6 +83,8 @@ class KRAdapterModel(BaseTuner):
         if isinstance(target, KRAdapterLayer):
             target.update_layer(adapter_name, inference_mode=config.inference_mode, **kwargs)
             return
+        # torchao needs the model's quantization config to requantize after a merge.
+        kwargs["quantization_kwargs"] = get_quantization_kwargs(self.model)
         new_module = self._create_new_module(adapter_name, target, current_key, **kwargs)
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)  # an added, inactive adapter stays frozen until set_adapter
@@ -95,7 +99,11 @@ class KRAdapterModel(BaseTuner):
 
     @staticmethod
     def _create_new_module(adapter_name: str, target: nn.Module, current_key: str, **kwargs) -> nn.Module:
-        # One branch per supported base type; quantized bases (bitsandbytes) slot in here as further branches.
+        # One branch per supported base type. Quantized linears (bitsandbytes, torchao, ...) subclass nn.Linear,
+        # so they are caught first (quantized.py, bnb.py).
+        quantized = dispatch_quantized(target, adapter_name, kwargs.pop("quantization_kwargs", {}), **kwargs)
+        if quantized is not None:
+            return quantized
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
         if isinstance(base, nn.Conv2d):
             return Conv2d(target, adapter_name, **kwargs)
@@ -165,7 +173,7 @@ class KRAdapterModel(BaseTuner):
             if not isinstance(module, KRAdapterLayer):
                 continue
             names = module.active_adapters if adapter_names is None else adapter_names
-            weight = module.get_base_layer().weight.data
+            weight = module.get_base_weight()  # dequantized for quantized bases
             for name in names:
                 if name in module.kradapter_U and name not in module.merged_adapters:
                     weight = module.merged_weight(name, weight)
@@ -174,12 +182,21 @@ class KRAdapterModel(BaseTuner):
                             f"merging adapter '{name}' into '{key}' gives NaN/Inf weights; nothing was merged"
                         )
 
+    # Quantized layers that cannot merge (or need a requantize/copy choice) stop the merge before any layer changes.
+    def _check_quantized_merge(self) -> None:
+        for key, module in self.model.named_modules():
+            if isinstance(module, QuantizedLinear) and (reason := module.merge_blocker()) is not None:
+                raise ValueError(f"cannot merge KRAdapter into '{key}': {reason}")
+
     def merge_adapter(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
+        self._check_quantized_merge()
         if safe_merge:
             self._check_merge_finite(adapter_names)
         super().merge_adapter(adapter_names=adapter_names, safe_merge=safe_merge)
 
     def _unload_and_optionally_merge(self, merge=True, progressbar=False, safe_merge=False, adapter_names=None):
+        if merge:
+            self._check_quantized_merge()
         if merge and safe_merge:
             self._check_merge_finite(adapter_names)
         return super()._unload_and_optionally_merge(

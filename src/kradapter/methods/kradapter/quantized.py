@@ -1,0 +1,207 @@
+"""KRAdapter on a quantized frozen base (bitsandbytes 4-bit / 8-bit, torchao, and any backend PEFT knows).
+
+The base layer computes its own quantized output and the adapter adds alpha * Delta W x in the adapter's (full)
+precision, so training and inference need nothing from the backend beyond its forward. Only merging touches the
+quantized weight, through PEFT's QuantizationBackend: dequantize, add alpha * Delta W in float32, requantize.
+Requantizing rounds the merged weight onto the quantization grid, so every merge measures what it lost
+(``merge_error``); unmerge puts the original quantized weight back (kept aside at the first merge) instead of
+subtracting through a second rounding. Backends that cannot dequantize refuse to merge rather than guess.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from torch import nn
+
+from .layer import Linear
+
+
+@dataclass(frozen=True)
+class MergeError:
+    """How far a requantized merge landed from the exact merged weight T = W_deq + alpha * Delta W.
+
+    relative: ||W_merged - T|| / ||T||. of_update: ||W_merged - T|| / ||alpha * Delta W||, the share of the update
+    lost to rounding (1.0 or more means the merged update is noise). max_abs: largest entry of |W_merged - T|.
+    """
+
+    max_abs: float
+    relative: float
+    of_update: float
+
+
+def measure_merge_error(merged: torch.Tensor, exact: torch.Tensor, update: torch.Tensor) -> MergeError:
+    err = merged.float() - exact.float()
+    norm = torch.linalg.matrix_norm
+    return MergeError(
+        max_abs=err.abs().max().item(),
+        relative=(norm(err) / norm(exact.float()).clamp_min(1e-30)).item(),
+        of_update=(norm(err) / norm(update.float()).clamp_min(1e-30)).item(),
+    )
+
+
+class QuantizedLinear(Linear):
+    """KRAdapter around a quantized linear layer; weights are read and written through PEFT's QuantizationBackend."""
+
+    # True where requantizing loses most of a small update (bnb 4-bit): merging then needs an explicit choice
+    # between requantizing and a full-precision copy (kradapter.quant.merge_requantized / merge_to_full_precision).
+    requantize_needs_choice = False
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, quantization_backend, **kwargs) -> None:
+        super().__init__(base_layer, adapter_name, **kwargs)
+        self.quantization_backend = quantization_backend
+        self.requantize_chosen = False  # set by kradapter.quant.merge_requantized for the duration of one merge
+        self.merge_error: Optional[MergeError] = None
+        self._premerge = None  # the original quantized weight while adapters are merged
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        # The explicit unfused path: a quantized base computes its own output; the adapter adds its term.
+        return self.adapted_forward(x, *args, **kwargs)
+
+    def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
+        # The packed quantized weight has no (d_out, d_in) shape to follow; the dequantized weight is d_out x d_in.
+        return self.delta_matrix(adapter_name)
+
+    # --- merge ----------------------------------------------------------------------------------------------------
+    def dequantize_blocker(self) -> Optional[str]:
+        """Why this layer's weight cannot be dequantized correctly, or None."""
+        backend = self.quantization_backend
+        if backend is None:  # base already replaced by a full-precision copy (merge_to_full_precision)
+            return None
+        if not backend.supports_merge:
+            return (
+                f"its {backend.backend_name or type(self.get_base_layer()).__name__} quantized base cannot be "
+                "dequantized and requantized, so merging would corrupt it; keep the adapter unmerged, or load the "
+                "base model in full precision and merge there"
+            )
+        return self.backend_dequantize_blocker()
+
+    def backend_dequantize_blocker(self) -> Optional[str]:
+        """Backend-specific reasons the weight cannot be dequantized (overridden per backend)."""
+        return None
+
+    def merge_blocker(self) -> Optional[str]:
+        """Why merging into this layer must not proceed, or None. Checked for every layer before any is touched."""
+        if self.quantization_backend is None:
+            return None
+        reason = self.dequantize_blocker()
+        if reason is None and self.requantize_needs_choice and not self.requantize_chosen:
+            reason = (
+                f"merging into a {self.quantization_backend.backend_name} base requantizes the merged weight, which "
+                "can round away most of the update; choose explicitly: kradapter.quant.merge_requantized(model) "
+                "(in place, returns the measured merge error) or kradapter.quant.merge_to_full_precision(model) "
+                "(a new full-precision model, the quantized one untouched)"
+            )
+        return reason
+
+    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+        if self.quantization_backend is None:
+            return super().merge(safe_merge=safe_merge, adapter_names=adapter_names)
+        adapter_names = [n for n in check_adapters_to_merge(self, adapter_names) if n in self.kradapter_U]
+        if not adapter_names:
+            return
+        reason = self.merge_blocker()
+        if reason is not None:
+            raise ValueError(f"cannot merge KRAdapter into {type(self.get_base_layer()).__name__}: {reason}")
+        weight = self.get_base_weight()
+        update = sum(self.get_delta_weight(n).detach().float() for n in adapter_names)
+        exact = weight.float() + update.to(weight.device)
+        # Always checked: a NaN written into a quantized weight cannot be subtracted out again.
+        if not torch.isfinite(exact).all():
+            raise ValueError(f"merging adapters {adapter_names} gives NaN/Inf weights; nothing was merged")
+        if not self.merged_adapters:
+            self._premerge = self.snapshot_base()
+        self.set_base_weight(exact.to(weight.dtype))
+        self.merge_error = measure_merge_error(self.get_base_weight(), exact, update)
+        self.merged_adapters.extend(adapter_names)
+
+    def unmerge(self) -> None:
+        if self.quantization_backend is None:
+            return super().unmerge()
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.")
+            return
+        self.restore_base(self._premerge)
+        self._premerge = None
+        self.merged_adapters.clear()
+        self.merge_error = None
+
+    def snapshot_base(self):
+        """What restore_base needs to put the original quantized weight back exactly."""
+        weight = self.get_base_layer().weight
+        # PEFT's requantizers may edit the old parameter's attributes (bnb 4-bit marks it unquantized): keep a copy.
+        return weight, dict(weight.__dict__)
+
+    def restore_base(self, snapshot) -> None:
+        weight, attributes = snapshot
+        weight.__dict__.clear()
+        weight.__dict__.update(attributes)
+        self.get_base_layer().weight = weight
+
+    # --- a full-precision copy ------------------------------------------------------------------------------------
+    def dequantize_base_(self, dtype: Optional[torch.dtype] = None) -> None:
+        """Replace the quantized base with an nn.Linear holding its dequantized weight; this layer then merges and
+        unloads like a plain KRAdapter Linear. Used on a deep copy by kradapter.quant.merge_to_full_precision."""
+        if self.merged:
+            self.unmerge()
+        reason = self.dequantize_blocker()
+        if reason is not None:
+            raise ValueError(f"cannot dequantize {type(self.get_base_layer()).__name__}: {reason}")
+        self._set_full_precision_base(dequantized_linear(self.get_base_layer(), self.get_base_weight(), dtype))
+        self.quantization_backend = None
+
+    def _set_full_precision_base(self, linear: nn.Linear) -> None:
+        holder = self
+        while isinstance(holder.base_layer, BaseTunerLayer):  # base wrapped by another tuner layer
+            holder = holder.base_layer
+        holder.base_layer = linear
+
+
+def dequantized_linear(quantized: nn.Module, weight: torch.Tensor, dtype: Optional[torch.dtype]) -> nn.Linear:
+    """An nn.Linear with the given (dequantized) weight and the quantized layer's bias, in ``dtype``."""
+    dtype = dtype or weight.dtype
+    bias = getattr(quantized, "bias", None)
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=dtype)
+    with torch.no_grad():
+        linear.weight.copy_(weight.to(dtype))
+        if bias is not None:
+            linear.bias.copy_(bias.detach().to(dtype))
+    linear.requires_grad_(False)
+    return linear
+
+
+def is_plain_float_layer(base: nn.Module) -> bool:
+    """True for a layer whose weight is an ordinary floating-point tensor (no quantization to handle)."""
+    weight = getattr(base, "weight", None)
+    return type(weight) in (nn.Parameter, torch.Tensor) and weight.is_floating_point()
+
+
+def dispatch_quantized(target: nn.Module, adapter_name: str, quantization_kwargs: dict, **kwargs) -> Optional[nn.Module]:
+    """A KRAdapter layer for a quantized linear ``target``, or None when the target is not quantized.
+
+    bitsandbytes layers get their own classes (bnb.py); any other backend PEFT recognises (torchao, HQQ, GPTQ, ...)
+    gets QuantizedLinear with PEFT's backend, which refuses to merge where the backend cannot dequantize.
+    """
+    base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+    if not isinstance(base, nn.Linear) or is_plain_float_layer(base):
+        return None
+    from peft.utils import resolve_quantization_backend
+
+    from . import bnb
+
+    layer_cls = bnb.layer_class_for(base)
+    backend = resolve_quantization_backend(base, **quantization_kwargs)
+    if layer_cls is not None:
+        return layer_cls(target, adapter_name, backend, **kwargs)
+    if backend is None:
+        if base.weight.is_floating_point():  # e.g. a DTensor shard under FSDP: an ordinary float weight
+            return None
+        from peft.utils.quantization_utils import ForwardOnlyQuantizationBackend
+
+        # An nn.Linear subclass with a non-float weight that PEFT does not know: train on it, never merge into it.
+        backend = ForwardOnlyQuantizationBackend(f"unrecognised {type(base).__name__}")
+    return QuantizedLinear(target, adapter_name, backend, **kwargs)

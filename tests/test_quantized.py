@@ -1,0 +1,268 @@
+"""KRAdapter on bitsandbytes 4-bit / 8-bit bases (CPU): dispatch, outputs against a dequantized reference,
+QLoRA-style training with gradient checkpointing, adapter-only save/load, and the merge choices and refusals."""
+
+import copy
+
+import pytest
+import torch
+from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import kradapter  # noqa: F401  (registers KRAdapter with PEFT)
+from kradapter import KRAdapterConfig, quant
+from kradapter.methods.kradapter import bnb as kr_bnb
+from kradapter.methods.kradapter.quantized import QuantizedLinear
+
+bnb = pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed (pip install 'kradapter[quant]')")
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64,
+    )
+    path = tmp_path_factory.mktemp("tiny_llama")
+    LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
+def load_quantized(path, kind):
+    return LlamaForCausalLM.from_pretrained(path, quantization_config=quant.bnb_config(kind), device_map="cpu")
+
+
+def adapted(path, kind, seed=0, alpha=0.5):
+    """A quantized tiny Llama with a random (init_weights=False) adapter, so the update is not zero."""
+    torch.manual_seed(seed)
+    config = KRAdapterConfig(target_modules=TARGETS, alpha=alpha, init_weights=False)
+    return get_peft_model(load_quantized(path, kind), config).eval()
+
+
+def dequantize(layer):
+    """bitsandbytes' own dequantization of a bnb linear (independent of kradapter's code)."""
+    w = layer.weight
+    if isinstance(layer, bnb.nn.Linear4bit):
+        return bnb.functional.dequantize_4bit(w.data, w.quant_state).float()
+    scb = layer.state.SCB if layer.state.SCB is not None else w.SCB
+    return bnb.functional.int8_vectorwise_dequant(w.data, scb).float()
+
+
+def dequantized_reference(path, peft_model):
+    """A float Llama holding the quantized model's dequantized weights and the same adapter weights."""
+    reference = LlamaForCausalLM.from_pretrained(path)
+    quantized = peft_model.get_base_model()
+    for name, module in quantized.named_modules():
+        if isinstance(module, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)):
+            name = name.removesuffix(".base_layer")
+            reference.get_submodule(name).weight.data = dequantize(module)
+    config = copy.deepcopy(peft_model.peft_config["default"])
+    reference = get_peft_model(reference, config)
+    adapter = {k: v for k, v in peft_model.state_dict().items() if "kradapter_" in k}
+    missing, unexpected = reference.load_state_dict(adapter, strict=False)
+    assert not unexpected and not [k for k in missing if "kradapter_" in k]
+    return reference.eval()
+
+
+def packed_bytes(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.dtype in (torch.uint8, torch.int8)}
+
+
+@pytest.mark.parametrize("kind,layer_cls", [("4bit", kr_bnb.Linear4bit), ("8bit", kr_bnb.Linear8bitLt)])
+def test_dispatch_and_outputs_match_dequantized_reference(tiny_llama_dir, kind, layer_cls):
+    model = adapted(tiny_llama_dir, kind)
+    k_proj = model.get_base_model().model.layers[0].self_attn.k_proj
+    assert type(k_proj) is layer_cls and (k_proj.d_out, k_proj.d_in) == (32, 64)
+    assert all("kradapter_" in n for n, p in model.named_parameters() if p.requires_grad)
+
+    x = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(1))
+    reference = dequantized_reference(tiny_llama_dir, model)
+    with torch.no_grad():
+        got, want = model(x).logits, reference(x).logits
+        # The adapter's own term is exact on any base: layer output minus base output is alpha * Delta W x.
+        h = torch.randn(3, 64)
+        term = k_proj(h) - k_proj.get_base_layer()(h)
+        torch.testing.assert_close(term, h @ k_proj.delta_matrix("default").T, rtol=1e-5, atol=1e-6)
+    # 4-bit computes in float32 on dequantized weights; 8-bit also quantizes activations (LLM.int8()).
+    atol = 1e-4 if kind == "4bit" else 5e-2
+    assert (got - want).abs().max().item() < atol
+
+
+@pytest.mark.parametrize("kind", ["4bit", "8bit"])
+def test_qlora_training_with_gradient_checkpointing_and_adapter_only_save_load(tiny_llama_dir, tmp_path, kind):
+    torch.manual_seed(0)
+    # PEFT's default (reentrant checkpointing) for 4-bit, the non-reentrant variant torch recommends for 8-bit.
+    checkpointing = {} if kind == "4bit" else {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
+    base = prepare_model_for_kbit_training(
+        load_quantized(tiny_llama_dir, kind), use_gradient_checkpointing=True, **checkpointing
+    )
+    model = get_peft_model(base, KRAdapterConfig(target_modules=["k_proj", "v_proj"], alpha=1.0))
+    assert model.get_base_model().is_activation_checkpointing
+    before = packed_bytes(model)
+    x = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(2))
+
+    # Checkpointing recomputes the forward in backward: the gradients must equal those of a plain backward.
+    model.train()
+    model(input_ids=x, labels=x).loss.backward()
+    grads_gc = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    model.get_base_model().activation_checkpointing_disable()
+    model(input_ids=x, labels=x).loss.backward()
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, grads_gc[n])
+    assert any(g.abs().sum() > 0 for n, g in grads_gc.items() if "kradapter_U" in n)
+    model.zero_grad()
+    model.get_base_model().activation_checkpointing_enable(checkpointing.get("gradient_checkpointing_kwargs"))
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(6):
+        loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.05, losses
+    after = packed_bytes(model)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)  # base frozen
+
+    model.save_pretrained(tmp_path)
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "adapter_model.safetensors")
+    assert saved and all("kradapter_" in k for k in saved)
+    model.eval()
+    reloaded = PeftModel.from_pretrained(load_quantized(tiny_llama_dir, kind), tmp_path).eval()
+    expected = kr_bnb.Linear4bit if kind == "4bit" else kr_bnb.Linear8bitLt
+    assert type(reloaded.get_base_model().model.layers[1].self_attn.v_proj) is expected
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x).logits, model(x).logits, rtol=0, atol=0)
+
+
+def test_4bit_merge_needs_a_choice_and_changes_nothing_without_one(tiny_llama_dir):
+    model = adapted(tiny_llama_dir, "4bit")
+    before = packed_bytes(model)
+    for merge in (model.merge_adapter, model.merge_and_unload):
+        with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn\.q_proj.*merge_requantized.*merge_to_full_precision"):
+            merge()
+    assert all(torch.equal(before[k], v) for k, v in packed_bytes(model).items())
+    assert not any(m.merged for m in quant.quantized_layers(model).values())
+
+
+@pytest.mark.parametrize("kind", ["4bit", "8bit"])
+def test_merge_requantized_reports_the_measured_error_and_unmerge_restores_exactly(tiny_llama_dir, kind):
+    model = adapted(tiny_llama_dir, kind)
+    layers = quant.quantized_layers(model)
+    x = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        unmerged = model(x).logits
+    before = packed_bytes(model)
+    exact = {n: dequantize(m.get_base_layer()) + m.delta_matrix("default").detach() for n, m in layers.items()}
+
+    errors = quant.merge_requantized(model)
+    assert errors.keys() == layers.keys()
+    for name, layer in layers.items():
+        merged = dequantize(layer.get_base_layer())
+        err = merged - exact[name]
+        update = layer.delta_matrix("default").detach()
+        assert errors[name].max_abs == pytest.approx(err.abs().max().item(), rel=1e-4)
+        assert errors[name].of_update == pytest.approx((err.norm() / update.norm()).item(), rel=1e-4)
+        # Requantizing loses something, and 4-bit far more than 8-bit; neither writes garbage.
+        assert 0 < errors[name].relative < (0.2 if kind == "4bit" else 0.02)
+    with torch.no_grad():
+        merged_out = model(x).logits
+    assert 0 < (merged_out - unmerged).abs().max().item() < (0.2 if kind == "4bit" else 0.05)
+
+    model.unmerge_adapter()
+    assert all(torch.equal(before[k], v) for k, v in packed_bytes(model).items())
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits, unmerged, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["4bit", "8bit"])
+def test_merge_to_full_precision_copy(tiny_llama_dir, kind):
+    model = adapted(tiny_llama_dir, kind)
+    before = packed_bytes(model)
+    x = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(4))
+    full = quant.merge_to_full_precision(model)
+    assert not any(isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt, QuantizedLinear)) for m in full.modules())
+    assert all(p.dtype == torch.float32 for p in full.parameters()) and not full.is_quantized
+    assert "quantization_config" not in full.config.to_dict()
+    # The quantized model is untouched and still adapted.
+    assert all(torch.equal(before[k], v) for k, v in packed_bytes(model).items())
+    assert not any(m.merged for m in quant.quantized_layers(model).values())
+    with torch.no_grad():
+        want = dequantized_reference(tiny_llama_dir, model)(x).logits
+        torch.testing.assert_close(full(x).logits, want, rtol=1e-5, atol=1e-5)
+
+
+def test_8bit_merge_and_unload_requantizes_without_a_choice(tiny_llama_dir):
+    model = adapted(tiny_llama_dir, "8bit")
+    x = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        unmerged = model(x).logits
+    merged = model.merge_and_unload()
+    assert isinstance(merged.model.layers[0].self_attn.k_proj, bnb.nn.Linear8bitLt)
+    with torch.no_grad():
+        assert (merged(x).logits - unmerged).abs().max().item() < 0.05
+
+
+def test_refuses_to_merge_a_4bit_weight_bitsandbytes_repacked_for_cpu(tiny_llama_dir):
+    model = adapted(tiny_llama_dir, "4bit")
+    layer = model.get_base_model().model.layers[1].self_attn.k_proj
+    weight = layer.get_base_layer().weight
+    # What bitsandbytes does at the first eval forward on AVX512-BF16 CPUs (this machine has none).
+    weight.data, weight.quant_state = bnb.functional._convert_weight_packed_for_cpu(weight.data, weight.quant_state)
+    before = packed_bytes(model)
+    with pytest.raises(ValueError, match=r"layers\.1\.self_attn\.k_proj.*repacked.*AVX512-BF16"):
+        quant.merge_requantized(model)
+    with pytest.raises(ValueError, match=r"layers\.1\.self_attn\.k_proj.*repacked"):
+        quant.merge_to_full_precision(model)
+    assert all(torch.equal(before[k], v) for k, v in packed_bytes(model).items())
+
+
+class Int8Linear(nn.Linear):
+    """A quantized linear PEFT does not know: int8 weight, dequantized on the fly."""
+
+    def __init__(self, d_in, d_out):
+        super().__init__(d_in, d_out)
+        scale = self.weight.detach().abs().max() / 127
+        self.register_buffer("scale", scale)
+        self.weight = nn.Parameter(torch.round(self.weight.detach() / scale).to(torch.int8), requires_grad=False)
+
+    def forward(self, x):
+        return nn.functional.linear(x, self.weight.float() * self.scale, self.bias)
+
+
+def test_unknown_quantized_base_trains_but_refuses_to_merge():
+    torch.manual_seed(0)
+    net = nn.Sequential(Int8Linear(16, 8), nn.ReLU(), nn.Linear(8, 2))
+    model = get_peft_model(net, KRAdapterConfig(target_modules=["0"], alpha=1.0))
+    assert isinstance(model.base_model.model[0], QuantizedLinear)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    x = torch.randn(8, 16)
+    model(x).pow(2).sum().backward()
+    optimizer.step()
+    assert model.base_model.model[0].kradapter_U["default"].abs().sum() > 0
+    weight = net[0].weight.detach().clone()
+    for merge in (model.merge_adapter, model.merge_and_unload, lambda: quant.merge_requantized(model)):
+        with pytest.raises(ValueError, match=r"cannot merge KRAdapter into '0'.*unrecognised Int8Linear.*cannot be dequantized"):
+            merge()
+    with pytest.raises(ValueError, match=r"'0'.*cannot be dequantized"):
+        quant.merge_to_full_precision(model)
+    assert torch.equal(model.base_model.model[0].get_base_layer().weight, weight)
+
+
+def test_missing_backend_gives_one_clear_error(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    with pytest.raises(ImportError, match=r"4bit quantization needs the 'bitsandbytes' package.*kradapter\[quant\]"):
+        quant.bnb_config("4bit")
+    with pytest.raises(ValueError, match=r"quantize='3bit'.*\['4bit', '8bit'\]"):
+        quant.bnb_config("3bit")
