@@ -85,17 +85,16 @@ def lowrank_target(d_out: int, d_in: int, g: torch.Generator) -> torch.Tensor:
 
 
 def sinusoid_target(d_out: int, d_in: int, g: torch.Generator, f_lo: float, f_hi: float) -> torch.Tensor:
-    """Row i: 1 to 5 superposed sines over 1 s sampled at d_in points, at harmonics j*f_i (j = 1..c_i) of a base
-    frequency f_i rising linearly from f_lo (first row) to f_hi (last row), amplitude 1/j, random phase."""
+    """Row i: 1 to 5 superposed unit sines sampled at d_in points over 1 s -- one at a base frequency rising
+    linearly from f_lo (first row) to f_hi (last row), plus 0-4 at frequencies drawn uniformly in [f_lo, f_hi] --
+    each with a random phase. Frequencies above d_in / 2 Hz alias, as they do in the paper's 768-sample rows."""
     t = torch.arange(d_in, dtype=torch.float64) / d_in
-    base = torch.linspace(f_lo, f_hi, d_out, dtype=torch.float64)
-    count = torch.randint(1, 6, (d_out,), generator=g)
+    freqs = torch.empty(d_out, 5, dtype=torch.float64).uniform_(f_lo, f_hi, generator=g)
+    freqs[:, 0] = torch.linspace(f_lo, f_hi, d_out, dtype=torch.float64)
+    on = torch.arange(5).unsqueeze(0) < torch.randint(1, 6, (d_out, 1), generator=g)  # how many sines per row
     phase = torch.rand(d_out, 5, generator=g, dtype=torch.float64) * 2 * math.pi
-    out = torch.zeros(d_out, d_in, dtype=torch.float64)
-    for j in range(1, 6):
-        on = (count >= j).to(torch.float64).unsqueeze(1)
-        out += on * torch.sin(2 * math.pi * j * base.unsqueeze(1) * t + phase[:, j - 1 : j]) / j
-    return out.float()
+    waves = torch.sin(2 * math.pi * freqs.unsqueeze(2) * t + phase.unsqueeze(2))  # d_out x 5 x d_in
+    return (waves * on.unsqueeze(2)).sum(dim=1).float()
 
 
 SYNTHETIC_MAKERS: dict[str, Callable[[int, int, torch.Generator], torch.Tensor]] = {
