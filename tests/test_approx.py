@@ -102,6 +102,11 @@ def test_unit_scaling_sets_every_multiplier_to_one():
     assert layer(M.build("kradapter", w0, 0, "peft")).alpha["default"] == 0.1
     for method in ("lora", "dora", "randlora", "krona"):
         assert layer(M.build(method, w0, 0, "unit")).scaling["default"] == 1.0
+    kron = layer(M.build("kronlora", w0, 0, "unit"))
+    assert kron.alpha["default"] == kron.r["default"]
+    sin = layer(M.build("sinlora", w0, 0, "unit"))
+    assert sin.lora_alpha["default"] == sin.r["default"] and sin.scale["default"] == 1.0
+    assert layer(M.build("sinlora", w0, 0, "peft")).scale["default"] == pytest.approx(16**0.5)
 
 
 def _strip_timings(doc):

@@ -11,7 +11,6 @@ starting from W0.
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
@@ -26,11 +25,9 @@ LAYER = "layer"  # name of the adapted module inside the one-layer model
 
 
 def method_names() -> tuple[str, ...]:
-    """Every method the benchmark can run: budget.METHODS once the budget matcher is installed."""
-    try:
-        from ..budget import METHODS
-    except ImportError:  # until kradapter.budget lands: the PEFT methods available without it
-        return _INTERIM_METHODS
+    """Every method the benchmark runs: the budget matcher's list."""
+    from ..budget import METHODS
+
     return tuple(METHODS)
 
 
@@ -41,9 +38,12 @@ def make_w0(d_out: int, d_in: int, seed: int) -> torch.Tensor:
 SCALINGS = ("unit", "peft")
 SCALING_HELP = {
     "unit": "every method's output multiplier set to 1 (KRAdapter alpha=1, LoRA/DoRA lora_alpha=r, RandLoRA "
-            "randlora_alpha=r, LoKr alpha=r), as the paper authors' released toy code does; the rest PEFT defaults",
-    "peft": "every config at its library default (KRAdapter alpha=0.1, LoRA lora_alpha=8, RandLoRA "
-            "randlora_alpha=640, LoKr alpha=8)",
+            "randlora_alpha=r, KronA (LoKr) alpha=r, SinLoRA lora_alpha=r and scale=1 so Delta W = sin(freq B A), "
+            "Kron-LoRA alpha=r), as the paper authors' released toy code does; everything else as the budget "
+            "matcher returns it",
+    "peft": "the configs exactly as the budget matcher returns them: library defaults (KRAdapter alpha=0.1, "
+            "LoRA/DoRA lora_alpha=8, RandLoRA randlora_alpha=640, SinLoRA lora_alpha=8 and scale=sqrt(d_in), "
+            "Kron-LoRA alpha=8) except LoKr, which the matcher sets to alpha=r",
 }
 
 
@@ -96,10 +96,11 @@ def build(method: str, w0: torch.Tensor, seed: int, scaling: str = "unit") -> Ad
     import kradapter  # noqa: F401  (registers kradapter's methods with PEFT)
 
     model = one_layer_model(w0)
-    config = peft_config(method, model, *w0.shape)
+    from ..budget import peft_config_for
+
+    config = peft_config_for(method, model, [LAYER])
     if scaling == "unit":
-        for key, value in unit_scale(method, config).items():
-            setattr(config, key, value)
+        config = peft_config_for(method, model, [LAYER], **unit_scale(method, config))
     peft_model = peft.get_peft_model(model, config)
     layer = peft_model.get_submodule(f"base_model.model.{LAYER}")
     params = [p for p in peft_model.parameters() if p.requires_grad]
@@ -114,17 +115,11 @@ def unit_scale(method: str, config) -> dict:
         return {"lora_alpha": config.r, "use_rslora": False}
     if method == "randlora":
         return {"randlora_alpha": config.r}
-    if method == "krona":
+    if method in ("krona", "kronlora"):
         return {"alpha": config.r}
+    if method == "sinlora":
+        return {"lora_alpha": config.r, "scale": 1.0}
     raise ValueError(f"no unit scaling is defined for method {method!r}")
-
-
-def peft_config(method: str, model: nn.Module, d_out: int, d_in: int):
-    try:
-        from ..budget import peft_config_for
-    except ImportError:
-        return _interim_config(method, d_out, d_in)
-    return peft_config_for(method, model, [LAYER])
 
 
 def config_hparams(config) -> dict:
@@ -145,41 +140,3 @@ def _constructible(cls) -> bool:
     except Exception:
         return False
     return True
-
-
-# --- interim budget matching, used only until kradapter.budget lands -------------------------------------------------
-_INTERIM_METHODS = ("kradapter", "lora", "dora", "randlora", "krona", "full")
-
-
-def _interim_config(method: str, d_out: int, d_in: int):
-    from peft import LoKrConfig, LoraConfig, RandLoraConfig
-    from peft.tuners.lokr.layer import factorization
-
-    from ..methods.kradapter import KRAdapterConfig
-    from ..ops import resolve_k
-
-    k1, k2 = resolve_k(d_out, d_in)
-    lo, hi = min(d_out, d_in), max(d_out, d_in)
-    budget = lo * (k1 + k2)
-    if method == "kradapter":
-        return KRAdapterConfig(target_modules=[LAYER])
-    if method == "lora":
-        return LoraConfig(target_modules=[LAYER], r=math.ceil(budget / (d_out + d_in)))
-    if method == "dora":
-        return LoraConfig(target_modules=[LAYER], r=max(1, math.ceil((budget - d_out) / (d_out + d_in))), use_dora=True)
-    if method == "randlora":
-        def count(r):
-            nb = math.ceil(lo / r)
-            return r * nb + nb * lo
-        r = max((r for r in range(1, lo + 1) if count(r) >= budget), default=1)
-        return RandLoraConfig(target_modules=[LAYER], r=r)
-    if method == "krona":
-        best = None
-        for f in range(1, hi + 1):
-            (out_l, out_k), (in_m, in_n) = factorization(d_out, f), factorization(d_in, f)
-            n = out_l * in_m + out_k * in_n
-            if n >= budget and (best is None or n < best[0]):
-                best = (n, f, max(out_k, in_n))
-        _, f, w2_side = best
-        return LoKrConfig(target_modules=[LAYER], decompose_both=False, decompose_factor=f, r=math.ceil(w2_side / 2))
-    raise ValueError(f"unknown method {method!r}; valid: {', '.join(_INTERIM_METHODS)}")
