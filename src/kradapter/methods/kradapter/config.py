@@ -99,6 +99,8 @@ class KRAdapterConfig(PeftConfig):
             raise ValueError("layers_to_transform cannot be used when target_modules is a str (a regex)")
         if self.layers_pattern and self.layers_to_transform is None:
             raise ValueError("layers_pattern needs layers_to_transform")
+        self.alpha_pattern = self.alpha_pattern or {}  # None (e.g. from a hand-written JSON) means no overrides
+        self.k1_pattern = self.k1_pattern or {}
         check_k1(self.k1)
         check_alpha(self.alpha)
         for key, value in (self.alpha_pattern or {}).items():

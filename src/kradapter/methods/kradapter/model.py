@@ -11,6 +11,7 @@ mismatch, removes the adapter it was loading before raising.
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from typing import Optional
 
 import torch
@@ -166,6 +167,13 @@ class KRAdapterModel(BaseTuner):
                 resolve_k(d_out, d_in, self._layer_settings(config, key)["k1"])
             except ValueError as err:
                 raise ValueError(f"module '{key}': {err}") from None
+
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args, **kwargs):
+        # PeftModel.forward would otherwise drop `adapter_names` silently and run the active adapter on every row.
+        if kwargs.get("adapter_names") is not None:
+            raise ValueError("KRAdapter does not support mixed-adapter batches (adapter_names=...); use set_adapter")
+        yield
 
     # safe_merge checks every layer before touching any, so a bad adapter leaves the whole model unchanged.
     def _check_merge_finite(self, adapter_names: Optional[list[str]]) -> None:
