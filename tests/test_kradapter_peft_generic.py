@@ -424,3 +424,19 @@ def test_unload_without_merge_restores_base_outputs_with_no_warnings():
         plain = model.unload()
     assert not tuner_layers(plain) and not hasattr(plain, "peft_config")
     torch.testing.assert_close(plain(x), base_out)
+
+
+def test_low_level_api_inject_and_state_dict():
+    from peft import inject_adapter_in_model, set_peft_model_state_dict
+
+    torch.manual_seed(0)
+    model = inject_adapter_in_model(KRAdapterConfig(target_modules=["lin0", "lin1"], init_weights=False), MLP())
+    assert isinstance(model.lin0, KRAdapterLayer) and isinstance(model.lin1, KRAdapterLayer)
+    state = get_peft_model_state_dict(model)
+    assert set(state) == {f"{m}.kradapter_{p}" for m in ("lin0", "lin1") for p in "UV"}
+    torch.manual_seed(1)
+    other = inject_adapter_in_model(KRAdapterConfig(target_modules=["lin0", "lin1"], init_weights=False),
+                                    fresh_base("linear-one"))
+    set_peft_model_state_dict(other, state)
+    x = inputs(MLP)
+    torch.testing.assert_close(other(x), model(x))
