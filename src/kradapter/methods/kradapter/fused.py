@@ -5,7 +5,7 @@
 The plain form (base(x) + x (alpha Delta W)^T) costs 5 GEMMs of N x d_out x d_in per training step and keeps
 Delta W alive until backward. Here the forward is one GEMM with W0 + alpha * Delta W built on the fly; only x,
 W0 (already alive as a parameter), U and V are saved. Backward rebuilds the weight for dX (GEMM 2), forms
-G = alpha * dDelta W (GEMM 3, the only d_out x d_in temporary) and reduces G to dU and dV in small chunks:
+G = alpha * dDelta W (GEMM 3, the only d_out x d_in temporary) and reduces G to dU and dV block by block:
 
     row r = i * k2 + j of (U ⊙ V):   dU[i] = sum_j G[r] * V[j],   dV[j] = sum_i G[r] * U[i]
 
@@ -26,53 +26,65 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from transformers.pytorch_utils import Conv1D
 
-from ...ops import kradapter_delta
-
-# Rows of the Khatri-Rao gradient reduced at once: bounds the reduction's temporaries to ~1 MB (float32).
-_REDUCE_CHUNK_ELEMENTS = 1 << 18
 _HALF_OR_SINGLE = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _khatri_rao_rows(t: torch.Tensor, k2: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split an (m x n) view whose row i*k2 + j pairs U[i] with V[j] into full blocks (q, k2, n) and the rest."""
+    m, n = t.shape
+    q = m // k2
+    return t[: q * k2].view(q, k2, n), t[q * k2 :]
 
 
 def fused_weight(
     weight: torch.Tensor, U: torch.Tensor, V: torch.Tensor, alpha: float, conv1d: bool, dtype: torch.dtype
 ) -> torch.Tensor:
-    """W0 + alpha * Delta W in nn.Linear layout (d_out x d_in), summed in >= float32, returned in `dtype`.
+    """W0 + alpha * Delta W in `dtype`, returned in nn.Linear layout (d_out x d_in) and stored like W0.
 
-    Call without autograd (inside the Function): it works in place on the fresh Khatri-Rao product.
+    Delta W is the one of ops.kradapter_delta (the tests hold the two equal); here it is written straight into
+    the sum by addcmul, one pass over W0 and no temporary. addcmul computes in the widest input dtype (float32
+    for a float32 adapter) and rounds once on writing, so the sum is exact before the cast to `dtype`.
     """
-    w0 = weight.T if conv1d else weight  # Conv1D stores (d_in, d_out)
-    d_out, d_in = w0.shape
-    delta = kradapter_delta(U, V, d_out, d_in)
-    acc = torch.promote_types(torch.promote_types(w0.dtype, delta.dtype), torch.float32)
-    if delta.dtype != acc:
-        delta = delta.to(acc)
-    return delta.mul_(alpha).add_(w0).to(dtype)
+    out = torch.empty(weight.shape, dtype=dtype, device=weight.device)
+    w_lin, out_lin = (weight.T, out.T) if conv1d else (weight, out)  # Conv1D stores (d_in, d_out)
+    d_out, d_in = w_lin.shape
+    # views in the Khatri-Rao layout (m x n): Delta W itself, or its transpose when d_out < d_in
+    w_kr, out_kr = (w_lin, out_lin) if d_out >= d_in else (w_lin.T, out_lin.T)
+    k1, k2 = U.shape[0], V.shape[0]
+    if k1 * k2 < w_kr.shape[0] or U.shape[1] != w_kr.shape[1] or V.shape[1] != w_kr.shape[1]:
+        raise ValueError(f"U {tuple(U.shape)} and V {tuple(V.shape)} cannot build a {d_out} x {d_in} update")
+    (w_blocks, w_tail), (out_blocks, out_tail) = _khatri_rao_rows(w_kr, k2), _khatri_rao_rows(out_kr, k2)
+    q, r = w_blocks.shape[0], w_tail.shape[0]
+    torch.addcmul(w_blocks, U[:q, None, :], V[None], value=alpha, out=out_blocks)
+    if r:  # truncation to m rows: the last rows all use U[q]
+        torch.addcmul(w_tail, U[q], V[:r], value=alpha, out=out_tail)
+    return out_lin
 
 
 def khatri_rao_grad(G: torch.Tensor, U: torch.Tensor, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """dU, dV for a loss whose gradient w.r.t. (U ⊙ V)[:m] is G (m x n), in U's and V's dtypes.
+    """dU, dV for a loss whose gradient w.r.t. (U ⊙ V)[:m] is G (m x n), in U's and V's dtypes. G is consumed.
 
-    Works through G in blocks of rows of U, so no temporary is as large as G; each block is cast to the
-    adapter's dtype first (G may be bfloat16 under autocast).
+    Works through G in four blocks of rows of U, so no temporary is more than a quarter of G; each block is cast
+    to the adapter's dtype first (G may be bfloat16 under autocast).
     """
-    m, n = G.shape
+    n = G.shape[1]
     k1, k2 = U.shape[0], V.shape[0]
     dtype = torch.promote_types(U.dtype, V.dtype)
     Uc, Vc = U.to(dtype), V.to(dtype)
+    blocks, tail = _khatri_rao_rows(G, k2)
+    q, r = blocks.shape[0], tail.shape[0]
     dU = torch.zeros(k1, n, dtype=dtype, device=G.device)
     dV = torch.zeros(k2, n, dtype=dtype, device=G.device)
-    q, r = divmod(m, k2)  # q full blocks of k2 rows, then r rows of U's row q (truncation to m)
-    blocks = G[: q * k2].view(q, k2, n)
-    step = max(1, _REDUCE_CHUNK_ELEMENTS // (k2 * n))
+    step = max(1, -(-q // 4))
     for s in range(0, q, step):
         e = min(s + step, q)
-        block = blocks[s:e].to(dtype)  # (e - s, k2, n)
-        dU[s:e] = (block * Vc).sum(1)
+        block = blocks[s:e].to(dtype)  # (e - s, k2, n); a view of G (ours to overwrite) unless cast
         dV += (block * Uc[s:e, None, :]).sum(0)
+        dU[s:e] = block.mul_(Vc).sum(1)
     if r:
-        tail = G[q * k2 :].to(dtype)  # (r, n), all in row q of U
-        dU[q] = (tail * Vc[:r]).sum(0)
+        tail = tail.to(dtype)  # (r, n), all in row q of U
         dV[:r] += tail * Uc[q]
+        dU[q] = tail.mul_(Vc[:r]).sum(0)
     return dU.to(U.dtype), dV.to(V.dtype)
 
 
