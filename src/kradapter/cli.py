@@ -8,7 +8,7 @@ import sys
 from typing import Callable
 
 # Modules that define subcommands; each registers itself with @command when imported.
-COMMAND_MODULES = ("kradapter.demo", "kradapter.budget_command", "kradapter.approx.cli")
+COMMAND_MODULES = ("kradapter.demo", "kradapter.budget_command", "kradapter.approx.cli", "kradapter.bench.command")
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 

@@ -1,0 +1,52 @@
+"""Peak-memory measurements of `kradapter bench` section c, run by memory.peak_rss_in_subprocess in a fresh
+process: `python -m kradapter.bench.memory_worker OPTIONS_JSON METHOD...` prints one JSON line (KiB per method).
+
+The bench runs one method per process. Given several, they run one after another, each measured from the resident
+set just before its model is built (glibc returns freed tensors to the OS here, see memory.py); the peak is taken
+over the training steps only.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+
+
+def measure(method: str, opts) -> dict:
+    import torch
+
+    from .memory import read_status_kib, reset_peak_rss
+    from .model import build_base, make_batch, prepare, train_step
+
+    gc.collect()
+    torch.manual_seed(opts.seed)
+    rss_start = read_status_kib("VmRSS")
+    model = prepare(method, build_base(opts), opts)
+    step = train_step(model, make_batch(opts))
+    rss_model = read_status_kib("VmRSS")
+    reset_peak_rss()  # building the model is not part of the measured span
+    for _ in range(opts.memory_steps):  # the first step also creates gradients and optimizer state
+        step()
+    peak = read_status_kib("VmHWM")
+    del step, model
+    gc.collect()
+    return {
+        "peak_kib": peak - rss_start,  # weights + gradients + optimizer state + activations at the worst moment
+        "model_kib": rss_model - rss_start,  # the model (with adapters) before any step
+        "training_kib": peak - rss_model,  # what training adds on top of the model
+    }
+
+
+def main(argv: list[str]) -> dict:
+    from .options import BenchOptions
+
+    options = json.loads(argv[0])
+    options["shapes"] = tuple(tuple(s) for s in options["shapes"])
+    options["sections"] = tuple(options["sections"])
+    opts = BenchOptions(**options)
+    return {method: measure(method, opts) for method in argv[1:]}
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1:])))

@@ -1,0 +1,154 @@
+"""Runs the sections of `kradapter bench` in order and returns one JSON-ready dict. Never prints: progress goes
+to the `progress(label)` callback, once per unit counted by count_units."""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Callable, Optional
+
+import torch
+
+from . import layers, model
+from .memory import peak_rss_in_subprocess, saved_bytes
+from .options import BenchOptions
+from .report import evaluate_targets
+from .timing import interleaved_times, summarize
+
+
+def count_units(opts: BenchOptions) -> int:
+    n = 0
+    if "layer" in opts.sections:
+        n += len(opts.shapes) * opts.repeats
+    if "saved" in opts.sections:
+        n += len(opts.shapes)
+    if "model" in opts.sections:
+        n += opts.model_repeats + (1 if opts.memory_one_process else len(model.TRAIN_METHODS))
+    if "inference" in opts.sections:
+        n += opts.model_repeats
+    return n
+
+
+def machine_info() -> dict:
+    import peft
+    import transformers
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "peft": peft.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+def _ratios(medians: dict[str, float], pairs: list[tuple[str, str]]) -> dict[str, float]:
+    return {f"{a}/{b}": medians[a] / medians[b] for a, b in pairs if a in medians and b in medians}
+
+
+def layer_section(opts: BenchOptions, tick: Callable[[str], None]) -> tuple[list, list]:
+    timed, saved = [], []
+    for d_in, d_out in opts.shapes:
+        label = f"layer {d_in}x{d_out}"
+        candidates, modules, x = layers.layer_case(d_in, d_out, opts.tokens, opts.k1, opts.seed)
+        info = {
+            "d_in": d_in,
+            "d_out": d_out,
+            "tokens": opts.tokens,
+            "kradapter_trainable": layers.trainable_count(modules["kradapter"]),
+            "lora_rank": layers.lora_rank_at_budget(d_out, d_in, opts.k1),
+            "lora_trainable": layers.trainable_count(modules["lora"]),
+        }
+        if "saved" in opts.sections:
+            per = {name: saved_bytes(lambda m=m: m(x), m.parameters()) for name, m in modules.items()}
+            per["kradapter_param_bytes"] = layers.adapter_bytes(modules["kradapter"])
+            per["lora_param_bytes"] = layers.adapter_bytes(modules["lora"])
+            saved.append({**info, "saved": per})
+            tick(f"saved {d_in}x{d_out}")
+        if "layer" in opts.sections:
+            samples = interleaved_times(candidates, opts.repeats, opts.warmup, on_round=lambda: tick(label))
+            medians = {name: summarize(s)["median_s"] for name, s in samples.items()}
+            timed.append({
+                **info,
+                "times": {name: summarize(s) for name, s in samples.items()},
+                "ratios": _ratios(medians, [("kradapter", "3gemm"), ("naive", "kradapter"), ("lora", "3gemm"),
+                                            ("naive", "3gemm"), ("frozen", "3gemm"), ("kradapter", "lora")]),
+            })
+        del candidates, modules, x
+    return timed, saved
+
+
+def model_section(opts: BenchOptions, tick: Callable[[str], None]) -> dict:
+    models = model.training_models(opts)
+    ids = model.make_batch(opts)
+    saved = {}
+    for name, m in models.items():
+        m.train()
+        saved[name] = saved_bytes(lambda m=m: m(input_ids=ids, labels=ids).loss, m.parameters())
+    steps = {name: model.train_step(m, ids) for name, m in models.items()}
+    samples = interleaved_times(steps, opts.model_repeats, max(opts.warmup, 1), on_round=lambda: tick("train steps"))
+    medians = {name: summarize(s)["median_s"] for name, s in samples.items()}
+    result = {
+        "config": model.llama_config(opts).to_dict(),
+        "adapted": {"modules": model.TARGETS, "shape_out_in": list(model.kv_shape(opts)),
+                    "lora_rank": layers.lora_rank_at_budget(*model.kv_shape(opts), opts.k1)},
+        "tokens_per_step": opts.batch * opts.seq,
+        "trainable": {name: layers.trainable_count(m) for name, m in models.items()},
+        "saved": saved,
+        "times": {name: summarize(s) for name, s in samples.items()},
+        "ratios": _ratios(medians, [("kradapter", "lora"), ("full", "lora"), ("kradapter", "full")]),
+    }
+    del steps, models
+    memory = {}
+    groups = [list(model.TRAIN_METHODS)] if opts.memory_one_process else [[name] for name in model.TRAIN_METHODS]
+    for names in groups:  # by default a fresh process each, so no method inherits another's allocations
+        memory.update(peak_rss_in_subprocess(names, opts.to_dict()))
+        tick(f"peak memory {', '.join(names)}")
+    result["memory_kib"] = memory
+    result["memory_ratios"] = {
+        f"{kind} kradapter/lora": memory["kradapter"][kind] / memory["lora"][kind]
+        for kind in ("peak_kib", "training_kib")
+    }
+    return result
+
+
+def inference_section(opts: BenchOptions, tick: Callable[[str], None]) -> dict:
+    models = model.inference_models(opts)
+    ids = model.make_batch(opts)
+    runs = {name: model.forward_only(m, ids) for name, m in models.items()}
+    samples = interleaved_times(runs, opts.model_repeats, max(opts.warmup, 1), on_round=lambda: tick("inference"))
+    medians = {name: summarize(s)["median_s"] for name, s in samples.items()}
+    return {
+        "tokens": opts.batch * opts.seq,
+        "times": {name: summarize(s) for name, s in samples.items()},
+        "ratios": _ratios(medians, [("kradapter_merged", "base"), ("kradapter", "lora"), ("kradapter", "base"),
+                                    ("lora", "base")]),
+    }
+
+
+def run_bench(opts: BenchOptions, progress: Optional[Callable[[str], None]] = None) -> dict:
+    opts.validate()
+    tick = progress or (lambda label: None)
+    results: dict = {"machine": machine_info(), "options": opts.to_dict(), "load_average_start": os.getloadavg()}
+    if "layer" in opts.sections or "saved" in opts.sections:
+        timed, saved = layer_section(opts, tick)
+        if timed:
+            results["layer"] = timed
+        if saved:
+            results["saved"] = saved
+    if "model" in opts.sections:
+        results["model"] = model_section(opts, tick)
+    if "inference" in opts.sections:
+        results["inference"] = inference_section(opts, tick)
+    results["load_average_end"] = os.getloadavg()
+    results["targets"] = evaluate_targets(results)
+    return results

@@ -1,0 +1,119 @@
+"""The issue's targets checked against one run's numbers, the printed table, and the JSON file."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def _target(name: str, value: float, limit: float, kind: str) -> dict:
+    met = value <= limit if kind == "<=" else value >= limit
+    return {"target": name, "value": value, "limit": limit, "kind": kind, "met": bool(met)}
+
+
+def evaluate_targets(results: dict) -> list[dict]:
+    targets = []
+    for row in results.get("layer", []):
+        shape = f"{row['d_in']}x{row['d_out']}"
+        r = row["ratios"]
+        targets.append(_target(f"layer {shape}: fwd+bwd time / 3-GEMM limit", r["kradapter/3gemm"], 1.10, "<="))
+        targets.append(_target(f"layer {shape}: naive time / ours (speed-up)", r["naive/kradapter"], 1.3, ">="))
+    for row in results.get("saved", []):
+        s = row["saved"]
+        allowed = s["lora"]["total"] + s["kradapter_param_bytes"]
+        targets.append(_target(f"layer {row['d_in']}x{row['d_out']}: saved bytes / (LoRA's + adapter params)",
+                               s["kradapter"]["total"] / allowed, 1.0, "<="))
+    if "model" in results:
+        m = results["model"]
+        targets.append(_target("model: training step time KRAdapter / LoRA", m["ratios"]["kradapter/lora"], 1.10, "<="))
+        targets.append(_target("model: peak memory KRAdapter / LoRA (whole process: weights + training)",
+                               m["memory_ratios"]["peak_kib kradapter/lora"], 1.05, "<="))
+        targets.append(_target("model: peak memory KRAdapter / LoRA (training part only)",
+                               m["memory_ratios"]["training_kib kradapter/lora"], 1.05, "<="))
+    if "inference" in results:
+        targets.append(_target("inference: merged KRAdapter / base model",
+                               results["inference"]["ratios"]["kradapter_merged/base"], 1.02, "<="))
+    return targets
+
+
+def _mib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**20:.1f}"
+
+
+def format_report(results: dict) -> str:
+    """Plain-text tables of everything measured (medians; ratios are of medians from the same run)."""
+    lines = []
+    mach = results["machine"]
+    lines.append(f"machine: {mach['cpu']}, {mach['cpu_count']} CPUs, torch {mach['torch']} ({mach['torch_threads']} "
+                 f"threads), load average {results['load_average_start'][0]:.1f} -> "
+                 f"{results['load_average_end'][0]:.1f}")
+    if "layer" in results:
+        lines += ["", f"(a) one layer, forward + backward at N = {results['layer'][0]['tokens']} tokens: median seconds",
+                  f"{'IN x OUT':<11}{'ours':>8}{'naive':>8}{'LoRA':>8}{'frozen':>8}{'3 GEMM':>8}  "
+                  f"{'ours/3GEMM':>10}{'naive/ours':>11}{'LoRA/3GEMM':>11}{'ours/LoRA':>10}  LoRA r"]
+        for row in results["layer"]:
+            t = {k: v["median_s"] for k, v in row["times"].items()}
+            r = row["ratios"]
+            lines.append(f"{row['d_in']}x{row['d_out']:<{10 - len(str(row['d_in']))}}"
+                         f"{t['kradapter']:>8.3f}{t['naive']:>8.3f}{t['lora']:>8.3f}{t['frozen']:>8.3f}"
+                         f"{t['3gemm']:>8.3f}  {r['kradapter/3gemm']:>10.3f}{r['naive/kradapter']:>11.3f}"
+                         f"{r['lora/3gemm']:>11.3f}{r['kradapter/lora']:>10.3f}  {row['lora_rank']:>6}")
+    if "saved" in results:
+        lines += ["", "(b) bytes saved for backward per layer (MiB; distinct storages; 'act' = not a parameter)",
+                  f"{'IN x OUT':<11}{'ours':>8}{'act':>7}{'LoRA':>8}{'act':>7}{'naive':>8}{'act':>7}{'frozen':>8}"
+                  f"{'act':>7}  {'adapter params':>14}"]
+        for row in results["saved"]:
+            s = row["saved"]
+            cells = "".join(f"{_mib(s[k]['total']):>8}{_mib(s[k]['activations']):>7}"
+                            for k in ("kradapter", "lora", "naive", "frozen"))
+            lines.append(f"{row['d_in']}x{row['d_out']:<{10 - len(str(row['d_in']))}}{cells}  "
+                         f"{_mib(s['kradapter_param_bytes']):>14}")
+    if "model" in results:
+        m = results["model"]
+        c = m["config"]
+        lines += ["", f"(c) training step, Llama-shaped (hidden {c['hidden_size']}, {c['num_hidden_layers']} layers, "
+                      f"{c['num_attention_heads']} heads / {c['num_key_value_heads']} kv heads, vocab "
+                      f"{c['vocab_size']}), {m['tokens_per_step']} tokens, AdamW; k_proj, v_proj "
+                      f"{m['adapted']['shape_out_in'][1]}->{m['adapted']['shape_out_in'][0]}, LoRA r = "
+                      f"{m['adapted']['lora_rank']}",
+                  f"{'method':<11}{'trainable':>11}{'step s':>9}{'peak MiB':>10}{'train MiB':>10}{'saved act MiB':>14}"]
+        for name in ("kradapter", "lora", "full"):
+            mem = m["memory_kib"][name]
+            lines.append(f"{name:<11}{m['trainable'][name]:>11,}{m['times'][name]['median_s']:>9.3f}"
+                         f"{mem['peak_kib'] / 1024:>10.1f}{mem['training_kib'] / 1024:>10.1f}"
+                         f"{_mib(m['saved'][name]['activations']):>14}")
+        lines.append(f"step KRAdapter/LoRA {m['ratios']['kradapter/lora']:.3f}, full/LoRA {m['ratios']['full/lora']:.3f}; "
+                     f"peak KRAdapter/LoRA {m['memory_ratios']['peak_kib kradapter/lora']:.3f} "
+                     f"(training part {m['memory_ratios']['training_kib kradapter/lora']:.3f})")
+    if "inference" in results:
+        i = results["inference"]
+        t = {k: v["median_s"] for k, v in i["times"].items()}
+        lines += ["", f"(d) inference, {i['tokens']} tokens, median seconds",
+                  f"base {t['base']:.3f}  merged KRAdapter {t['kradapter_merged']:.3f}  unmerged KRAdapter "
+                  f"{t['kradapter']:.3f}  unmerged LoRA {t['lora']:.3f}",
+                  f"merged/base {i['ratios']['kradapter_merged/base']:.3f}, unmerged KRAdapter/LoRA "
+                  f"{i['ratios']['kradapter/lora']:.3f}"]
+    if results.get("targets"):
+        lines += ["", "targets"]
+        for t in results["targets"]:
+            lines.append(f"  {'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['value']:.3f} "
+                         f"(target {t['kind']} {t['limit']})")
+    return "\n".join(lines)
+
+
+def write_json_atomic(path: Path, obj: dict) -> Path:
+    """Write JSON to a temp file in the same directory, then os.replace: a reader never sees half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
