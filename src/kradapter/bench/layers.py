@@ -12,26 +12,23 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 
 import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from .. import KRAdapterConfig
-from ..ops import kradapter_shapes
+from .. import KRAdapterConfig, budget
 
 METHODS = ("kradapter", "naive", "lora", "frozen", "3gemm")
 
 
 def kradapter_count(d_out: int, d_in: int, k1: int | str) -> int:
-    (k1_, n), (k2_, _) = kradapter_shapes(d_out, d_in, k1)
-    return n * (k1_ + k2_)
+    return budget.trainable_count("kradapter", d_out, d_in, k1=k1)
 
 
 def lora_rank_at_budget(d_out: int, d_in: int, k1: int | str) -> int:
     """Smallest LoRA rank whose trainable count r * (d_in + d_out) reaches KRAdapter's n * (k1 + k2)."""
-    return math.ceil(kradapter_count(d_out, d_in, k1) / (d_in + d_out))
+    return budget.match_layer("lora", d_out, d_in, budget=kradapter_count(d_out, d_in, k1))["hparams"]["r"]
 
 
 class OneLayer(nn.Module):

@@ -8,11 +8,10 @@ import copy
 from typing import Callable
 
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import get_peft_model
 from torch import nn
 
-from .. import KRAdapterConfig
-from .layers import lora_rank_at_budget
+from .. import budget
 from .options import BenchOptions
 
 TARGETS = ["k_proj", "v_proj"]
@@ -47,16 +46,17 @@ def kv_shape(opts: BenchOptions) -> tuple[int, int]:
 
 
 def prepare(method: str, base: nn.Module, opts: BenchOptions, kradapter_init_weights: bool = True) -> nn.Module:
-    """The model to train (or run) for `method`; wraps `base` in place."""
-    if method == "kradapter":
-        return get_peft_model(base, KRAdapterConfig(target_modules=TARGETS, k1=opts.k1,
-                                                    init_weights=kradapter_init_weights))
-    if method == "lora":
-        r = lora_rank_at_budget(*kv_shape(opts), opts.k1)
-        return get_peft_model(base, LoraConfig(target_modules=TARGETS, r=r, lora_alpha=r))
+    """The model to train (or run) for `method`, configured by the budget matcher; wraps `base` in place."""
     if method == "full":
         return base.requires_grad_(True)
-    raise ValueError(f"unknown training method {method!r}; choose from {', '.join(TRAIN_METHODS)}")
+    if method not in TRAIN_METHODS:
+        raise ValueError(f"unknown training method {method!r}; choose from {', '.join(TRAIN_METHODS)}")
+    kr_total = budget.match_model("kradapter", base, TARGETS, k1=opts.k1)["trainable"]
+    if method == "kradapter":
+        config = budget.peft_config_for("kradapter", base, TARGETS, k1=opts.k1, init_weights=kradapter_init_weights)
+    else:
+        config = budget.peft_config_for("lora", base, TARGETS, budget=kr_total)
+    return get_peft_model(base, config)
 
 
 def make_batch(opts: BenchOptions) -> torch.Tensor:

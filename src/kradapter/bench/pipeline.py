@@ -100,7 +100,7 @@ def model_section(opts: BenchOptions, tick: Callable[[str], None]) -> dict:
     result = {
         "config": model.llama_config(opts).to_dict(),
         "adapted": {"modules": model.TARGETS, "shape_out_in": list(model.kv_shape(opts)),
-                    "lora_rank": layers.lora_rank_at_budget(*model.kv_shape(opts), opts.k1)},
+                    "lora_rank": models["lora"].peft_config["default"].r},
         "tokens_per_step": opts.batch * opts.seq,
         "trainable": {name: layers.trainable_count(m) for name, m in models.items()},
         "saved": saved,
