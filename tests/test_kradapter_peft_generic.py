@@ -440,3 +440,21 @@ def test_low_level_api_inject_and_state_dict():
     set_peft_model_state_dict(other, state)
     x = inputs(MLP)
     torch.testing.assert_close(other(x), model(x))
+
+
+def test_config_round_trips_and_dispatches_by_peft_type(tmp_path):
+    import pickle
+
+    from peft import PeftConfig
+    from peft.utils.peft_types import PeftType
+
+    config = KRAdapterConfig(target_modules=["lin0"], k1="qdrt", alpha=0.25, alpha_pattern={"lin0": 0.5},
+                             k1_pattern={"lin1": 3}, layers_to_transform=[0], layers_pattern="layers")
+    assert config.peft_type == PeftType.KRADAPTER == "KRADAPTER"
+    config.save_pretrained(tmp_path)
+    for loaded in (KRAdapterConfig.from_pretrained(tmp_path), PeftConfig.from_pretrained(tmp_path),
+                   pickle.loads(pickle.dumps(config)), copy.deepcopy(config)):
+        assert type(loaded) is KRAdapterConfig
+        assert loaded.to_dict() == config.to_dict()
+    with pytest.raises(TypeError):
+        KRAdapterConfig(target_modules=["lin0"], r=8)  # a LoRA field is not silently accepted
