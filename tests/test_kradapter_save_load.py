@@ -164,3 +164,14 @@ def test_mismatched_second_adapter_leaves_the_first_intact(tmp_path):
     for n, p in model.named_parameters():
         assert torch.equal(p, state[n])
     torch.testing.assert_close(model(x), out)
+
+
+def test_saved_head_of_another_size_is_rejected_and_base_left_untouched(tmp_path):
+    torch.manual_seed(0)
+    get_peft_model(MLP(), KRAdapterConfig(target_modules=["lin0"], modules_to_save=["head"])).save_pretrained(tmp_path)
+    base = MLP(d_out=5)
+    before = snapshot(base)
+    with pytest.raises(ValueError, match=r"tensor 'base_model\.model\.head\.modules_to_save\.weight' has shape \(3, 10\) "
+                                         r"in the checkpoint but \(5, 10\) in the model"):
+        PeftModel.from_pretrained(base, tmp_path)
+    assert_same_snapshot(before, snapshot(base))

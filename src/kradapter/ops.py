@@ -16,7 +16,9 @@ BUDGET_WORDS = {"sqrt": 2, "cbrt": 3, "qdrt": 4}  # the paper's low / medium / h
 def khatri_rao(U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
     """Column-wise Kronecker product: ``(k1, n) x (k2, n) -> (k1*k2, n)``."""
     if U.dim() != 2 or V.dim() != 2 or U.shape[1] != V.shape[1]:
-        raise ValueError(f"khatri_rao needs U (k1 x n) and V (k2 x n) with equal n, got {tuple(U.shape)} and {tuple(V.shape)}")
+        raise ValueError(
+            f"khatri_rao needs U (k1 x n) and V (k2 x n) with equal n, got {tuple(U.shape)} and {tuple(V.shape)}"
+        )
     return (U.unsqueeze(1) * V.unsqueeze(0)).reshape(U.shape[0] * V.shape[0], U.shape[1])
 
 

@@ -18,7 +18,7 @@ import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, _maybe_include_all_linear_layers
 from peft.utils import get_quantization_kwargs
 from peft.utils.constants import DUMMY_TARGET_MODULES
-from peft.utils.other import get_pattern_key
+from peft.utils.other import AuxiliaryTrainingWrapper, _get_submodules, get_pattern_key
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -47,6 +47,15 @@ DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
 }
 
 SUPPORTED_BASE_TYPES = (nn.Linear, Conv1D, nn.Conv2d)
+
+
+def _adapter_of(param_name: str, prefix: str) -> Optional[str]:
+    """The adapter a parameter belongs to: `...kradapter_U.<name>` or `...modules_to_save.<name>.weight`, else None."""
+    parts = param_name.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if part.startswith(prefix) or part == "modules_to_save":
+            return parts[i + 1]
+    return None
 
 
 def unsupported_target_error(key: str, module: nn.Module) -> ValueError:
@@ -96,7 +105,10 @@ class KRAdapterModel(BaseTuner):
         """k1 and alpha for the module at `key`: the first matching k1_pattern / alpha_pattern entry, else the default."""
         k1_key = get_pattern_key(config.k1_pattern.keys(), key)
         alpha_key = get_pattern_key(config.alpha_pattern.keys(), key)
-        return {"k1": config.k1_pattern.get(k1_key, config.k1), "alpha": config.alpha_pattern.get(alpha_key, config.alpha)}
+        return {
+            "k1": config.k1_pattern.get(k1_key, config.k1),
+            "alpha": config.alpha_pattern.get(alpha_key, config.alpha),
+        }
 
     @staticmethod
     def _create_new_module(adapter_name: str, target: nn.Module, current_key: str, **kwargs) -> nn.Module:
@@ -220,15 +232,16 @@ class KRAdapterModel(BaseTuner):
         # nn.Module.load_state_dict calls this with the whole checkpoint before it visits any adapter layer.
         for name, param in self.named_parameters():
             key = prefix + name
-            if f".{self.prefix}" in key and key in state_dict and state_dict[key].shape != param.shape:
-                adapter_name = name.rsplit(".", 1)[-1]
-                self._remove_failed_adapter(adapter_name)
-                raise ValueError(
-                    f"adapter weights do not fit this model: tensor '{key.removesuffix('.' + adapter_name)}' has "
-                    f"shape {tuple(state_dict[key].shape)} in the checkpoint but {tuple(param.shape)} in the model "
-                    f"(trained on another model, or with another k1?); adapter '{adapter_name}' was not loaded and "
-                    "the model is as it was before"
-                )
+            adapter_name = _adapter_of(name, self.prefix)
+            if adapter_name is None or key not in state_dict or state_dict[key].shape == param.shape:
+                continue
+            self._remove_failed_adapter(adapter_name)
+            shown = key.replace(f".{adapter_name}.", ".").removesuffix(f".{adapter_name}")  # the name in the file
+            raise ValueError(
+                f"adapter weights do not fit this model: tensor '{shown}' has shape {tuple(state_dict[key].shape)} "
+                f"in the checkpoint but {tuple(param.shape)} in the model (trained on another model, or with another "
+                f"k1?); adapter '{adapter_name}' was not loaded and the model is as it was before"
+            )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _remove_failed_adapter(self, adapter_name: str) -> None:
@@ -236,6 +249,17 @@ class KRAdapterModel(BaseTuner):
         if set(self.peft_config) != {adapter_name}:
             self.delete_adapter(adapter_name)  # other adapters stay; PEFT removes this one's layers and config
             return
-        self._unload_and_optionally_merge(merge=False)  # the only adapter: give back the bare base model
+        # The only adapter: give back the bare base model. Not PEFT's unload(), which would keep the *copy* of
+        # each modules_to_save module; the originals are what the user passed in.
+        wrappers = (BaseTunerLayer, AuxiliaryTrainingWrapper)
+        wrapped = [key for key, m in self.model.named_modules() if isinstance(m, wrappers)]
+        for key in wrapped:
+            if any(key.startswith(outer + ".") for outer in wrapped):
+                continue  # inside a wrapper that is taken out as a whole
+            parent, module, name = _get_submodules(self.model, key)
+            original = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module.original_module
+            setattr(parent, name, original)
+        if hasattr(self.model, "peft_config"):
+            del self.model.peft_config
         for param, requires_grad in getattr(self, "_requires_grad_before_injection", []):
             param.requires_grad_(requires_grad)
