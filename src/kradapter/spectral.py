@@ -28,9 +28,12 @@ def effective_rank(M_or_s: torch.Tensor, *, is_spectrum: bool = False) -> float:
 def spectral_summary(M: torch.Tensor) -> dict[str, float]:
     """The columns of the paper's Tables 2, 4 and 10 for one update."""
     s = singular_values(M)
+    # Numerical rank at the precision M was computed in (as torch.linalg.matrix_rank): float32 round-off in a
+    # float32 low-rank product must not count as extra rank just because the SVD runs in float64.
+    eps = torch.finfo(M.dtype if M.is_floating_point() else torch.float64).eps
     return {
         "effective_rank": effective_rank(s, is_spectrum=True),
         "nuclear_norm": float(s.sum()),
         "frobenius_norm": float(s.pow(2).sum().sqrt()),
-        "rank": int((s > s.max() * max(M.shape) * torch.finfo(torch.float64).eps).sum()) if s.numel() else 0,
+        "rank": int((s > s.max() * max(M.shape) * eps).sum()) if s.numel() else 0,
     }
