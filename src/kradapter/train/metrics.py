@@ -1,0 +1,64 @@
+"""Scores used by the recipes: GLUE's (Matthews for CoLA, Pearson for STS-B, accuracy otherwise) and the
+aggregates of the paper's tables (mean ± std over seeds, ID/NID/OOD group means, r_gen)."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+
+def accuracy(pred: Sequence, gold: Sequence) -> float:
+    pred, gold = np.asarray(pred), np.asarray(gold)
+    return float((pred == gold).mean()) if len(gold) else float("nan")
+
+
+def matthews(pred: Sequence[int], gold: Sequence[int]) -> float:
+    """Matthews correlation (multi-class form of Gorodkin 2004); 0 when undefined, as sklearn does."""
+    pred, gold = np.asarray(pred), np.asarray(gold)
+    classes = np.union1d(pred, gold)
+    C = np.array([[np.sum((gold == a) & (pred == b)) for b in classes] for a in classes], dtype=np.float64)
+    t, p, c, s = C.sum(axis=1), C.sum(axis=0), np.trace(C), C.sum()
+    denom = math.sqrt(max(s * s - p @ p, 0.0)) * math.sqrt(max(s * s - t @ t, 0.0))
+    return float((c * s - t @ p) / denom) if denom > 0 else 0.0
+
+
+def pearson(pred: Sequence[float], gold: Sequence[float]) -> float:
+    pred, gold = np.asarray(pred, dtype=np.float64), np.asarray(gold, dtype=np.float64)
+    if len(gold) < 2 or pred.std() == 0 or gold.std() == 0:
+        return 0.0
+    return float(np.corrcoef(pred, gold)[0, 1])
+
+
+METRICS = {"accuracy": accuracy, "matthews": matthews, "pearson": pearson}
+
+
+def mean_std(values: Sequence[float | None]) -> dict:
+    """{"mean", "std", "per_seed"}; std is the sample standard deviation (0 for one seed), None-safe."""
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return {"mean": None, "std": None, "per_seed": list(values)}
+    arr = np.asarray(vals, dtype=np.float64)
+    std = float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+    return {"mean": float(arr.mean()), "std": std, "per_seed": list(values)}
+
+
+def group_means(scores: dict[str, float], groups: dict[str, str]) -> dict[str, float]:
+    """Mean score of the test sets in each group (ID, NID, OOD), for groups that have test sets."""
+    out: dict[str, float] = {}
+    for group in ("ID", "NID", "OOD"):
+        members = [scores[name] for name, g in groups.items() if g == group and name in scores]
+        if members:
+            out[group] = float(np.mean(members))
+    return out
+
+
+def r_gen(groups: dict[str, float], zero_shot_groups: dict[str, float], eps: float = 1e-9) -> float | None:
+    """The paper's r_gen = (mean OOD gain) / (ID gain), both over the zero-shot model; None when undefined."""
+    if "ID" not in groups or "OOD" not in groups or "ID" not in zero_shot_groups or "OOD" not in zero_shot_groups:
+        return None
+    id_gain = groups["ID"] - zero_shot_groups["ID"]
+    if abs(id_gain) < eps:
+        return None
+    return (groups["OOD"] - zero_shot_groups["OOD"]) / id_gain

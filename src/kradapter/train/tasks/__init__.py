@@ -1,0 +1,25 @@
+"""The recipes' tasks. Each module offers add_arguments(parser), prepare(args) -> Prepared and
+rebuild(run_info) -> the base model a saved run was trained on."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+TASKS = {
+    "text": "sequence classification / regression on csv/json/parquet (default: MiniLM on rated tweets)",
+    "glue": "GLUE tasks with GLUE's columns and metrics (needs the GLUE files)",
+    "commonsense": "causal-LM commonsense QA in the LLM-Adapters json format (default: SmolLM2 on BIG-bench)",
+    "image": "image classification with a plain vision model (default: EfficientNet-Lite0 on MNIST)",
+    "clip": "CLIP image classification with text prompts as the head (needs a local CLIP checkpoint)",
+}
+
+
+def task_module(name: str) -> ModuleType:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def all_task_modules() -> list[ModuleType]:
+    return [task_module(name) for name in TASKS]

