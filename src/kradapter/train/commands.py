@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from ..cli import command
 from .tasks import TASKS, all_task_modules
@@ -81,5 +82,52 @@ def _quiet_libraries() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # per-file "Loading weights" bars; training and evaluation keep theirs
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     datasets.logging.set_verbosity_error()
     datasets.disable_progress_bars()
+
+
+def _compare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--methods", default="kradapter,lora,full",
+                   help="comma-separated methods to compare (default kradapter,lora,full)")
+    p.add_argument("--lr", default=None, metavar="LR | METHOD=LR,...",
+                   help="one learning rate for all, or per method, e.g. kradapter=3e-3,lora=1e-3 (others: their "
+                   "default)")
+    p.add_argument("--output-dir", default=None, help="where runs and tables go (default runs/compare-TASK)")
+    add_train_arguments(p, compare=True)
+
+
+@command("compare", "run several methods on one task and print/plot the paper-style comparison table",
+         _compare_arguments)
+def run_compare(args: argparse.Namespace) -> int:
+    from .compare import run
+
+    _quiet_libraries()
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("kradapter compare: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def _report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("adapter_dir", help="a directory written by `kradapter train` or by PEFT's save_pretrained")
+    p.add_argument("--base", default=None, help="base model path (default: the one the adapter records)")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
+
+
+@command("report", "spectral report (effective rank, nuclear and Frobenius norms) of every adapted layer of a "
+         "saved adapter", _report_arguments)
+def run_report(args: argparse.Namespace) -> int:
+    from .deltas import format_spectral_table
+    from .io import write_json
+    from .report import spectral_report
+
+    _quiet_libraries()
+    report = spectral_report(args.adapter_dir, args.base)
+    print(f"{report['directory']}: method {report['method']}, {len(report['spectral'])} adapted layers")
+    print(format_spectral_table(report["spectral"]))
+    if args.json:
+        write_json(args.json, report)
+    return 0
