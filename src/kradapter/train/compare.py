@@ -59,7 +59,13 @@ def _child(arg_dict: dict) -> None:
 
 
 def run_methods(args: argparse.Namespace, methods: list[str], lrs: dict[str, float], out: Path) -> int:
-    ctx = multiprocessing.get_context("spawn")
+    # Not fork: a parent that already ran torch (thread pools, CUDA) can deadlock its forked children. A fork
+    # server imports the heavy libraries once, in a clean process, and forks each method's run from it.
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["kradapter.train.commands", "kradapter.train.runner"])
+    else:
+        ctx = multiprocessing.get_context("spawn")
     for method in methods:
         child = dict(vars(args), method=method, lr=None if args.lr_grid else lrs[method],
                      output_dir=str(out / method), zero_shot_cache=str(out / "zero_shot.json"))

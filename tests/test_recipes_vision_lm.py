@@ -1,0 +1,114 @@
+"""Commonsense (tiny Llama), image (tiny ResNet, Conv2d targets) and CLIP (tiny CLIPModel) recipes end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from recipe_fixtures import (commonsense_data, image_data, tiny_clip, tiny_llama, tiny_resnet, train_args)
+
+from kradapter.train.runner import run
+
+
+def test_answer_extraction_follows_llm_adapters():
+    from kradapter.train.tasks.commonsense import answer_pattern, extract_answer
+
+    multi = answer_pattern(["answer1", "answer3"])
+    assert multi.pattern == "answer1|answer2|answer3|answer4|answer5"  # LLM-Adapters searches all five
+    assert extract_answer("the correct answer is answer2 not answer1", multi) == "answer2"
+    assert extract_answer("I think Answer2", multi) == ""  # case-sensitive, as the benchmark
+    assert extract_answer("the correct answer is true", answer_pattern(["true", "false"])) == "true"
+    assert answer_pattern(["option1", "option2"]).pattern == "option1|option2"
+    assert answer_pattern(["ending1"]).pattern == "ending1|ending2|ending3|ending4"
+    assert extract_answer("B) Paris", answer_pattern(["Paris", "Rome"])) == "Paris"
+
+
+def test_commonsense_end_to_end_with_zero_shot_and_groups(tmp_path):
+    model = tiny_llama(tmp_path)
+    data = commonsense_data(tmp_path) + [f"nid:again={tmp_path / 'cs_test.json'}"]
+    m = run(train_args("commonsense", tmp_path / "run", model=model, data=data, max_steps=3, max_new_tokens=6,
+                       batch_size=4))
+    assert set(m["tests"]) == {"choice", "yesno", "again"}
+    assert {t["group"] for t in m["tests"].values()} == {"ID", "OOD", "NID"}
+    assert set(m["groups"]) == {"ID", "NID", "OOD"}
+    zero = m["zero_shot"]
+    assert set(zero["tests"]) == {"choice", "yesno", "again"} and set(zero["groups"]) == {"ID", "NID", "OOD"}
+    assert "r_gen" in m  # None when the ID gain over zero-shot is exactly 0
+    assert sorted(m["spectral"]) == sorted(f"model.layers.{i}.self_attn.{p}" for i in (0, 1) for p in ("k_proj", "v_proj"))
+    assert (tmp_path / "run" / "zero_shot.json").exists()
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["zero_shot"] == zero
+
+
+def test_commonsense_training_masks_the_prompt(tmp_path):
+    from kradapter.train.tasks.commonsense import prepare
+
+    model = tiny_llama(tmp_path)
+    prepared = prepare(train_args("commonsense", tmp_path / "run", model=model, data=commonsense_data(tmp_path)))
+    row = prepared.train[0]
+    labels = row["labels"]
+    n_prompt = sum(1 for v in labels if v == -100)
+    assert 0 < n_prompt < len(labels)
+    batch = prepared.collator([prepared.train[0], prepared.train[1]])
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+
+
+def test_image_with_conv_targets_and_frozen_batchnorm(tmp_path):
+    model = tiny_resnet(tmp_path)
+    out = tmp_path / "run"
+    m = run(train_args("image", out, model=model, data=image_data(tmp_path), max_steps=3, image_size=16,
+                       val_size=3))
+    assert m["targets"] and all("convolution" in t or "shortcut" in t for t in m["targets"])
+    assert not any("embedder" in t for t in m["targets"])  # the stem (3 input channels) is left alone
+    assert len(m["spectral"]) == len(m["targets"])
+    assert m["tests"]["dim"]["group"] == "OOD" and m["sizes"]["dim"] == 6
+    # BatchNorm statistics did not move: the saved adapter alone reproduces the fine-tuned model
+    from kradapter.train.tasks.image import load_vision_model
+
+    fresh = load_vision_model(model, 3)
+    from peft import PeftModel
+
+    loaded = PeftModel.from_pretrained(load_vision_model(model, 3), str(out))
+    bn = {n: b for n, b in fresh.named_buffers() if "running_mean" in n}
+    for n, b in loaded.named_buffers():
+        if "running_mean" in n:
+            key = n.replace("base_model.model.", "")
+            assert torch.equal(b, bn[key])
+
+
+def test_image_label_outside_training_classes_is_refused(tmp_path, capsys):
+    from recipe_fixtures import image_folder
+
+    from kradapter.cli import main
+
+    model = tiny_resnet(tmp_path)
+    data = image_data(tmp_path)
+    odd = image_folder(tmp_path / "odd", ["circle", "hexagon"], 2, 3)
+    assert main(["train", "--task", "image", "--model", model, "--data", data[0], "--data", f"test={odd}",
+                 "--output-dir", str(tmp_path / "run"), "--image-size", "16", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert str(odd) in err and "'hexagon'" in err and "circle, square, triangle" in err
+
+
+def test_clip_k_shot_both_towers_zero_shot_and_r_gen(tmp_path):
+    model = tiny_clip(tmp_path)
+    out = tmp_path / "run"
+    m = run(train_args("clip", out, model=model, data=image_data(tmp_path), max_steps=3, shots=2, val_size=3,
+                       towers="vision,text"))
+    assert m["sizes"]["train"] == 6  # 2 shots x 3 classes
+    towers = {t.split(".")[1] for t in m["targets"]}
+    assert towers == {"vision_model", "text_model"}
+    assert all(t.endswith(("k_proj", "v_proj")) for t in m["targets"])
+    assert m["zero_shot"] is not None and set(m["zero_shot"]["groups"]) == {"ID", "OOD"}
+    zs = m["zero_shot"]["groups"]
+    if m["r_gen"]["mean"] is not None:  # r_gen = OOD gain / ID gain over zero-shot
+        g = m["groups"]
+        expected = (g["OOD"]["mean"] - zs["OOD"]) / (g["ID"]["mean"] - zs["ID"])
+        assert m["r_gen"]["mean"] == pytest.approx(expected)
+    vision_only = run(train_args("clip", tmp_path / "vision", model=model, data=image_data(tmp_path), max_steps=1,
+                                 shots=1, val_size=3, towers="vision"))
+    assert {t.split(".")[1] for t in vision_only["targets"]} == {"vision_model"}
+    from kradapter.train.report import spectral_report
+
+    assert set(spectral_report(out)["spectral"]) == set(m["spectral"])
