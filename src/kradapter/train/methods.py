@@ -1,8 +1,9 @@
 """Which PEFT config each --method gets, at a budget matched to KRAdapter, and full fine-tuning.
 
-The budget matcher (kradapter.budget) owns every method's parameter count and config; until it is available this
-module covers kradapter, lora and full with the smallest possible stand-in (LoRA's rank chosen so its parameter
-count is closest to KRAdapter's on the same targets, alpha = 2r as in the paper's appendix G).
+Budgets come from kradapter.budget (one trainable-count formula per method). The budget matcher handles Linear and
+Conv1D targets; for Conv2d targets (plain vision models) the methods whose PEFT layers support convolutions and
+whose counts are the same on the flattened kernel (out x in*kh*kw) are matched here with the matcher's own counts:
+kradapter, lora, dora.
 """
 
 from __future__ import annotations
@@ -12,72 +13,72 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..budget import METHODS, check_method, full_finetune_, peft_config_for, trainable_count
+
+CONV_METHODS = ("kradapter", "lora", "dora", "full")
+
 
 def available_methods() -> tuple[str, ...]:
-    try:
-        from ..budget import METHODS
-    except ImportError:
-        return ("kradapter", "lora", "full")
     return tuple(METHODS)
 
 
-def check_method(method: str) -> None:
-    methods = available_methods()
-    if method not in methods:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(methods)}")
+def _conv_geometry(model: nn.Module, target_modules: list[str]) -> list[tuple[int, int]] | None:
+    """(d_out, d_in) of each target when any target is a Conv2d (None when none is)."""
+    from ..methods.kradapter.layer import weight_geometry
+
+    modules = dict(model.named_modules())
+    if not any(isinstance(modules[n], nn.Conv2d) for n in target_modules):
+        return None
+    return [weight_geometry(modules[n]) for n in target_modules]
 
 
-def _stand_in_config(method: str, model: nn.Module, target_modules: list[str], **overrides):
+def _conv_config(method: str, shapes: list[tuple[int, int]], target_modules: list[str], **overrides):
     from peft import LoraConfig
 
     from .. import KRAdapterConfig
-    from ..methods.kradapter.layer import weight_geometry
-    from ..ops import kradapter_shapes
 
-    if method == "full":
-        return None
+    if method not in CONV_METHODS:
+        raise ValueError(f"method {method!r} cannot adapt Conv2d targets here; for convolutions use one of "
+                         f"{', '.join(CONV_METHODS)}")
     if method == "kradapter":
         return KRAdapterConfig(target_modules=list(target_modules), **overrides)
-    modules = dict(model.named_modules())
-    kr_params = per_rank = 0
-    for name in target_modules:
-        d_out, d_in = weight_geometry(modules[name])
-        (k1, n), (k2, _) = kradapter_shapes(d_out, d_in)
-        kr_params += n * (k1 + k2)
-        w = modules[name].weight
-        per_rank += (d_out + d_in) if w.dim() == 2 else (w.shape[0] + d_in)  # conv: A is in*kh*kw, B is out
-    r = max(1, round(kr_params / per_rank))
-    return LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(target_modules), **overrides)
+    budget = sum(trainable_count("kradapter", o, i) for o, i in shapes)
+    r = 1
+    while sum(trainable_count(method, o, i, r=r) for o, i in shapes) < budget:
+        r += 1
+    return LoraConfig(r=r, lora_alpha=2 * r, use_dora=method == "dora", target_modules=list(target_modules),
+                      **overrides)
 
 
 def peft_config(method: str, model: nn.Module, target_modules: list[str], head: Optional[list[str]] = None):
     """The PeftConfig for `method` on `target_modules` (None for full fine-tuning)."""
     check_method(method)
     overrides = {"modules_to_save": list(head)} if head else {}
-    try:
-        from ..budget import peft_config_for
-    except ImportError:
-        peft_config_for = _stand_in_config
-    return peft_config_for(method, model, list(target_modules), **overrides)
+    shapes = _conv_geometry(model, target_modules)
+    if shapes is not None:
+        return None if method == "full" else _conv_config(method, shapes, target_modules, **overrides)
+    return peft_config_for(method, model, list(target_modules), **({} if method == "full" else overrides))
 
 
 def apply_method(model: nn.Module, method: str, target_modules: list[str], head: Optional[list[str]] = None):
     """(model ready to train, reference weights). PEFT methods wrap the model with get_peft_model; full
-    fine-tuning unfreezes the targets and the head in place and keeps a copy of the targets' initial weights so
-    the update Delta W = W - W0 can be analysed like an adapter's."""
+    fine-tuning trains the targets' weights (as budget.full_finetune_ does) and the head in place, and keeps a copy
+    of the targets' initial weights so its update Delta W = W - W0 is analysed like an adapter's."""
     from peft import get_peft_model
 
     config = peft_config(method, model, target_modules, head)
     if config is not None:
         return get_peft_model(model, config), None
     modules = dict(model.named_modules())
-    model.requires_grad_(False)
-    reference = {}
-    for name in target_modules:
-        modules[name].requires_grad_(True)
-        reference[name] = modules[name].weight.detach().clone()
+    if _conv_geometry(model, target_modules) is None:
+        full_finetune_(model, list(target_modules))
+    else:  # the budget matcher's full_finetune_ takes Linear/Conv1D only; same rule for convolutions
+        model.requires_grad_(False)
+        for name in target_modules:
+            modules[name].weight.requires_grad_(True)
     for name in head or []:
         modules[name].requires_grad_(True)
+    reference = {name: modules[name].weight.detach().clone() for name in target_modules}
     return model, reference
 
 
