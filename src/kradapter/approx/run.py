@@ -7,6 +7,7 @@ and calls an optional progress callback after each fit.
 from __future__ import annotations
 
 import math
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -40,6 +41,7 @@ class ApproxConfig:
     targets: Optional[list[str]] = None  # None: every target available
     figure5_size: int = plots.PREVIEW  # 0 skips the Figure-5 fits
     scaling: str = "unit"  # see methods.SCALING_HELP
+    workers: int = 1  # fits run concurrently on this many threads (each with torch's current thread count)
     real: RealSpec = field(default_factory=RealSpec)
 
 
@@ -51,6 +53,8 @@ def validate(cfg: ApproxConfig) -> ApproxConfig:
             raise ValueError(f"{what} must be a positive integer, got {value!r}")
     if not (isinstance(cfg.lr, (int, float)) and math.isfinite(cfg.lr) and cfg.lr > 0):
         raise ValueError(f"lr must be a positive finite number, got {cfg.lr!r}")
+    if isinstance(cfg.workers, bool) or not isinstance(cfg.workers, int) or cfg.workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {cfg.workers!r}")
     if cfg.scaling not in M.SCALINGS:
         raise ValueError(f"unknown scaling {cfg.scaling!r}; valid: {', '.join(M.SCALINGS)}")
     if cfg.figure5_size < 0:
@@ -110,59 +114,75 @@ def run_approx(cfg: ApproxConfig, progress: Optional[Callable[[str], None]] = No
             "budget": "each method's hyperparameters from the budget matcher: smallest trainable count >= "
                       "KRAdapter's for the shape",
             "real": asdict(cfg.real), "torch_threads": torch.get_num_threads(),
+            "workers": cfg.workers,
         },
         "versions": library_versions(),
         "targets": {}, "results": {}, "spectra": {},
     }
     source_cache: dict = {}
-    previews: dict = {}
-    w0 = M.make_w0(d_out, d_in, cfg.seed)
-    for tname in cfg.targets:
-        target = make_target(tname, d_out, d_in, cfg.seed, cfg.real, source_cache)
-        s_t = spectrum(target.matrix)
-        doc["targets"][tname] = dict(info=target.info, effective_rank=effective_rank(s_t, is_spectrum=True),
-                                     max_rank=min(d_out, d_in), spectrum=s_t.tolist())
-        previews[tname] = plots.preview(target.matrix)
-        rows, spectra = {}, {}
-        for method in cfg.methods:
-            adapted = M.build(method, w0, cfg.seed, cfg.scaling)
-            result = fit(adapted, target.matrix, cfg.iters, cfg.lr, cfg.weight_decay)
-            row, s = _metrics_or_diverged(target.matrix, result.delta, s_t)
-            rows[method] = dict(row, trainable=adapted.trainable, seconds=result.seconds,
-                                final_loss=_finite_or_none(result.final_loss), hparams=adapted.hparams)
-            spectra[method] = s.tolist() if s is not None else None
-            step(f"{tname}/{method}")
-        add_pct_of_lora(rows)
-        doc["results"][tname], doc["spectra"][tname] = rows, spectra
+    targets = {t: make_target(t, d_out, d_in, cfg.seed, cfg.real, source_cache) for t in cfg.targets}
+    threads = torch.get_num_threads()
+    with ThreadPoolExecutor(cfg.workers, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        grid = _fit_grid(cfg, targets, M.make_w0(d_out, d_in, cfg.seed), pool, step, "")
+        if cfg.figure5_size:
+            n = cfg.figure5_size
+            small = {t: make_target(t, n, n, cfg.seed, cfg.real, source_cache) for t in cfg.targets}
+            grid5 = _fit_grid(cfg, small, M.make_w0(n, n, cfg.seed), pool, step, "fig5 ")
 
+    for tname, target in targets.items():
+        doc["targets"][tname] = dict(info=target.info, effective_rank=grid[tname]["__target__"]["effective_rank"],
+                                     max_rank=min(d_out, d_in), spectrum=grid[tname]["__target__"]["spectrum"])
+        rows = {m: grid[tname][m]["row"] for m in cfg.methods}
+        add_pct_of_lora(rows)
+        doc["results"][tname] = rows
+        doc["spectra"][tname] = {m: grid[tname][m]["spectrum"] for m in cfg.methods}
     if cfg.figure5_size:
-        doc["figure5"] = _figure5_fits(cfg, source_cache, step, out)
-    plots.figure1(doc, previews, out / "figure1.png")
+        results5 = {}
+        for tname in cfg.targets:
+            results5[tname] = {m: {k: v for k, v in grid5[tname][m]["row"].items() if k not in ("hparams", "seconds")}
+                               for m in cfg.methods}
+            add_pct_of_lora(results5[tname])
+        doc["figure5"] = {"size": [cfg.figure5_size] * 2, "results": results5}
+        plots.figure5({t: m.matrix.numpy() for t, m in small.items()},
+                      {t: {m: grid5[t][m]["delta"] for m in cfg.methods} for t in cfg.targets}, cfg.methods,
+                      out / "figure5.png")
+    plots.figure1(doc, {t: plots.preview(m.matrix) for t, m in targets.items()}, out / "figure1.png")
     doc["files"] = {"json": "approx.json", "figure1": "figure1.png",
                     **({"figure5": "figure5.png"} if cfg.figure5_size else {})}
     write_json_atomic(doc, out / "approx.json")
     return doc
 
 
-def _figure5_fits(cfg: ApproxConfig, source_cache: dict, step, out: Path) -> dict:
-    """The same fits at figure5_size x figure5_size (appendix C.3), drawn as reconstructions and |error| maps."""
-    n = cfg.figure5_size
-    w0 = M.make_w0(n, n, cfg.seed)
-    targets, recons, results = {}, {}, {}
-    for tname in cfg.targets:
-        target = make_target(tname, n, n, cfg.seed, cfg.real, source_cache)
+def _fit_grid(cfg: ApproxConfig, targets: dict, w0: torch.Tensor, pool: ThreadPoolExecutor, step, label: str) -> dict:
+    """Every (target, method) fit. Adapters are built here, in order, because their init draws from torch's global
+    RNG; the fits (no randomness) run on the pool's threads, at most 2 per worker queued to bound memory."""
+    keep_delta = label != ""  # only the small Figure-5 fits keep their reconstructions
+    grid: dict = {t: {} for t in targets}
+    pending: set = set()
+    for tname, target in targets.items():
         s_t = spectrum(target.matrix)
-        targets[tname], recons[tname], results[tname] = target.matrix.numpy(), {}, {}
+        grid[tname]["__target__"] = {"spectrum": s_t.tolist(), "effective_rank": effective_rank(s_t, is_spectrum=True)}
         for method in cfg.methods:
+            while len(pending) >= 2 * cfg.workers:
+                _, pending = wait(pending, return_when=FIRST_COMPLETED)
             adapted = M.build(method, w0, cfg.seed, cfg.scaling)
-            result = fit(adapted, target.matrix, cfg.iters, cfg.lr, cfg.weight_decay)
-            row, _ = _metrics_or_diverged(target.matrix, result.delta, s_t)
-            results[tname][method] = dict(row, trainable=adapted.trainable)
-            recons[tname][method] = result.delta.numpy()
-            step(f"fig5 {tname}/{method}")
-        add_pct_of_lora(results[tname])
-    plots.figure5(targets, recons, cfg.methods, out / "figure5.png")
-    return {"size": [n, n], "results": results}
+            fut = pool.submit(_fit_one, adapted, target.matrix, s_t, cfg, keep_delta)
+            fut.add_done_callback(lambda f, done=f"{label}{tname}/{method}": step(done))
+            grid[tname][method] = fut
+            pending.add(fut)
+    for tname in targets:
+        for method in cfg.methods:
+            grid[tname][method] = grid[tname][method].result()
+    return grid
+
+
+def _fit_one(adapted: M.Adapted, target: torch.Tensor, s_t: torch.Tensor, cfg: ApproxConfig, keep_delta: bool) -> dict:
+    result = fit(adapted, target, cfg.iters, cfg.lr, cfg.weight_decay)
+    row, s = _metrics_or_diverged(target, result.delta, s_t)
+    row = dict(row, trainable=adapted.trainable, seconds=result.seconds,
+               final_loss=_finite_or_none(result.final_loss), hparams=adapted.hparams)
+    return {"row": row, "spectrum": s.tolist() if s is not None else None,
+            "delta": result.delta.numpy() if keep_delta else None}
 
 
 def _finite_or_none(x: float):
