@@ -79,6 +79,7 @@ def _spectrum_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated D_OUTxD_IN list (default: the paper's four)")
     p.add_argument("--k", type=int, default=16, help="factor rows k for the Theorem 3.1 rank sweep (default 16)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
 
 
 def _shapes(text: str) -> list[tuple[int, int]]:
@@ -108,9 +109,15 @@ def run_spectrum_command(args: argparse.Namespace) -> int:
     from .report import check_writable_dir, library_versions, write_json_atomic
     from .spectrum import run_spectrum
 
+    import torch
+
     shapes = _shapes(args.shapes)
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     out = check_writable_dir(args.out)
     with tqdm(total=len(shapes) + 1, desc="spectrum", unit="step") as bar:
         seen: list[str] = []

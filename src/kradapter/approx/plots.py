@@ -11,15 +11,23 @@ from .report import atomic_path
 PREVIEW = 128  # the paper shows 128 x 128 matrices (appendix C.3)
 
 
-def _figure(width: float, height: float):
+def _figure(width: float, height: float, dpi: int = 90):
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), dpi=90, layout="constrained")
+    return Figure(figsize=(width, height), dpi=dpi, layout="constrained")
 
 
 def _save(fig, path: str | os.PathLike) -> None:
+    """PNG with a 256-colour palette: matrices of noise make true-colour PNGs of several MB, this ~4x smaller."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    image = Image.open(buf).convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE)
     with atomic_path(path, ".png") as tmp:
-        fig.savefig(tmp, format="png")
+        image.save(tmp, format="PNG", optimize=True)
 
 
 def _colors(methods: list[str]) -> dict[str, tuple]:
@@ -84,7 +92,7 @@ def figure5(targets: dict[str, np.ndarray], recons: dict[str, dict[str, np.ndarr
             path: str | os.PathLike) -> None:
     """Per target (row): the target, then for each method its reconstruction and the |error| map."""
     ncols = 1 + 2 * len(methods)
-    fig = _figure(1.05 * ncols, 1.15 * len(targets) + 0.6)
+    fig = _figure(1.05 * ncols, 1.15 * len(targets) + 0.6, dpi=80)
     axes = fig.subplots(len(targets), ncols, squeeze=False)
     for row, (name, t) in enumerate(targets.items()):
         lim = float(np.abs(t).max()) or 1.0

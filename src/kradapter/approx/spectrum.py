@@ -2,10 +2,12 @@
 rank of U ⊙ V against n (Theorem 3.1).
 
 Both products come from kradapter.ops (the functions the adapters use). Khatri-Rao factors have KRAdapter's shapes
-for the matrix (k1 = floor(sqrt(m)), k2 = ceil(m / k1), n = the smaller side); the Kronecker factors A (a1 x a2)
-and B (d_out/a1 x d_in/a2) are the divisor split whose count a1*a2 + b1*b2 is closest to the Khatri-Rao count
-(ties: the larger). All factors are kaiming-uniform (nn.init.kaiming_uniform_, a = sqrt(5), nn.Linear's default);
-effective rank does not depend on the scale.
+for the matrix (k1 = floor(sqrt(m)), k2 = ceil(m / k1), n = the smaller side); the Kronecker factors A (a1 x a2) and
+B (d_out/a1 x d_in/a2) are, among the splits whose product can be full rank (min(a1, a2) * min(b1, b2) >= the
+smaller side), the one with the smallest count >= KRAdapter's -- the budget matcher's rule. (PEFT LoKr's own
+factorization gives the same split at 768x1024, 1024x1024 and 4096x4096, but at 1024x4096 only a 32 x 1 B,
+whose product has rank <= 32: a rank cap, not the spectral shape this study is about.) All factors are kaiming-uniform (nn.init.kaiming_uniform_,
+a = sqrt(5), nn.Linear's default); effective rank does not depend on the scale.
 """
 
 from __future__ import annotations
@@ -29,14 +31,18 @@ def _divisors(n: int) -> list[int]:
 
 
 def kronecker_shapes(d_out: int, d_in: int, params: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Factor shapes (a1, a2), (b1, b2) with a1*b1 = d_out, a2*b2 = d_in and a1*a2 + b1*b2 closest to `params`."""
+    """Kronecker factor shapes for (d_out, d_in) at >= `params` parameters (see the module docstring)."""
+    full = min(d_out, d_in)
     best = None
     for a1 in _divisors(d_out):
         for a2 in _divisors(d_in):
-            count = a1 * a2 + (d_out // a1) * (d_in // a2)
-            key = (abs(count - params), -count)
+            b1, b2 = d_out // a1, d_in // a2
+            if min(a1, a2) * min(b1, b2) < full:
+                continue
+            count = a1 * a2 + b1 * b2
+            key = (count < params, abs(count - params), abs(a1 - a2))  # reach the budget, then closest, balanced
             if best is None or key < best[0]:
-                best = (key, (a1, a2), (d_out // a1, d_in // a2))
+                best = (key, (a1, a2), (b1, b2))
     return best[1], best[2]
 
 
