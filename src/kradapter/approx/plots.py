@@ -126,7 +126,8 @@ def figure4(doc: dict, path: str | os.PathLike) -> None:
             s = np.asarray(row[key]["spectrum"])
             ax.plot(s / s[0], color=color, label=f"{key} (eff. rank {row[key]['effective_rank']:.0f})")
         ax.set_yscale("log")
-        ax.set_title(f"{row['shape'][0]} x {row['shape'][1]}, {row['khatri_rao']['params']:,} params", fontsize=9)
+        ax.set_title(f"{row['shape'][0]} x {row['shape'][1]}: params KR {row['khatri_rao']['params']:,}, "
+                     f"Kron {row['kronecker']['params']:,}", fontsize=8)
         ax.set_xlabel("index", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7)
