@@ -1,0 +1,148 @@
+"""Multi-process training of a PEFT model: join torchrun's process group, shard with FSDP, save the adapter.
+
+torchrun (or ``accelerate launch``) starts one process per device and describes the group in the environment
+(RANK, WORLD_SIZE, MASTER_ADDR, ...). A KRAdapter model needs nothing special under DDP; under FSDP the frozen base
+and the trainable adapter parameters share a wrapped unit, which FSDP2 handles per parameter and FSDP1 only with
+``use_orig_params=True``. Saving must gather the sharded adapter first: ``full_adapter_state_dict`` does that for
+any wrapper and gathers only the trainable parameters, never the frozen base.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def launched_by_torchrun() -> bool:
+    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
+
+
+def init_process_group(expected_world_size: Optional[int] = None) -> tuple[int, int]:
+    """Join the process group torchrun describes (gloo on CPU, nccl on CUDA); return (rank, world_size).
+
+    Raises if not launched by torchrun / accelerate launch, or if the world size is not the expected one: a run
+    that silently falls back to independent single processes would otherwise train unsynchronised copies.
+    """
+    if not launched_by_torchrun():
+        raise RuntimeError("not launched by torchrun or accelerate launch: RANK and WORLD_SIZE are not set")
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend)
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    if expected_world_size is not None and world_size != expected_world_size:
+        raise RuntimeError(f"expected {expected_world_size} processes, but the process group has {world_size}")
+    return rank, world_size
+
+
+def local_batch_size(global_batch: int, world_size: int) -> int:
+    """The per-process batch; the global batch must split evenly so every step sees exactly ``global_batch``."""
+    if global_batch < 1 or world_size < 1 or global_batch % world_size:
+        raise ValueError(
+            f"global batch size {global_batch} does not divide evenly over {world_size} processes; "
+            f"use a multiple of {world_size}"
+        )
+    return global_batch // world_size
+
+
+def decoder_layer_classes(model: nn.Module) -> set[type[nn.Module]]:
+    """The repeated block classes of a transformers model (its ``_no_split_modules``): FSDP's wrapping units."""
+    names = set()
+    for module in model.modules():
+        names.update(getattr(module, "_no_split_modules", None) or ())
+    classes = {type(m) for m in model.modules() if type(m).__name__ in names}
+    if not classes:
+        raise ValueError(
+            f"cannot find the decoder layers of {type(model).__name__} (no _no_split_modules); pass layer classes"
+        )
+    return classes
+
+
+def shard_fsdp2(model: nn.Module, layer_classes: Optional[set[type[nn.Module]]] = None, mesh=None) -> nn.Module:
+    """FSDP2: ``fully_shard`` every decoder layer, then the whole model (in place; returns ``model``)."""
+    from torch.distributed.fsdp import fully_shard
+
+    layer_classes = tuple(layer_classes or decoder_layer_classes(model))
+    for module in list(model.modules()):
+        if isinstance(module, layer_classes):
+            fully_shard(module, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def wrap_fsdp1(model: nn.Module, layer_classes: Optional[set[type[nn.Module]]] = None) -> nn.Module:
+    """FSDP1 with one unit per decoder layer. ``use_orig_params=True`` lets frozen base weights and trainable
+    adapter weights share a unit; ``device_id`` is given explicitly because FSDP1 refuses CPU when guessing."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    return FullyShardedDataParallel(
+        model,
+        auto_wrap_policy=ModuleWrapPolicy(layer_classes or decoder_layer_classes(model)),
+        use_orig_params=True,
+        device_id=device,
+    )
+
+
+def full_adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The full (unsharded) trainable parameters on every rank, keyed as in the unwrapped model; works for a plain
+    model, DDP, FSDP1 and FSDP2. A collective under FSDP: every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, ignore_frozen_params=True)
+    return {k: v.detach().cpu() for k, v in get_model_state_dict(model, options=options).items()}
+
+
+def save_adapter(peft_model: nn.Module, wrapped: nn.Module, out_dir: str | os.PathLike) -> None:
+    """Save the adapter of ``peft_model`` (trained as ``wrapped``) from rank 0, as PEFT's save_pretrained does.
+
+    Every rank must call it. Files are written to a temporary directory beside ``out_dir`` and moved into place
+    one by one, so an interrupted save never leaves a half-written file under its final name."""
+    state_dict = full_adapter_state_dict(wrapped)
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".adapter-", dir=out_dir.parent))
+        try:
+            peft_model.save_pretrained(tmp, state_dict=state_dict)
+            _check_saved(tmp, state_dict)
+            for path in tmp.rglob("*"):
+                if path.is_file():
+                    target = out_dir / path.relative_to(tmp)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(path, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _check_saved(directory: Path, state_dict: dict[str, torch.Tensor]) -> None:
+    """PEFT picks adapter tensors by module name and can silently pick too few from a wrapped model: count them."""
+    from safetensors import safe_open
+
+    written = 0
+    for path in directory.rglob("adapter_model.safetensors"):
+        with safe_open(path, "pt") as f:
+            written += len(list(f.keys()))
+    if written < len(state_dict):
+        raise RuntimeError(
+            f"the adapter save wrote {written} tensors but the model trains {len(state_dict)}; nothing was saved "
+            f"(is the model wrapped in a way PEFT cannot see through?)"
+        )
+
+
+def finish() -> None:
+    """End a distributed run cleanly: a barrier, then destroy the group (gloo teardown can abort without both)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -1,0 +1,122 @@
+"""Train a KRAdapter on a tiny Llama for a few steps under one multi-process strategy.
+
+Launched by tests/test_distributed.py as ``torchrun --standalone --nproc_per_node=2 train_tiny.py --strategy S
+--out DIR`` (S: ddp, fsdp1, fsdp2, accelerate); the test imports ``train`` from here for the single-process run.
+Each rank writes DIR/rank{r}.json (world size, global and local loss per step) and DIR/rank{r}.pt (the full adapter
+weights it ends with); rank 0 saves the adapter to DIR/adapter.
+
+Data: STEPS global batches of GLOBAL_BATCH random token rows; at step t rank r takes rows [r*b, (r+1)*b) of batch t
+(b = GLOBAL_BATCH / world size), which is also how Accelerate shards a DataLoader of batch size b. Every row has the
+same length and no padding, so the mean of the ranks' mean losses is the global batch's mean loss, and the averaged
+gradients equal the single-process gradient of that loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from peft import get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import kradapter  # noqa: F401  (registers KRAdapter with PEFT)
+from kradapter import KRAdapterConfig, dist as kdist
+
+STEPS, GLOBAL_BATCH, SEQ, VOCAB, LR = 4, 4, 16, 128, 1e-2
+STRATEGIES = ("ddp", "fsdp1", "fsdp2", "accelerate")
+
+
+def tiny_model() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64,
+    )
+    return LlamaForCausalLM(config)
+
+
+def tiny_peft_model():
+    return get_peft_model(tiny_model(), KRAdapterConfig(target_modules=["k_proj", "v_proj"], alpha=1.0))
+
+
+def batches() -> torch.Tensor:
+    return torch.randint(0, VOCAB, (STEPS, GLOBAL_BATCH, SEQ), generator=torch.Generator().manual_seed(1))
+
+
+def train(strategy: str = "single", out: Path | None = None) -> dict:
+    """Run the few steps; returns (and on every rank writes) what the test compares."""
+    import torch.distributed as dist
+
+    peft_model = tiny_peft_model()
+    rank, world_size = 0, 1
+    if strategy == "accelerate":
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedType
+
+        # cpu=True: under torchrun a plain Accelerator() on a CPU machine runs unsynchronised copies.
+        accelerator = Accelerator(cpu=True)
+        if accelerator.distributed_type != DistributedType.MULTI_CPU:
+            raise RuntimeError(f"Accelerate runs as {accelerator.distributed_type}, not MULTI_CPU")
+        rank, world_size = accelerator.process_index, accelerator.num_processes
+    elif strategy != "single":
+        rank, world_size = kdist.init_process_group()
+    local = kdist.local_batch_size(GLOBAL_BATCH, world_size)
+
+    data = batches()
+    if strategy == "ddp":
+        model = torch.nn.parallel.DistributedDataParallel(peft_model)
+    elif strategy == "fsdp1":
+        model = kdist.wrap_fsdp1(peft_model)
+    elif strategy == "fsdp2":
+        model = kdist.shard_fsdp2(peft_model)
+    else:
+        model = peft_model
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
+    if strategy == "accelerate":
+        loader = torch.utils.data.DataLoader(data.reshape(-1, SEQ), batch_size=local, shuffle=False)
+        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+        steps = iter(loader)
+    else:
+        steps = (batch[rank * local : (rank + 1) * local] for batch in data)
+
+    losses, local_losses = [], []
+    model.train()
+    for x in steps:
+        loss = model(input_ids=x, labels=x).loss
+        if strategy == "accelerate":
+            accelerator.backward(loss)
+        else:
+            loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        local_losses.append(loss.item())
+        mean = loss.detach().clone()
+        if world_size > 1:
+            dist.all_reduce(mean)
+        losses.append(mean.item() / world_size)
+
+    adapter = kdist.full_adapter_state_dict(model)
+    result = {"strategy": strategy, "rank": rank, "world_size": world_size, "losses": losses, "local_losses": local_losses}
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save(adapter, out / f"rank{rank}.pt")
+        (out / f"rank{rank}.json").write_text(json.dumps(result))
+        kdist.save_adapter(peft_model, model, out / "adapter")
+    kdist.finish()
+    return {**result, "adapter": adapter}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--strategy", choices=STRATEGIES, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    train(args.strategy, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
