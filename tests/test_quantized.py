@@ -143,11 +143,12 @@ def test_qlora_training_with_gradient_checkpointing_and_adapter_only_save_load(t
         torch.testing.assert_close(reloaded(x).logits, model(x).logits, rtol=0, atol=0)
 
 
-def test_4bit_merge_needs_a_choice_and_changes_nothing_without_one(tiny_llama_dir):
-    model = adapted(tiny_llama_dir, "4bit")
+@pytest.mark.parametrize("kind", ["4bit", "8bit"])
+def test_merge_needs_a_choice_and_changes_nothing_without_one(tiny_llama_dir, kind):
+    model = adapted(tiny_llama_dir, kind)
     before = packed_bytes(model)
-    for merge in (model.merge_adapter, model.merge_and_unload):
-        with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn\.q_proj.*merge_requantized.*merge_to_full_precision"):
+    for merge in (model.merge_adapter, model.merge_and_unload, lambda: model.merge_and_unload(safe_merge=True)):
+        with pytest.raises(ValueError, match=rf"'model\.layers\.0\.self_attn\.q_proj'.*bnb {kind}.*merge_requantized.*merge_to_full_precision"):
             merge()
     assert all(torch.equal(before[k], v) for k, v in packed_bytes(model).items())
     assert not any(m.merged for m in quant.quantized_layers(model).values())
@@ -200,13 +201,15 @@ def test_merge_to_full_precision_copy(tiny_llama_dir, kind):
         torch.testing.assert_close(full(x).logits, want, rtol=1e-5, atol=1e-5)
 
 
-def test_8bit_merge_and_unload_requantizes_without_a_choice(tiny_llama_dir):
+def test_requantized_merge_then_unload_gives_a_merged_quantized_model(tiny_llama_dir):
     model = adapted(tiny_llama_dir, "8bit")
     x = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         unmerged = model(x).logits
-    merged = model.merge_and_unload()
+    quant.merge_requantized(model)
+    merged = model.unload()
     assert isinstance(merged.model.layers[0].self_attn.k_proj, bnb.nn.Linear8bitLt)
+    assert not any(isinstance(m, QuantizedLinear) for m in merged.modules())
     with torch.no_grad():
         assert (merged(x).logits - unmerged).abs().max().item() < 0.05
 

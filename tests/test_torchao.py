@@ -48,10 +48,10 @@ def test_torchao_int8_weight_only_trains_merges_and_restores(tmp_path):
     with torch.no_grad():
         unmerged = model(x).logits
 
-    # int8 merges requantize without asking (like bnb 8-bit) and record what the rounding cost.
-    model.merge_adapter()
-    for layer in layers.values():
-        assert 0 < layer.merge_error.relative < 0.02
+    with pytest.raises(ValueError, match=r"torchao base requantizes.*merge_requantized.*merge_to_full_precision"):
+        model.merge_adapter()
+    errors = quant.merge_requantized(model)
+    assert errors.keys() == layers.keys() and all(0 < e.relative < 0.02 for e in errors.values())
     with torch.no_grad():
         assert 0 < (model(x).logits - unmerged).abs().max().item() < 0.05
     model.unmerge_adapter()

@@ -1,7 +1,9 @@
 """Quantized frozen bases: building a bitsandbytes config, and the two ways to merge a KRAdapter into one.
 
 QLoRA-style training keeps the base quantized and the adapter in full precision; nothing here is needed for that
-(``get_peft_model`` dispatches the quantized layers by itself). Merging is where a choice is needed:
+(``get_peft_model`` dispatches the quantized layers by itself). Merging is where a choice is needed, because
+requantizing rounds away much of a typical update (benchmarks/quantized_merge.py); ``merge_adapter()`` and
+``merge_and_unload()`` on a quantized base refuse and name these two:
 
 - ``merge_requantized(model)``: in place; dequantize, add alpha * Delta W, requantize. Returns the measured error
   per layer. ``model.unmerge_adapter()`` restores the original quantized weights exactly.

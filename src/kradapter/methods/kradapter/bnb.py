@@ -1,7 +1,7 @@
 """KRAdapter layers for bitsandbytes' Linear4bit (QLoRA-style NF4/FP4) and Linear8bitLt (LLM.int8()) bases.
 
-Both reuse QuantizedLinear; what differs per format is what a merge may do and what restoring the original
-quantized weight takes. bitsandbytes is never imported here: a bnb layer can only exist if it already was.
+Both reuse QuantizedLinear; what differs per format is when the weight cannot be dequantized and what restoring
+the original quantized weight takes. bitsandbytes is never imported here: a bnb layer exists only if it already was.
 """
 
 from __future__ import annotations
@@ -15,11 +15,7 @@ from .quantized import QuantizedLinear
 
 
 class Linear4bit(QuantizedLinear):
-    """KRAdapter on bnb.nn.Linear4bit. A 4-bit grid has 16 levels per block, far coarser than a typical update, so
-    merging requires choosing between requantizing (kradapter.quant.merge_requantized) and a full-precision copy
-    (kradapter.quant.merge_to_full_precision)."""
-
-    requantize_needs_choice = True
+    """KRAdapter on bnb.nn.Linear4bit (QLoRA's NF4 or FP4: 16 levels per block of 64 weights)."""
 
     def backend_dequantize_blocker(self) -> Optional[str]:
         state = getattr(self.get_base_layer().weight, "quant_state", None)
@@ -34,7 +30,7 @@ class Linear4bit(QuantizedLinear):
 
 
 class Linear8bitLt(QuantizedLinear):
-    """KRAdapter on bnb.nn.Linear8bitLt (row-wise absmax int8). Merging requantizes and records the merge error."""
+    """KRAdapter on bnb.nn.Linear8bitLt (LLM.int8(): row-wise absmax int8 weights)."""
 
     def backend_dequantize_blocker(self) -> Optional[str]:
         if self.get_base_layer().state.has_fp16_weights:
