@@ -268,3 +268,19 @@ def test_minilm_delta_is_a_real_finetune_cached_once(tmp_path, monkeypatch):
     again, info2 = targets_mod.minilm_delta(tmp_path)
     assert info2["cached"] is True and torch.equal(again, delta)
     assert [p.suffix for p in tmp_path.iterdir()] == [".safetensors"]
+
+
+def test_interrupted_run_keeps_the_previous_outputs(tmp_path):
+    cfg = dict(targets=["random", "sparse"], methods=["kradapter", "lora"], size=(24, 16), iters=5, figure5_size=8)
+    out = tmp_path / "out"
+    run_approx(ApproxConfig(out=str(out), **cfg))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def ctrl_c_after_two(done: str, seen=[]):  # noqa: B006 (a counter local to this test)
+        seen.append(done)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_approx(ApproxConfig(out=str(out), seed=1, workers=1, **cfg), ctrl_c_after_two)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # old files intact, no temp files

@@ -122,12 +122,17 @@ def run_approx(cfg: ApproxConfig, progress: Optional[Callable[[str], None]] = No
     source_cache: dict = {}
     targets = {t: make_target(t, d_out, d_in, cfg.seed, cfg.real, source_cache) for t in cfg.targets}
     threads = torch.get_num_threads()
-    with ThreadPoolExecutor(cfg.workers, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+    pool = ThreadPoolExecutor(cfg.workers, initializer=torch.set_num_threads, initargs=(threads,))
+    try:
         grid = _fit_grid(cfg, targets, M.make_w0(d_out, d_in, cfg.seed), pool, step, "")
         if cfg.figure5_size:
             n = cfg.figure5_size
             small = {t: make_target(t, n, n, cfg.seed, cfg.real, source_cache) for t in cfg.targets}
             grid5 = _fit_grid(cfg, small, M.make_w0(n, n, cfg.seed), pool, step, "fig5 ")
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)  # Ctrl-C / error: drop queued fits; nothing is written yet
+        raise
+    pool.shutdown()
 
     for tname, target in targets.items():
         doc["targets"][tname] = dict(info=target.info, effective_rank=grid[tname]["__target__"]["effective_rank"],
@@ -155,21 +160,33 @@ def run_approx(cfg: ApproxConfig, progress: Optional[Callable[[str], None]] = No
 
 def _fit_grid(cfg: ApproxConfig, targets: dict, w0: torch.Tensor, pool: ThreadPoolExecutor, step, label: str) -> dict:
     """Every (target, method) fit. Adapters are built here, in order, because their init draws from torch's global
-    RNG; the fits (no randomness) run on the pool's threads, at most 2 per worker queued to bound memory."""
+    RNG; the fits (no randomness) run on the pool's threads, at most 2 per worker queued to bound memory. Progress
+    is reported from this (the calling) thread, so a callback that raises stops the run here."""
     keep_delta = label != ""  # only the small Figure-5 fits keep their reconstructions
     grid: dict = {t: {} for t in targets}
+    labels: dict = {}
     pending: set = set()
+
+    def report(block_until_below: int) -> set:
+        nonlocal pending
+        while len(pending) > block_until_below:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                fut.result()  # a failed fit raises here, not at the end
+                step(labels[fut])
+        return pending
+
     for tname, target in targets.items():
         s_t = spectrum(target.matrix)
         grid[tname]["__target__"] = {"spectrum": s_t.tolist(), "effective_rank": effective_rank(s_t, is_spectrum=True)}
         for method in cfg.methods:
-            while len(pending) >= 2 * cfg.workers:
-                _, pending = wait(pending, return_when=FIRST_COMPLETED)
+            report(2 * cfg.workers - 1)
             adapted = M.build(method, w0, cfg.seed, cfg.scaling)
             fut = pool.submit(_fit_one, adapted, target.matrix, s_t, cfg, keep_delta)
-            fut.add_done_callback(lambda f, done=f"{label}{tname}/{method}": step(done))
+            labels[fut] = f"{label}{tname}/{method}"
             grid[tname][method] = fut
             pending.add(fut)
+    report(0)
     for tname in targets:
         for method in cfg.methods:
             grid[tname][method] = grid[tname][method].result()
