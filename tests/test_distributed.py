@@ -81,3 +81,79 @@ def test_init_outside_torchrun_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
     with pytest.raises(RuntimeError, match="not launched by torchrun"):
         kdist.init_process_group()
+
+
+# --- `kradapter train` itself under torchrun and accelerate launch (transformers' Trainer, use_cpu=True) --------------
+TRAIN_ARGS = ["--max-steps", "3", "--batch-size", "4", "--logging-steps", "1", "--eval-batch-size", "16",
+              "--max-new-tokens", "4", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def commonsense(tmp_path_factory):
+    from recipe_fixtures import commonsense_data, tiny_llama
+
+    root = tmp_path_factory.mktemp("commonsense")
+    return {"root": root, "model": tiny_llama(root), "data": commonsense_data(root)}
+
+
+def cli_args(commonsense, out, quantize=None) -> list[str]:
+    args = ["train", "--task", "commonsense", "--model", commonsense["model"], "--output-dir", str(out), *TRAIN_ARGS]
+    for d in commonsense["data"]:
+        args += ["--data", d]
+    return args + (["--quantize", quantize] if quantize else [])
+
+
+def one_process_result(commonsense, quantize):
+    from kradapter.cli import main
+
+    out = commonsense["root"] / f"single-{quantize}"
+    assert main(cli_args(commonsense, out, quantize)) == 0
+    return json.loads((out / "seeds" / "seed-0" / "result.json").read_text()), out
+
+
+@pytest.mark.parametrize("launcher,quantize", [("torchrun", "4bit"), ("accelerate", None)])
+def test_kradapter_train_on_two_processes_trains_like_one(commonsense, tmp_path, launcher, quantize):
+    if quantize:
+        pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed (pip install 'kradapter[quant]')")
+    out = tmp_path / "run"
+    if launcher == "torchrun":
+        run = torchrun("-m", "kradapter", *cli_args(commonsense, out, quantize))
+    else:  # accelerate launch's multi-process launcher is torchrun's; the Trainer's use_cpu=True makes it gloo
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "-m", "kradapter", *cli_args(commonsense, out, quantize)]
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert run.stdout.count("results: ") == 1  # only rank 0 prints
+
+    result = json.loads((out / "seeds" / "seed-0" / "result.json").read_text())
+    single, single_out = one_process_result(commonsense, quantize)
+    assert result["processes"] == 2 and single["processes"] == 1
+    assert result["max_weight_difference_across_ranks"] == 0.0  # both ranks hold the same adapter
+    assert [h["step"] for h in result["train_loss_history"]] == [1, 2, 3]
+    for got, want in zip(result["train_loss_history"], single["train_loss_history"]):
+        assert abs(got["loss"] - want["loss"]) < TOL, (result["train_loss_history"], single["train_loss_history"])
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".staging")]  # no rank left files behind
+
+    # The adapter loads in one process and holds what one process trains.
+    from kradapter.train.tasks.commonsense import load_causal_lm
+
+    loaded = PeftModel.from_pretrained(load_causal_lm(commonsense["model"], quantize), out)
+    reference = PeftModel.from_pretrained(load_causal_lm(commonsense["model"], quantize), single_out)
+    want = {k: v for k, v in reference.state_dict().items() if "kradapter_" in k}
+    got = loaded.state_dict()
+    assert len(want) == 8
+    for name, weight in want.items():
+        assert (got[name] - weight).abs().max().item() < TOL, name
+
+
+def test_kradapter_train_refuses_a_world_size_that_does_not_divide_the_batch(commonsense, tmp_path, monkeypatch, capsys):
+    from kradapter.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it; the check comes before any process group is needed
+    monkeypatch.setenv("RANK", "0")
+    args = cli_args(commonsense, tmp_path / "run")
+    args[args.index("--batch-size") + 1] = "3"
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "kradapter train: error: global batch size 3 does not divide evenly over 2 processes; use a multiple of 2"
+    assert not (tmp_path / "run" / "seeds").exists()

@@ -269,3 +269,22 @@ def test_missing_backend_gives_one_clear_error(monkeypatch):
         quant.bnb_config("4bit")
     with pytest.raises(ValueError, match=r"quantize='3bit'.*\['4bit', '8bit'\]"):
         quant.bnb_config("3bit")
+
+
+def test_train_quantize_bad_input_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    from kradapter.cli import main
+
+    base = ["train", "--output-dir", str(tmp_path / "run"), "--quiet"]
+    assert main([*base, "--task", "text", "--quantize", "4bit"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "kradapter train: error: --quantize applies to the causal-LM task 'commonsense', not 'text'")
+    assert main([*base, "--task", "commonsense", "--method", "full", "--quantize", "8bit"]) == 2
+    assert "full fine-tuning cannot train quantized weights" in capsys.readouterr().err
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    assert main([*base, "--task", "commonsense", "--quantize", "4bit"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kradapter train: error: 4bit quantization needs the 'bitsandbytes' package") and "\n" not in err
+    assert not (tmp_path / "run").exists()

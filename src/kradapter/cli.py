@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, KeyError) as err:
+    except (ValueError, TypeError, FileNotFoundError, KeyError, ImportError) as err:
         # Library errors are written to name the bad input; show them as one line, not a traceback.
         print(f"kradapter {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -24,6 +24,22 @@ def launched_by_torchrun() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
+def rank() -> int:
+    """This process's rank: from the process group once joined, else from torchrun's environment (0 alone)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else int(os.environ.get("RANK", 0))
+
+
+def world_size() -> int:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def is_main_process() -> bool:
+    """Rank 0 (or the only process): the one that writes files and prints."""
+    return rank() == 0
+
+
 def init_process_group(expected_world_size: Optional[int] = None) -> tuple[int, int]:
     """Join the process group torchrun describes (gloo on CPU, nccl on CUDA); return (rank, world_size).
 
@@ -139,6 +155,20 @@ def _check_saved(directory: Path, state_dict: dict[str, torch.Tensor]) -> None:
             f"the adapter save wrote {written} tensors but the model trains {len(state_dict)}; nothing was saved "
             f"(is the model wrapped in a way PEFT cannot see through?)"
         )
+
+
+def max_difference_across_ranks(model: nn.Module) -> Optional[float]:
+    """Largest |difference| between this rank's trainable parameters and rank 0's, maximised over ranks (None when
+    not distributed). 0.0 proves the replicas are in sync; unsynchronised copies would differ. A collective."""
+    if world_size() == 1 or not dist.is_initialized():
+        return None
+    params = [p.detach().float().reshape(-1) for p in model.parameters() if p.requires_grad]
+    flat = torch.cat(params) if params else torch.zeros(1)
+    reference = flat.clone()
+    dist.broadcast(reference, src=0)
+    difference = (flat - reference).abs().max()
+    dist.all_reduce(difference, op=dist.ReduceOp.MAX)
+    return difference.item()
 
 
 def finish() -> None:

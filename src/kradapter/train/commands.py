@@ -7,6 +7,7 @@ import sys
 import warnings
 
 from ..cli import command
+from ..quant import QUANTIZE_CHOICES
 from .tasks import TASKS, all_task_modules
 
 
@@ -46,6 +47,9 @@ def add_train_arguments(p: argparse.ArgumentParser, compare: bool = False) -> No
     p.add_argument("--keep-checkpoints", action="store_true", help="keep Trainer checkpoints after a seed ends")
     p.add_argument("--zero-shot-cache", default=None, help=argparse.SUPPRESS)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quantize", choices=QUANTIZE_CHOICES, default=None,
+                   help="load the base model quantized by bitsandbytes, QLoRA-style (4bit: NF4 + double "
+                   "quantization; 8bit: LLM.int8()); commonsense task, adapter methods; needs kradapter[quant]")
     for module in all_task_modules():
         module.add_arguments(p)
 
@@ -61,6 +65,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     args.output_dir = args.output_dir or f"runs/{args.task}-{args.method}"
     _quiet_libraries()
+    from ..dist import finish, is_main_process
+
     try:
         metrics = run(args)
     except TrainingInterrupted as err:
@@ -71,8 +77,10 @@ def run_train(args: argparse.Namespace) -> int:
         return 130
     from .runner import format_summary
 
-    print(format_summary(metrics), end="")
-    print(f"results: {args.output_dir}/metrics.json, summary.txt; adapter: {args.output_dir}")
+    if is_main_process():  # under torchrun every rank holds the same results; one prints them
+        print(format_summary(metrics), end="")
+        print(f"results: {args.output_dir}/metrics.json, summary.txt; adapter: {args.output_dir}")
+    finish()  # torchrun: barrier, then leave the process group
     return 0
 
 

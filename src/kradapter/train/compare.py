@@ -52,7 +52,7 @@ def _child(arg_dict: dict) -> None:
     args = argparse.Namespace(**arg_dict)
     try:
         code = run_train(args)
-    except (ValueError, TypeError, FileNotFoundError, KeyError) as err:
+    except (ValueError, TypeError, FileNotFoundError, KeyError, ImportError) as err:
         print(f"kradapter compare ({args.method}): error: {err}", file=sys.stderr)
         code = 2
     sys.exit(code)

@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from ..dist import is_main_process
+
 
 def cache_dir(*parts: str) -> Path:
     """~/.cache/kradapter/... (or $KRADAPTER_CACHE/...): where offline defaults are built once and reused."""
@@ -23,8 +25,11 @@ def cache_dir(*parts: str) -> Path:
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call write(tmp_path) on a temporary file next to `path`, then rename it into place."""
+    """Call write(tmp_path) on a temporary file next to `path`, then rename it into place. Under torchrun only
+    rank 0 writes (every rank computes the same results)."""
     path = Path(path)
+    if not is_main_process():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -70,8 +75,12 @@ def save_figure(fig, path: str | Path) -> Path:
 
 def publish_dir(src: str | Path, dest: str | Path) -> None:
     """Move every file of a finished temporary directory into `dest`, one os.replace per file, so `dest` holds
-    either the old or the new version of each file, never a partial one."""
+    either the old or the new version of each file, never a partial one. Under torchrun only rank 0 publishes;
+    the other ranks' staging directories are dropped."""
     src, dest = Path(src), Path(dest)
+    if not is_main_process():
+        shutil.rmtree(src, ignore_errors=True)
+        return
     for item in sorted(src.rglob("*")):
         if item.is_file():
             target = dest / item.relative_to(src)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ..dist import is_main_process, local_batch_size, max_difference_across_ranks, world_size
 from .callbacks import EffectiveRankCallback, GracefulInterrupt
 from .deltas import adapter_deltas, spectral_means, spectral_table
 from .io import publish_dir, read_json, staging_dir, write_json, write_text
@@ -120,7 +121,9 @@ def train_seed(prepared: Prepared, args, method: str, lr: float, seed: int, seed
     ckpt_root = seed_dir / "checkpoints"
     targs = TrainingArguments(
         output_dir=str(ckpt_root), max_steps=max_steps or -1, num_train_epochs=float(epochs),
-        per_device_train_batch_size=batch_size, learning_rate=lr, weight_decay=0.0, lr_scheduler_type="linear",
+        # --batch-size is the global batch: under torchrun each of the processes takes an equal share.
+        per_device_train_batch_size=local_batch_size(batch_size, world_size()),
+        learning_rate=lr, weight_decay=0.0, lr_scheduler_type="linear",
         warmup_steps=int(args.warmup_ratio * steps_planned), logging_steps=log_every, save_strategy="steps",
         save_steps=args.save_steps or max(1, steps_planned // 4), save_total_limit=1, seed=seed, data_seed=seed,
         use_cpu=not torch.cuda.is_available(), report_to="none", remove_unused_columns=False,
@@ -160,6 +163,10 @@ def train_seed(prepared: Prepared, args, method: str, lr: float, seed: int, seed
         "seconds_per_epoch": train_seconds / epochs_run if epochs_run > 0 else None,
         "peak_memory_mb": peak_mb, "memory_kind": memory_kind,
         "spectral": spectral, "effective_rank_history": rank_cb.history,
+        "train_loss_history": [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h],
+        "processes": world_size(),
+        # Under torchrun: how far any rank's trained weights are from rank 0's (0.0: the replicas stayed in sync).
+        "max_weight_difference_across_ranks": max_difference_across_ranks(model),
     }
     if save_adapter:
         staging = staging_dir(seed_dir)
@@ -171,7 +178,7 @@ def train_seed(prepared: Prepared, args, method: str, lr: float, seed: int, seed
                                         "head": prepared.head})
         publish_dir(staging, seed_dir)
     write_json(result_path, result)
-    if not args.keep_checkpoints:
+    if not args.keep_checkpoints and is_main_process():
         shutil.rmtree(ckpt_root, ignore_errors=True)
     del trainer, model
     return result
@@ -234,7 +241,10 @@ def run(args: argparse.Namespace, extra_callbacks=()) -> dict:
     grid = parse_lr_grid(args.lr_grid)
     if args.lr is not None and grid:
         raise ValueError("give --lr or --lr-grid, not both")
+    if getattr(args, "quantize", None):
+        _check_quantize(args)
     prepared = task.prepare(args)
+    local_batch_size(args.batch_size or prepared.defaults.get("batch_size", 16), world_size())  # splits evenly?
     method = args.method
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -269,6 +279,17 @@ def run(args: argparse.Namespace, extra_callbacks=()) -> dict:
     write_json(out / "metrics.json", metrics)
     write_text(out / "summary.txt", format_summary(metrics))
     return metrics
+
+
+def _check_quantize(args) -> None:
+    """--quantize: one clear error for a task, method or missing backend it cannot serve, before any loading."""
+    from ..quant import bnb_config
+
+    if args.task != "commonsense":
+        raise ValueError(f"--quantize applies to the causal-LM task 'commonsense', not {args.task!r}")
+    if args.method == "full":
+        raise ValueError("--quantize needs an adapter method: full fine-tuning cannot train quantized weights")
+    bnb_config(args.quantize)  # raises when bitsandbytes is not installed
 
 
 def aggregate(prepared: Prepared, args, method, lr, selection, seeds, results, zero) -> dict:

@@ -70,11 +70,24 @@ def default_data() -> list[str]:
             f"ood:winowhy={f['winowhy']}"]
 
 
-def load_causal_lm(path: str):
+def load_causal_lm(path: str, quantize: str | None = None):
     """The one place a causal LM is loaded (quantisation and device placement belong here)."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    if quantize is None:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    import os
+
+    from peft import prepare_model_for_kbit_training
+
+    from ...quant import bnb_config
+
+    # QLoRA-style: quantized frozen base on this process's device, norms in float32, gradient checkpointing.
+    device = int(os.environ.get("LOCAL_RANK", 0)) if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, device_map={"": device},
+                                                 quantization_config=bnb_config(quantize))
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
+                                           gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def prepare(args: argparse.Namespace) -> Prepared:
@@ -102,7 +115,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
 
     tokenizer = load_or_explain("model path", model_path, lambda: AutoTokenizer.from_pretrained(model_path))
     config = load_or_explain("model path", model_path, lambda: AutoConfig.from_pretrained(model_path))
-    model = load_or_explain("model path", model_path, lambda: load_causal_lm(model_path))
+    model = load_or_explain("model path", model_path, lambda: load_causal_lm(model_path, getattr(args, "quantize", None)))
     from torch import nn
     from transformers.pytorch_utils import Conv1D
 
@@ -170,7 +183,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
         return accuracy([p for p, _ in pairs], [g for _, g in pairs])
 
     def build_model():
-        return load_causal_lm(model_path)
+        return load_causal_lm(model_path, getattr(args, "quantize", None))
 
     def tokenize_train(ds):
         return ds.map(encode_train, remove_columns=ds.column_names, keep_in_memory=True)
