@@ -53,10 +53,10 @@ def init_process_group(expected_world_size: Optional[int] = None) -> tuple[int, 
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group(backend)
-    rank, world_size = dist.get_rank(), dist.get_world_size()
-    if expected_world_size is not None and world_size != expected_world_size:
-        raise RuntimeError(f"expected {expected_world_size} processes, but the process group has {world_size}")
-    return rank, world_size
+    size = dist.get_world_size()
+    if expected_world_size is not None and size != expected_world_size:
+        raise RuntimeError(f"expected {expected_world_size} processes, but the process group has {size}")
+    return dist.get_rank(), size
 
 
 def local_batch_size(global_batch: int, world_size: int) -> int:
