@@ -29,7 +29,8 @@ def add_train_arguments(p: argparse.ArgumentParser, compare: bool = False) -> No
     p.add_argument("--seeds", default="1", help="number of seeds (5 -> 0..4) or a list (0,3,7); default 1")
     p.add_argument("--max-steps", type=int, default=None, help="training steps (overrides --epochs)")
     p.add_argument("--epochs", type=float, default=None, help="training epochs when --max-steps is not given")
-    p.add_argument("--batch-size", type=int, default=None, help="training batch size (default per task)")
+    p.add_argument("--batch-size", type=int, default=None, help="global training batch size, split evenly over "
+                   "the processes under torchrun / accelerate launch (default per task)")
     p.add_argument("--eval-batch-size", type=int, default=64)
     p.add_argument("--target-modules", default=None,
                    help="comma-separated module names (suffixes) or regexes to adapt (default: attention key and "
