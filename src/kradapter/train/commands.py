@@ -25,7 +25,8 @@ def add_train_arguments(p: argparse.ArgumentParser, compare: bool = False) -> No
                        "full 1e-4, others 1e-3)")
         p.add_argument("--output-dir", default=None, help="where results go (default runs/TASK-METHOD)")
     p.add_argument("--lr-grid", default=None, metavar="LR,LR,...",
-                   help="try these learning rates on the validation split (first seed) and keep the best")
+                   help="try these learning rates on the validation split (first seed) and keep the best" +
+                   ("; per method: kradapter=1e-3:3e-3,lora=3e-4:1e-3" if compare else ""))
     p.add_argument("--seeds", default="1", help="number of seeds (5 -> 0..4) or a list (0,3,7); default 1")
     p.add_argument("--max-steps", type=int, default=None, help="training steps (overrides --epochs)")
     p.add_argument("--epochs", type=float, default=None, help="training epochs when --max-steps is not given")
@@ -47,6 +48,8 @@ def add_train_arguments(p: argparse.ArgumentParser, compare: bool = False) -> No
                    help="log the effective rank of the updates every N steps (default: every logging step)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep Trainer checkpoints after a seed ends")
     p.add_argument("--zero-shot-cache", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; 1 is faster on a busy shared machine)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--quantize", choices=QUANTIZE_CHOICES, default=None,
                    help="load the base model quantized by bitsandbytes, QLoRA-style (4bit: NF4 + double "

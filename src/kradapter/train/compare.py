@@ -45,6 +45,22 @@ def parse_lr_map(value: str | None, methods: list[str]) -> dict[str, float]:
     return lrs
 
 
+def parse_lr_grid_map(value: str | None, methods: list[str]) -> dict[str, str | None]:
+    """'1e-4,1e-3' (every method) or 'kradapter=1e-3:3e-3,lora=3e-4:1e-3' (others: no grid) -> train's --lr-grid."""
+    if not value:
+        return {m: None for m in methods}
+    if "=" not in value:
+        return {m: value for m in methods}
+    grids: dict[str, str | None] = {m: None for m in methods}
+    for item in value.split(","):
+        name, _, lrs = item.partition("=")
+        name = name.strip()
+        if name not in methods:
+            raise ValueError(f"--lr-grid {value!r}: {name!r} is not one of --methods ({', '.join(methods)})")
+        grids[name] = ",".join(lrs.split(":"))
+    return grids
+
+
 def _child(arg_dict: dict) -> None:
     """One method's `kradapter train`, in a fresh process."""
     from .commands import run_train
@@ -58,7 +74,7 @@ def _child(arg_dict: dict) -> None:
     sys.exit(code)
 
 
-def run_methods(args: argparse.Namespace, methods: list[str], lrs: dict[str, float], out: Path) -> int:
+def run_methods(args: argparse.Namespace, methods: list[str], lrs: dict[str, float], grids: dict, out: Path) -> int:
     # Not fork: a parent that already ran torch (thread pools, CUDA) can deadlock its forked children. A fork
     # server imports the heavy libraries once, in a clean process, and forks each method's run from it.
     if "forkserver" in multiprocessing.get_all_start_methods():
@@ -67,7 +83,7 @@ def run_methods(args: argparse.Namespace, methods: list[str], lrs: dict[str, flo
     else:
         ctx = multiprocessing.get_context("spawn")
     for method in methods:
-        child = dict(vars(args), method=method, lr=None if args.lr_grid else lrs[method],
+        child = dict(vars(args), method=method, lr=None if grids[method] else lrs[method], lr_grid=grids[method],
                      output_dir=str(out / method), zero_shot_cache=str(out / "zero_shot.json"))
         child.pop("run", None)
         print(f"== {method} ==", flush=True)
@@ -223,11 +239,13 @@ def summarise(out: Path, methods: list[str], command: str) -> str:
 def run(args: argparse.Namespace) -> int:
     methods = parse_methods(args.methods)
     lrs = parse_lr_map(args.lr, methods)
-    if args.lr and args.lr_grid:
-        raise ValueError("give --lr or --lr-grid, not both")
+    grids = parse_lr_grid_map(args.lr_grid, methods)
+    both = [m for m in methods if grids[m] and args.lr and ("=" not in args.lr or f"{m}=" in args.lr)]
+    if both:
+        raise ValueError(f"--lr and --lr-grid both set a learning rate for {', '.join(both)}")
     out = Path(args.output_dir or f"runs/compare-{args.task}")
     out.mkdir(parents=True, exist_ok=True)
-    code = run_methods(args, methods, lrs, out)
+    code = run_methods(args, methods, lrs, grids, out)
     if code:
         return code
     command = "kradapter " + " ".join(sys.argv[1:]) if sys.argv[0].endswith(("kradapter", "__main__.py")) else ""

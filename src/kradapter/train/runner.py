@@ -236,6 +236,8 @@ def run(args: argparse.Namespace, extra_callbacks=()) -> dict:
     from transformers import set_seed
 
     check_method(args.method)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
     task = task_module(args.task)
     seeds = parse_seeds(args.seeds)
     grid = parse_lr_grid(args.lr_grid)
