@@ -52,6 +52,11 @@ def parse_data_args(items: Sequence[str] | None) -> list[DataSpec]:
     return specs
 
 
+def spec_args(specs: Sequence[DataSpec]) -> list[str]:
+    """The --data entries that reproduce `specs` (how defaults are spelled out in metrics.json)."""
+    return [f"{s.role if s.role != 'test' else s.group.lower() + ':' + s.name}={s.path}" for s in specs]
+
+
 def load_file(path: str | Path):
     """One file (or imagefolder directory) as a `datasets.Dataset`."""
     from datasets import load_dataset

@@ -220,7 +220,7 @@ def _run_key(args, prepared: Prepared, method: str) -> dict:
 def _check_output_dir(out: Path, key: dict) -> None:
     """Refuse to mix two different runs in one directory (resume only continues the same run)."""
     path = out / "run.json"
-    if path.exists():
+    if path.is_file():
         old = read_json(path).get("key", {})
         new = json.loads(json.dumps(key))
         diffs = [k for k in new if old.get(k) != new[k]]
@@ -228,7 +228,6 @@ def _check_output_dir(out: Path, key: dict) -> None:
             k = diffs[0]
             raise ValueError(f"{out} holds a different run ({k}: {old.get(k)!r} there, {new[k]!r} now); "
                              "use another --output-dir or delete it")
-    write_json(path, {"key": key})
 
 
 def run(args: argparse.Namespace, extra_callbacks=()) -> dict:
@@ -249,18 +248,22 @@ def run(args: argparse.Namespace, extra_callbacks=()) -> dict:
     local_batch_size(args.batch_size or prepared.defaults.get("batch_size", 16), world_size())  # splits evenly?
     method = args.method
     out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    key = _run_key(args, prepared, method)
+    _check_output_dir(out, key)
 
     # Check the method on the model before spending time on anything (unsupported layer types fail here).
     set_seed(seeds[0])
     probe = prepared.build_model()
-    zero = None
-    if prepared.zero_shot:
-        cache = Path(args.zero_shot_cache) if args.zero_shot_cache else out / "zero_shot.json"
-        zero = zero_shot_scores(prepared, probe, cache)
+    zero_probe = prepared.build_model() if prepared.zero_shot else None
     apply_method(probe, method, prepared.targets, prepared.head)
     del probe
-    _check_output_dir(out, _run_key(args, prepared, method))
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "run.json", {"key": key})
+    zero = None
+    if zero_probe is not None:
+        cache = Path(args.zero_shot_cache) if args.zero_shot_cache else out / "zero_shot.json"
+        zero = zero_shot_scores(prepared, zero_probe, cache)
+        del zero_probe
 
     selection = None
     if grid:

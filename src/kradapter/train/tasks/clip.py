@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Prepared, load_or_explain, resolve_targets, split_csv
-from .image import evaluate_logits, load_image_sets, pixel_transform, spec_args, split_image_sets, stack_collate
+from ..data import spec_args
+from .image import evaluate_logits, load_image_sets, pixel_transform, split_image_sets, stack_collate
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -17,7 +17,7 @@ import re
 
 import torch
 
-from ..data import load_file, parse_data_args, require_columns, split_off, subsample
+from ..data import load_file, parse_data_args, require_columns, spec_args, split_off, subsample
 from ..metrics import accuracy
 from .base import Prepared, batched, load_or_explain, resolve_targets, split_csv
 
@@ -198,7 +198,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
         targets=targets, head=[], zero_shot=True, run_info={"task": "commonsense", "model": model_path},
         sizes={"train": len(train), "validation": len(validation), **{n: len(d) for n, d in test_sets.items()}},
         defaults={"max_steps": 150 if using_default else None, "epochs": 4, "batch_size": 8},
-        data_args=[f"{s.role if s.role != 'test' else s.group.lower() + ':' + s.name}={s.path}" for s in specs],
+        data_args=spec_args(specs),
     )
 
 

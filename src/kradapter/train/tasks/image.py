@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import load_file, parse_data_args, require_columns, split_off, subsample
+from ..data import load_file, parse_data_args, require_columns, spec_args, split_off, subsample
 from ..metrics import accuracy
 from .base import Prepared, batched, load_or_explain, resolve_targets, split_csv
 
@@ -148,10 +148,6 @@ def evaluate_logits(args):
         return accuracy([p for p, _ in pairs], [g for _, g in pairs])
 
     return evaluate
-
-
-def spec_args(specs):
-    return [f"{s.role if s.role != 'test' else s.group.lower() + ':' + s.name}={s.path}" for s in specs]
 
 
 # --- models ------------------------------------------------------------------------------------------------------

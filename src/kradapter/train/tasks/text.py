@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import check_labels, load_file, parse_data_args, require_columns, split_off, subsample
+from ..data import check_labels, load_file, parse_data_args, require_columns, spec_args, split_off, subsample
 from ..metrics import METRICS
 from .base import Prepared, batched, load_or_explain, resolve_targets, split_csv
 
@@ -164,7 +164,7 @@ def prepare_classification(args, *, task: str, text_column: str, pair_column: st
                   "classes": classes},
         sizes={"train": len(train), "validation": len(validation), **{n: len(d) for n, d in test_sets.items()}},
         defaults={"max_steps": 250 if using_default else None, "epochs": 3, "batch_size": 16},
-        data_args=[f"{s.role if s.role != 'test' else s.group.lower() + ':' + s.name}={s.path}" for s in specs],
+        data_args=spec_args(specs),
     )
 
 
