@@ -64,12 +64,12 @@ def test_image_with_conv_targets_and_frozen_batchnorm(tmp_path):
     assert len(m["spectral"]) == len(m["targets"])
     assert m["tests"]["dim"]["group"] == "OOD" and m["sizes"]["dim"] == 6
     # BatchNorm statistics did not move: the saved adapter alone reproduces the fine-tuned model
-    from kradapter.train.tasks.image import load_vision_model
+    from kradapter.train.tasks import load_model
 
-    fresh = load_vision_model(model, 3)
+    fresh = load_model("image", model, num_labels=3)
     from peft import PeftModel
 
-    loaded = PeftModel.from_pretrained(load_vision_model(model, 3), str(out))
+    loaded = PeftModel.from_pretrained(load_model("image", model, num_labels=3), str(out))
     bn = {n: b for n, b in fresh.named_buffers() if "running_mean" in n}
     for n, b in loaded.named_buffers():
         if "running_mean" in n:

@@ -1,5 +1,6 @@
-"""The recipes' tasks. Each module offers add_arguments(parser), prepare(args) -> Prepared and
-rebuild(run_info) -> the base model a saved run was trained on."""
+"""The recipes' tasks. Each module offers add_arguments(parser), prepare(args) -> Prepared,
+load_model(path, ...) -> the task's model (the one place it is loaded) and rebuild(run_info) -> the base model a
+saved run was trained on."""
 
 from __future__ import annotations
 
@@ -23,3 +24,9 @@ def task_module(name: str) -> ModuleType:
 
 def all_task_modules() -> list[ModuleType]:
     return [task_module(name) for name in TASKS]
+
+
+def load_model(task: str, path: str, **options):
+    """The model of `task` from `path` (options: num_labels / regression for text and glue, num_labels for image,
+    classes / template for clip)."""
+    return task_module(task).load_model(path, **options)

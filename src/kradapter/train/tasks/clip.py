@@ -59,7 +59,7 @@ def class_prompts(classes: list[str], template: str) -> list[str]:
     return [template.format(classname=c.replace("_", " ")) for c in classes]
 
 
-def load_clip(path: str, classes: list[str], template: str) -> CLIPClassifier:
+def load_model(path: str, classes: list[str], template: str = "An image of a {classname}.") -> CLIPClassifier:
     """The one place a CLIP model is loaded."""
     from transformers import AutoTokenizer, CLIPModel
 
@@ -85,7 +85,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
         raise ValueError("--task clip needs --data train=DIR and test sets (imagefolder dirs or image files)")
     model_path = args.model
     specs, raw, classes = load_image_sets(args, lambda: [])
-    model = load_or_explain("CLIP model path", model_path, lambda: load_clip(model_path, classes, args.prompt))
+    model = load_or_explain("CLIP model path", model_path, lambda: load_model(model_path, classes, args.prompt))
     defaults = tower_targets(args.towers)
     targets = resolve_targets(model, split_csv(args.target_modules) or defaults, [], kinds=(nn.Linear,))
     size = args.image_size or model.clip.config.vision_config.image_size
@@ -101,7 +101,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
     transform = pixel_transform(args.image_column, size, mean, std)
 
     def build_model():
-        return load_clip(model_path, classes, args.prompt)
+        return load_model(model_path, classes, args.prompt)
 
     return Prepared(
         task="clip", model_path=model_path, build_model=build_model, train=train.with_transform(transform),
@@ -116,4 +116,4 @@ def prepare(args: argparse.Namespace) -> Prepared:
 
 
 def rebuild(run_info: dict):
-    return load_clip(run_info["model"], run_info["classes"], run_info["prompt"])
+    return load_model(run_info["model"], run_info["classes"], run_info["prompt"])

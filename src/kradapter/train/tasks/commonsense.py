@@ -70,7 +70,7 @@ def default_data() -> list[str]:
             f"ood:winowhy={f['winowhy']}"]
 
 
-def load_causal_lm(path: str, quantize: str | None = None):
+def load_model(path: str, quantize: str | None = None):
     """The one place a causal LM is loaded (quantisation and device placement belong here)."""
     from transformers import AutoModelForCausalLM
 
@@ -115,7 +115,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
 
     tokenizer = load_or_explain("model path", model_path, lambda: AutoTokenizer.from_pretrained(model_path))
     config = load_or_explain("model path", model_path, lambda: AutoConfig.from_pretrained(model_path))
-    model = load_or_explain("model path", model_path, lambda: load_causal_lm(model_path, getattr(args, "quantize", None)))
+    model = load_or_explain("model path", model_path, lambda: load_model(model_path, getattr(args, "quantize", None)))
     from torch import nn
     from transformers.pytorch_utils import Conv1D
 
@@ -183,7 +183,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
         return accuracy([p for p, _ in pairs], [g for _, g in pairs])
 
     def build_model():
-        return load_causal_lm(model_path, getattr(args, "quantize", None))
+        return load_model(model_path, getattr(args, "quantize", None))
 
     def tokenize_train(ds):
         return ds.map(encode_train, remove_columns=ds.column_names, keep_in_memory=True)
@@ -202,5 +202,8 @@ def prepare(args: argparse.Namespace) -> Prepared:
     )
 
 
+load_causal_lm = load_model  # the name the distributed tests import
+
+
 def rebuild(run_info: dict):
-    return load_causal_lm(run_info["model"])
+    return load_model(run_info["model"])

@@ -40,7 +40,4 @@ def prepare(args: argparse.Namespace) -> Prepared:
     return prepared
 
 
-def rebuild(run_info: dict):
-    from .text import rebuild as text_rebuild
-
-    return text_rebuild(run_info)
+from .text import load_model, rebuild  # noqa: E402,F401  GLUE models load like the text task's

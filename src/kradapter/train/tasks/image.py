@@ -151,7 +151,7 @@ def evaluate_logits(args):
 
 
 # --- models ------------------------------------------------------------------------------------------------------
-def load_vision_model(path: str, num_labels: int) -> VisionClassifier:
+def load_model(path: str, num_labels: int) -> VisionClassifier:
     """The one place a plain vision model is loaded."""
     if path == EFFICIENTNET:
         try:
@@ -213,7 +213,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
         return [f"train={d['train']}", f"id:mnist={d['mnist']}", f"ood:uci_digits={d['uci_digits']}"]
 
     specs, raw, classes = load_image_sets(args, default_dirs)
-    model = load_or_explain("model", model_path, lambda: load_vision_model(model_path, len(classes)))
+    model = load_or_explain("model", model_path, lambda: load_model(model_path, len(classes)))
     targets = resolve_targets(model, split_csv(args.target_modules), default_conv_targets(model),
                               kinds=(nn.Conv2d, nn.Linear))
     head = ["backbone._fc"] if model_path == EFFICIENTNET else [
@@ -224,7 +224,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
     transform = pixel_transform(args.image_column, size, mean, std, scale01)
 
     def build_model():
-        return load_vision_model(model_path, len(classes))
+        return load_model(model_path, len(classes))
 
     return Prepared(
         task="image", model_path=model_path, build_model=build_model, train=train.with_transform(transform),
@@ -239,4 +239,4 @@ def prepare(args: argparse.Namespace) -> Prepared:
 
 
 def rebuild(run_info: dict):
-    return load_vision_model(run_info["model"], run_info["num_labels"])
+    return load_model(run_info["model"], run_info["num_labels"])

@@ -54,7 +54,7 @@ def _default_sizes(using_default_data: bool, args) -> dict:
 
 def prepare_classification(args, *, task: str, text_column: str, pair_column: str | None, metric: str,
                            regression: bool, classes: list | None) -> Prepared:
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+    from transformers import AutoConfig, AutoTokenizer, DataCollatorWithPadding
 
     from ...methods.kradapter.model import DEFAULT_TARGET_MODULES
 
@@ -108,8 +108,7 @@ def prepare_classification(args, *, task: str, text_column: str, pair_column: st
     num_labels = 1 if regression else len(classes)
 
     def build_model():
-        return AutoModelForSequenceClassification.from_pretrained(
-            model_path, num_labels=num_labels, problem_type="regression" if regression else None)
+        return load_model(model_path, num_labels=num_labels, regression=regression)
 
     model = load_or_explain("model path", model_path, build_model)
     from torch import nn
@@ -174,10 +173,14 @@ def _default_model() -> str:
     return minilm_path()
 
 
-def rebuild(run_info: dict):
-    """The base model a saved run was trained on (for `kradapter report`)."""
+def load_model(path: str, num_labels: int, regression: bool = False):
+    """The one place this task loads its model."""
     from transformers import AutoModelForSequenceClassification
 
     return AutoModelForSequenceClassification.from_pretrained(
-        run_info["model"], num_labels=run_info["num_labels"],
-        problem_type="regression" if run_info.get("regression") else None)
+        path, num_labels=num_labels, problem_type="regression" if regression else None)
+
+
+def rebuild(run_info: dict):
+    """The base model a saved run was trained on (for `kradapter report`)."""
+    return load_model(run_info["model"], num_labels=run_info["num_labels"], regression=run_info.get("regression", False))
