@@ -35,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-one-process", action="store_true",
                    help="measure every method's peak memory in one process (quicker; by default one process each)")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
 
 
 def options_from_args(args: argparse.Namespace) -> BenchOptions:
@@ -44,7 +45,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         repeats=args.repeats, warmup=args.warmup, hidden=args.hidden, layers=args.layers, heads=args.heads,
         kv_heads=args.kv_heads, intermediate=args.intermediate, vocab=args.vocab, batch=args.batch, seq=args.seq,
         model_repeats=args.model_repeats, memory_steps=args.memory_steps,
-        memory_one_process=args.memory_one_process, seed=args.seed,
+        memory_one_process=args.memory_one_process, seed=args.seed, threads=args.threads,
     )
     opts.validate()
     return opts

@@ -45,6 +45,10 @@ def main(argv: list[str]) -> dict:
     options["shapes"] = tuple(tuple(s) for s in options["shapes"])
     options["sections"] = tuple(options["sections"])
     opts = BenchOptions(**options)
+    if opts.threads is not None:
+        import torch
+
+        torch.set_num_threads(opts.threads)
     return {method: measure(method, opts) for method in argv[1:]}
 
 

@@ -50,6 +50,7 @@ class BenchOptions:
     memory_steps: int = 2  # training steps run in each peak-memory process
     memory_one_process: bool = False  # quick runs: all methods' peak memory in one process instead of one each
     seed: int = 0
+    threads: int | None = None  # torch threads for every measurement; None keeps torch's default
 
     def validate(self) -> None:
         parse_sections(",".join(self.sections))
@@ -58,6 +59,9 @@ class BenchOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise ValueError(f"threads must be an int >= 1, got {self.threads!r}")
         if not isinstance(self.memory_one_process, bool):
             raise ValueError(f"memory_one_process must be True or False, got {self.memory_one_process!r}")
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:

@@ -64,8 +64,9 @@ def fused_weight(
 def khatri_rao_grad(G: torch.Tensor, U: torch.Tensor, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """dU, dV for a loss whose gradient w.r.t. (U ⊙ V)[:m] is G (m x n), in U's and V's dtypes. G is consumed.
 
-    Works through G in four blocks of rows of U, so no temporary is more than a quarter of G; each block is cast
-    to the adapter's dtype first (G may be bfloat16 under autocast).
+    Works through G in two blocks of rows of U, so no temporary is more than half of G, with few kernels (each
+    costs a launch on a GPU and a thread barrier on a CPU); a block is cast to the adapter's dtype first (G may be
+    bfloat16 under autocast).
     """
     n = G.shape[1]
     k1, k2 = U.shape[0], V.shape[0]
@@ -73,18 +74,22 @@ def khatri_rao_grad(G: torch.Tensor, U: torch.Tensor, V: torch.Tensor) -> tuple[
     Uc, Vc = U.to(dtype), V.to(dtype)
     blocks, tail = _khatri_rao_rows(G, k2)
     q, r = blocks.shape[0], tail.shape[0]
-    dU = torch.zeros(k1, n, dtype=dtype, device=G.device)
-    dV = torch.zeros(k2, n, dtype=dtype, device=G.device)
-    step = max(1, -(-q // 4))
+    dU = torch.empty(k1, n, dtype=dtype, device=G.device)
+    dU[q + (1 if r else 0) :] = 0  # rows of U that never reach Delta W
+    dV = None
+    step = max(1, -(-q // 2))
     for s in range(0, q, step):
         e = min(s + step, q)
         block = blocks[s:e].to(dtype)  # (e - s, k2, n); a view of G (ours to overwrite) unless cast
-        dV += (block * Uc[s:e, None, :]).sum(0)
-        dU[s:e] = block.mul_(Vc).sum(1)
+        part = torch.sum(block * Uc[s:e, None, :], dim=0)
+        dV = part if dV is None else dV.add_(part)
+        torch.sum(block.mul_(Vc), dim=1, out=dU[s:e])
+    if dV is None:
+        dV = torch.zeros(k2, n, dtype=dtype, device=G.device)
     if r:
         tail = tail.to(dtype)  # (r, n), all in row q of U
-        dV[:r] += tail * Uc[q]
-        dU[q] = tail.mul_(Vc[:r]).sum(0)
+        dV[:r].addcmul_(tail, Uc[q])
+        torch.sum(tail.mul_(Vc[:r]), dim=0, out=dU[q])
     return dU.to(U.dtype), dV.to(V.dtype)
 
 
