@@ -49,6 +49,7 @@ def test_bench_cli_quick_run_writes_valid_json(tmp_path, capsys):
     for row in data["layer"]:
         assert set(row["times"]) == {"kradapter", "naive", "lora", "frozen", "3gemm"}
         assert all(len(t["samples_s"]) == 2 and t["median_s"] > 0 for t in row["times"].values())
+        assert set(row["paired_ratios"]) == set(row["ratios"]) >= {"kradapter/3gemm", "naive/kradapter"}
     model = data["model"]
     assert set(model["memory_kib"]) == {"kradapter", "lora", "full"}
     assert all(v["peak_kib"] > 0 for v in model["memory_kib"].values())

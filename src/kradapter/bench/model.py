@@ -87,7 +87,7 @@ def training_models(opts: BenchOptions) -> dict[str, nn.Module]:
 
 def inference_models(opts: BenchOptions) -> dict[str, nn.Module]:
     """base, merged KRAdapter (random U so the merge changes the weights), unmerged KRAdapter, unmerged LoRA."""
-    base = build_base(opts)
+    base = build_base(opts).requires_grad_(False)  # as frozen as the PEFT models' bases
     merged = prepare("kradapter", copy.deepcopy(base), opts, kradapter_init_weights=False).merge_and_unload()
     models = {
         "base": base,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 from typing import Callable, Optional
 
 import torch
@@ -51,8 +52,13 @@ def machine_info() -> dict:
     }
 
 
-def _ratios(medians: dict[str, float], pairs: list[tuple[str, str]]) -> dict[str, float]:
-    return {f"{a}/{b}": medians[a] / medians[b] for a, b in pairs if a in medians and b in medians}
+def _ratios(samples: dict[str, list[float]], pairs: list[tuple[str, str]]) -> tuple[dict, dict]:
+    """Ratios of medians, and paired ratios: the median over rounds of a/b within each round (the two ran seconds
+    apart, so a slow spell of the shared machine mostly cancels)."""
+    medians = {name: statistics.median(s) for name, s in samples.items()}
+    ratio = {f"{a}/{b}": medians[a] / medians[b] for a, b in pairs}
+    paired = {f"{a}/{b}": statistics.median([x / y for x, y in zip(samples[a], samples[b])]) for a, b in pairs}
+    return ratio, paired
 
 
 def layer_section(opts: BenchOptions, tick: Callable[[str], None]) -> tuple[list, list]:
@@ -76,12 +82,13 @@ def layer_section(opts: BenchOptions, tick: Callable[[str], None]) -> tuple[list
             tick(f"saved {d_in}x{d_out}")
         if "layer" in opts.sections:
             samples = interleaved_times(candidates, opts.repeats, opts.warmup, on_round=lambda: tick(label))
-            medians = {name: summarize(s)["median_s"] for name, s in samples.items()}
+            ratios, paired = _ratios(samples, [("kradapter", "3gemm"), ("naive", "kradapter"), ("lora", "3gemm"),
+                                               ("naive", "3gemm"), ("frozen", "3gemm"), ("kradapter", "lora")])
             timed.append({
                 **info,
                 "times": {name: summarize(s) for name, s in samples.items()},
-                "ratios": _ratios(medians, [("kradapter", "3gemm"), ("naive", "kradapter"), ("lora", "3gemm"),
-                                            ("naive", "3gemm"), ("frozen", "3gemm"), ("kradapter", "lora")]),
+                "ratios": ratios,
+                "paired_ratios": paired,
             })
         del candidates, modules, x
     return timed, saved
@@ -96,7 +103,7 @@ def model_section(opts: BenchOptions, tick: Callable[[str], None]) -> dict:
         saved[name] = saved_bytes(lambda m=m: m(input_ids=ids, labels=ids).loss, m.parameters())
     steps = {name: model.train_step(m, ids) for name, m in models.items()}
     samples = interleaved_times(steps, opts.model_repeats, max(opts.warmup, 1), on_round=lambda: tick("train steps"))
-    medians = {name: summarize(s)["median_s"] for name, s in samples.items()}
+    ratios, paired = _ratios(samples, [("kradapter", "lora"), ("full", "lora"), ("kradapter", "full")])
     result = {
         "config": model.llama_config(opts).to_dict(),
         "adapted": {"modules": model.TARGETS, "shape_out_in": list(model.kv_shape(opts)),
@@ -105,7 +112,8 @@ def model_section(opts: BenchOptions, tick: Callable[[str], None]) -> dict:
         "trainable": {name: layers.trainable_count(m) for name, m in models.items()},
         "saved": saved,
         "times": {name: summarize(s) for name, s in samples.items()},
-        "ratios": _ratios(medians, [("kradapter", "lora"), ("full", "lora"), ("kradapter", "full")]),
+        "ratios": ratios,
+        "paired_ratios": paired,
     }
     del steps, models
     memory = {}
@@ -126,12 +134,13 @@ def inference_section(opts: BenchOptions, tick: Callable[[str], None]) -> dict:
     ids = model.make_batch(opts)
     runs = {name: model.forward_only(m, ids) for name, m in models.items()}
     samples = interleaved_times(runs, opts.model_repeats, max(opts.warmup, 1), on_round=lambda: tick("inference"))
-    medians = {name: summarize(s)["median_s"] for name, s in samples.items()}
+    ratios, paired = _ratios(samples, [("kradapter_merged", "base"), ("kradapter", "lora"), ("kradapter", "base"),
+                                       ("lora", "base")])
     return {
         "tokens": opts.batch * opts.seq,
         "times": {name: summarize(s) for name, s in samples.items()},
-        "ratios": _ratios(medians, [("kradapter_merged", "base"), ("kradapter", "lora"), ("kradapter", "base"),
-                                    ("lora", "base")]),
+        "ratios": ratios,
+        "paired_ratios": paired,
     }
 
 
