@@ -43,7 +43,7 @@ def test_text_kradapter_two_seeds_metrics_schema_and_report(bert, tmp_path, caps
     assert (out / "seeds" / "seed-1" / "adapter_model.safetensors").exists()
     assert "accuracy" in (out / "summary.txt").read_text()
     assert not list(out.rglob("*.tmp")) and not list(out.rglob(".staging-*"))
-    assert not (out / "seeds" / "seed-0" / "checkpoints").exists()  # removed once the seed finished
+    assert not list((out / "seeds" / "seed-0").glob("checkpoints*"))  # removed once the seed finished
     assert m["tests"] == saved["tests"]
 
     # the report command rebuilds the base model and reproduces the run's spectral numbers
@@ -138,7 +138,7 @@ def test_ctrl_c_leaves_a_checkpoint_and_no_results_then_resumes(bert, tmp_path):
     args = train_args("text", out, model=model, data=data, max_steps=6, save_steps=100)
     with pytest.raises(TrainingInterrupted, match="resume"):
         run(args, extra_callbacks=[_CtrlCAt(2)])
-    checkpoints = list((out / "seeds" / "seed-0" / "checkpoints").glob("checkpoint-*"))
+    checkpoints = list((out / "seeds" / "seed-0").glob("checkpoints-lr-*/checkpoint-*"))
     assert len(checkpoints) == 1 and (checkpoints[0] / "adapter_model.safetensors").exists()
     stopped_at = int(checkpoints[0].name.split("-")[1])
     assert 2 <= stopped_at < 6
@@ -170,6 +170,14 @@ def test_lr_grid_picks_on_validation(bert, tmp_path):
     assert set(sel["grid"]) == {"0.0001", "0.01"} and sel["picked"] in (1e-4, 1e-2)
     assert m["learning_rate"] == sel["picked"]
     assert sel["grid"][f"{sel['picked']:g}"] == max(sel["grid"].values())
+    # extending the grid reuses the points already trained; the seeds follow the new pick
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "run" / "lr-grid").glob("*/result.json")}
+    m2 = run(train_args("text", tmp_path / "run", model=model, data=data, max_steps=2, lr_grid="1e-4,1e-2,3e-1"))
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    assert set(m2["lr_selection"]["grid"]) == {"0.0001", "0.01", "0.3"}
+    assert m2["learning_rate"] == m2["lr_selection"]["picked"]
+    seed = json.loads((tmp_path / "run" / "seeds" / "seed-0" / "result.json").read_text())
+    assert seed["learning_rate"] == m2["learning_rate"]
 
 
 @pytest.mark.parametrize("case", ["missing_column", "bad_label", "model", "target", "method", "task", "role"])

@@ -6,7 +6,7 @@ Layout of --output-dir DIR:
   DIR/metrics.json, DIR/summary.txt        written last, only when every seed finished
   DIR/adapter_config.json + weights         the first seed's adapter (PEFT save_pretrained), for `report`
   DIR/kradapter_run.json                    how to rebuild the base model
-  DIR/seeds/seed-S/                         each seed's adapter, result.json and (while running) checkpoints
+  DIR/seeds/seed-S/                         each seed's adapter, result.json and (while running) checkpoints-lr-X/
   DIR/lr-grid/lr-X/result.json              learning-rate selection runs (--lr-grid)
 """
 
@@ -107,7 +107,11 @@ def train_seed(prepared: Prepared, args, method: str, lr: float, seed: int, seed
 
     result_path = seed_dir / "result.json"
     if result_path.exists():
-        return read_json(result_path)
+        done = read_json(result_path)
+        if done.get("learning_rate") == lr:
+            return done
+        if is_main_process():  # trained at another learning rate (the grid picked a new one): train again
+            shutil.rmtree(seed_dir, ignore_errors=True)
     set_seed(seed)
     model = prepared.build_model()
     model, reference = apply_method(model, method, prepared.targets, prepared.head)
@@ -118,7 +122,12 @@ def train_seed(prepared: Prepared, args, method: str, lr: float, seed: int, seed
     epochs = args.epochs if args.epochs is not None else defaults.get("epochs", 3)
     steps_planned = max_steps or -(-len(prepared.train) // batch_size) * int(epochs)
     log_every = max(1, min(args.logging_steps, steps_planned))
-    ckpt_root = seed_dir / "checkpoints"
+    # Checkpoints are per learning rate: resuming restores the optimizer and schedule, which belong to one rate.
+    ckpt_root = seed_dir / f"checkpoints-lr-{lr:g}"
+    if is_main_process():
+        for stale in seed_dir.glob("checkpoints-lr-*"):
+            if stale != ckpt_root:
+                shutil.rmtree(stale, ignore_errors=True)
     targs = TrainingArguments(
         output_dir=str(ckpt_root), max_steps=max_steps or -1, num_train_epochs=float(epochs),
         # --batch-size is the global batch: under torchrun each of the processes takes an equal share.
@@ -212,8 +221,9 @@ def choose_lr(prepared: Prepared, args, method: str, grid: list[float], seed: in
 
 
 def _run_key(args, prepared: Prepared, method: str) -> dict:
+    # Not the learning rate: each grid point and each seed records its own, so a grid can be extended later.
     return {"task": prepared.task, "method": method, "model": prepared.model_path, "data": prepared.data_args,
-            "lr": args.lr, "lr_grid": args.lr_grid, "max_steps": args.max_steps, "epochs": args.epochs,
+            "max_steps": args.max_steps, "epochs": args.epochs,
             "batch_size": args.batch_size, "targets": prepared.targets, "sizes": prepared.sizes}
 
 
