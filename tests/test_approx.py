@@ -10,7 +10,6 @@ from safetensors.torch import save_file
 from kradapter.approx import methods as M
 from kradapter.approx import targets as targets_mod
 from kradapter.approx.metrics import add_pct_of_lora, nuclear_error, spectrum
-from kradapter.approx.report import atomic_path, write_json_atomic
 from kradapter.approx.run import ApproxConfig, run_approx
 from kradapter.approx.targets import SYNTHETIC, SYNTHETIC_MAKERS, RealSpec, fit_to_shape, make_target
 from kradapter.cli import main
@@ -225,20 +224,6 @@ def test_unwritable_output_dir_is_refused(tmp_path, capsys):
     assert "output dir" in err and "is not writable" in err
     assert main(["approx", "--out", str(blocker), "--targets", "random"]) == 2
     assert "exists and is not a directory" in capsys.readouterr().err
-
-
-def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path):
-    path = tmp_path / "approx.json"
-    write_json_atomic({"old": 1}, path)
-    with pytest.raises(KeyboardInterrupt):
-        with atomic_path(path) as tmp:
-            tmp.write_text('{"half": ')
-            raise KeyboardInterrupt
-    assert json.loads(path.read_text()) == {"old": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["approx.json"]
-    with pytest.raises(ValueError):  # NaN is refused before anything is written
-        write_json_atomic({"x": float("nan")}, path)
-    assert json.loads(path.read_text()) == {"old": 1}
 
 
 def test_pct_of_lora():

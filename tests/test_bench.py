@@ -8,7 +8,6 @@ import torch
 from kradapter.bench import BenchOptions, count_units, run_bench
 from kradapter.bench.layers import build_layers, kradapter_count, lora_rank_at_budget
 from kradapter.bench.memory import saved_bytes
-from kradapter.bench.report import write_json_atomic
 from kradapter.cli import main
 
 TINY_MODEL = ["--hidden", "32", "--layers", "1", "--heads", "4", "--kv-heads", "2", "--intermediate", "48",
@@ -90,10 +89,17 @@ def test_bench_out_must_be_a_directory(tmp_path, capsys):
     assert "is not a directory" in capsys.readouterr().err and f.read_text() == "keep"
 
 
-def test_write_json_atomic_keeps_the_old_file_on_failure(tmp_path):
-    path = tmp_path / "bench.json"
-    write_json_atomic(path, {"a": 1})
-    with pytest.raises(TypeError):
-        write_json_atomic(path, {"a": object()})
-    assert json.loads(path.read_text()) == {"a": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]
+def test_a_memory_figure_of_zero_gives_no_ratio_and_an_unmet_target():
+    from kradapter.bench.report import evaluate_targets, format_report
+
+    results = {"machine": {"cpu": "x", "cpu_count": 1, "torch": "t", "torch_threads": 1},
+               "load_average_start": (0.0, 0.0, 0.0), "load_average_end": (0.0, 0.0, 0.0),
+               "model": {"ratios": {"kradapter/lora": 1.0, "full/lora": 2.0},
+                         "paired_ratios": {"kradapter/lora": 1.0},
+                         "memory_ratios": {"peak_kib kradapter/lora": 1.0, "training_kib kradapter/lora": None}}}
+    targets = evaluate_targets(results)
+    unmeasured = [t for t in targets if "training part" in t["target"]]
+    assert unmeasured == [{"target": unmeasured[0]["target"], "value": None, "paired": None, "limit": 1.05,
+                           "kind": "<=", "met": False}]
+    results["targets"] = targets
+    assert "n/a" in format_report({k: v for k, v in results.items() if k != "model"})

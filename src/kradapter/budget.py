@@ -77,7 +77,7 @@ def trainable_count(method: str, d_out: int, d_in: int, **hparams: Any) -> int:
     check_method(method)
     _check_shape(d_out, d_in)
     h = _hparams(method, hparams)
-    n, m = min(d_out, d_in), max(d_out, d_in)
+    n = min(d_out, d_in)
     if method == "kradapter":
         k1, k2 = resolve_k(d_out, d_in, h["k1"])
         return n * (k1 + k2)

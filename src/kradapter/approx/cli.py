@@ -106,7 +106,8 @@ def run_spectrum_command(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .plots import figure4
-    from .report import check_writable_dir, library_versions, write_json_atomic
+    from ..io import check_writable_dir, write_json
+    from .report import library_versions
     from .spectrum import run_spectrum
 
     import torch
@@ -132,7 +133,7 @@ def run_spectrum_command(args: argparse.Namespace) -> int:
         bar.update(1)
     doc["versions"] = library_versions()
     figure4(doc, out / "figure4.png")
-    write_json_atomic(doc, out / "spectrum.json")
+    write_json(out / "spectrum.json", doc)
     print(f"{'shape':>12} {'KR params':>10} {'Kron params':>11} {'Kron factors':>22} {'eff.rank KR':>11} "
           f"{'eff.rank Kron':>13} {'KR/Kron':>8}")
     for row in doc["shapes"]:

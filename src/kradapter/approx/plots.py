@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from .report import atomic_path
+from ..io import atomic_path
 
 PREVIEW = 128  # the paper shows 128 x 128 matrices (appendix C.3)
 

@@ -1,63 +1,9 @@
-"""Outputs of a run: the JSON document, the printed table, and atomic file writes (temp name + os.replace)."""
+"""Outputs of a run: the JSON document's library versions and the printed table (files: kradapter.io)."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import platform
-import tempfile
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Iterator
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temp path in the destination's directory; on success rename it onto `path`, else delete it.
-
-    A crash or Ctrl-C mid-write leaves the previous file (if any) untouched and no half-written one.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would have
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(obj, path: str | os.PathLike) -> None:
-    text = json.dumps(obj, indent=1, allow_nan=False)
-    with atomic_path(path) as tmp:
-        tmp.write_text(text + "\n", encoding="utf-8")
-
-
-def save_safetensors_atomic(tensors: dict, path: str | os.PathLike) -> None:
-    from safetensors.torch import save_file
-
-    with atomic_path(path, ".safetensors") as tmp:
-        save_file(tensors, str(tmp))
-
-
-def check_writable_dir(out: str | os.PathLike) -> Path:
-    """Create `out` if needed and prove a file can be written there; one clear error otherwise."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output dir {out} exists and is not a directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=out)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise ValueError(f"output dir {out} is not writable: {err.strerror or err}") from err
-    return out
 
 
 def library_versions() -> dict[str, str]:

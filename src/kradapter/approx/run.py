@@ -19,7 +19,8 @@ from . import methods as M
 from . import plots
 from .fit import fit
 from .metrics import add_pct_of_lora, spectrum, summarize
-from .report import check_writable_dir, library_versions, write_json_atomic
+from ..io import check_writable_dir, write_json
+from .report import library_versions
 from .targets import CHECKPOINT, PACKAGED_REAL, RealSpec, all_target_names, available_targets, check_tensor, make_target
 
 W0_RULE = ("W0 = torch.randn(d_out, d_in) (seeded, unit RMS like the targets, shared by all targets) in a bias-free "
@@ -154,7 +155,7 @@ def run_approx(cfg: ApproxConfig, progress: Optional[Callable[[str], None]] = No
     plots.figure1(doc, {t: plots.preview(m.matrix) for t, m in targets.items()}, out / "figure1.png")
     doc["files"] = {"json": "approx.json", "figure1": "figure1.png",
                     **({"figure5": "figure5.png"} if cfg.figure5_size else {})}
-    write_json_atomic(doc, out / "approx.json")
+    write_json(out / "approx.json", doc)
     return doc
 
 

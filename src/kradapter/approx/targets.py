@@ -206,7 +206,9 @@ def minilm_weight() -> tuple[torch.Tensor, dict]:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("KRADAPTER_CACHE", Path.home() / ".cache" / "kradapter"))
+    from ..io import cache_dir
+
+    return cache_dir()
 
 
 def minilm_delta(cache_dir: Path | None = None) -> tuple[torch.Tensor, dict]:
@@ -223,10 +225,9 @@ def minilm_delta(cache_dir: Path | None = None) -> tuple[torch.Tensor, dict]:
         info["cached"] = True
     else:
         delta = finetune_minilm_delta(MINILM_TENSOR, MINILM_FINETUNE)
-        from .report import save_safetensors_atomic
+        from ..io import save_safetensors
 
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        save_safetensors_atomic({"delta": delta.contiguous()}, cached)
+        save_safetensors({"delta": delta.contiguous()}, cached)
         info["cached"] = False
     info["source_shape"] = list(delta.shape)
     return delta, info

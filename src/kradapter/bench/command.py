@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 
 from ..cli import command
 from .options import DEFAULT_SHAPES, SECTIONS, BenchOptions, parse_sections, parse_shapes
@@ -59,15 +57,11 @@ def run_bench_command(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .pipeline import count_units, run_bench
-    from .report import format_report, write_json_atomic
+    from ..io import check_writable_dir, write_json
+    from .report import format_report
 
     opts = options_from_args(args)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    if not os.access(out, os.W_OK):
-        raise ValueError(f"--out {out} is not writable")
+    out = check_writable_dir(args.out)
     # PEFT still calls transformers' renamed gradient-checkpointing helpers; not ours to act on
     warnings.filterwarnings("ignore", message=".*is deprecated and will be removed in v6.*", category=FutureWarning)
     bar = tqdm(total=count_units(opts), desc="bench", unit="step")
@@ -78,7 +72,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
 
     results = run_bench(opts, progress)
     bar.close()
-    path = write_json_atomic(out / "bench.json", results)
+    path = write_json(out / "bench.json", results)
     print(format_report(results))
     print(f"wrote {path}")
     return 0

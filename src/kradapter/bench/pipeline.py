@@ -122,8 +122,9 @@ def model_section(opts: BenchOptions, tick: Callable[[str], None]) -> dict:
         memory.update(peak_rss_in_subprocess(names, opts.to_dict()))
         tick(f"peak memory {', '.join(names)}")
     result["memory_kib"] = memory
+    # None when LoRA's figure is 0: a tiny model measured in one process can reuse memory freed by the previous one.
     result["memory_ratios"] = {
-        f"{kind} kradapter/lora": memory["kradapter"][kind] / memory["lora"][kind]
+        f"{kind} kradapter/lora": memory["kradapter"][kind] / memory["lora"][kind] if memory["lora"][kind] > 0 else None
         for kind in ("peak_kib", "training_kib")
     }
     return result

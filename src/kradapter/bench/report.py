@@ -1,15 +1,12 @@
-"""The issue's targets checked against one run's numbers, the printed table, and the JSON file."""
+"""The issue's targets checked against one run's numbers, and the printed table (the JSON file: kradapter.io)."""
 
 from __future__ import annotations
-
-import json
-import os
-import tempfile
-from pathlib import Path
 
 
 def _target(name: str, value: float, limit: float, kind: str, paired: float | None = None) -> dict:
     """Judged on `value` (ratio of medians); `paired` (median of per-round ratios) is reported beside it."""
+    if value is None:  # not measurable in this run (see pipeline.model_section)
+        return {"target": name, "value": None, "paired": paired, "limit": limit, "kind": kind, "met": False}
     met = value <= limit if kind == "<=" else value >= limit
     return {"target": name, "value": value, "paired": paired, "limit": limit, "kind": kind, "met": bool(met)}
 
@@ -45,6 +42,10 @@ def evaluate_targets(results: dict) -> list[dict]:
 
 def _mib(n_bytes: float) -> str:
     return f"{n_bytes / 2**20:.1f}"
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def format_report(results: dict) -> str:
@@ -94,8 +95,8 @@ def format_report(results: dict) -> str:
                          f"{_mib(m['saved'][name]['activations']):>14}")
         lines.append(f"step KRAdapter/LoRA {m['ratios']['kradapter/lora']:.3f} (paired "
                      f"{m['paired_ratios']['kradapter/lora']:.3f}), full/LoRA {m['ratios']['full/lora']:.3f}; "
-                     f"peak KRAdapter/LoRA {m['memory_ratios']['peak_kib kradapter/lora']:.3f} "
-                     f"(training part {m['memory_ratios']['training_kib kradapter/lora']:.3f})")
+                     f"peak KRAdapter/LoRA {_num(m['memory_ratios']['peak_kib kradapter/lora'])} "
+                     f"(training part {_num(m['memory_ratios']['training_kib kradapter/lora'])})")
     if "inference" in results:
         i = results["inference"]
         t = {k: v["median_s"] for k, v in i["times"].items()}
@@ -109,22 +110,6 @@ def format_report(results: dict) -> str:
         lines += ["", "targets"]
         for t in results["targets"]:
             paired = "" if t.get("paired") is None else f", paired {t['paired']:.3f}"
-            lines.append(f"  {'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['value']:.3f} "
+            lines.append(f"  {'met   ' if t['met'] else 'MISSED'} {t['target']}: {_num(t['value'])} "
                          f"(target {t['kind']} {t['limit']}{paired})")
     return "\n".join(lines)
-
-
-def write_json_atomic(path: Path, obj: dict) -> Path:
-    """Write JSON to a temp file in the same directory, then os.replace: a reader never sees half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path

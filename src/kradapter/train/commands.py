@@ -133,7 +133,7 @@ def _report_arguments(p: argparse.ArgumentParser) -> None:
          "saved adapter", _report_arguments)
 def run_report(args: argparse.Namespace) -> int:
     from .deltas import format_spectral_table
-    from .io import write_json
+    from ..io import write_json
     from .report import spectral_report
 
     _quiet_libraries()

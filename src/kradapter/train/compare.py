@@ -10,7 +10,7 @@ import multiprocessing
 import sys
 from pathlib import Path
 
-from .io import read_json, save_figure, write_json, write_text
+from ..io import read_json, save_figure, write_json, write_text
 from .methods import check_method
 from .runner import default_lr
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .deltas import adapter_deltas, spectral_means, spectral_table
-from .io import read_json
+from ..io import read_json
 from .runner import FULL_DELTA, RUN_INFO
 
 AUTO_CLASSES = {

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shutil
 import sys
@@ -26,7 +25,7 @@ import torch
 from ..dist import is_main_process, local_batch_size, max_difference_across_ranks, world_size
 from .callbacks import EffectiveRankCallback, GracefulInterrupt
 from .deltas import adapter_deltas, spectral_means, spectral_table
-from .io import publish_dir, read_json, staging_dir, write_json, write_text
+from ..io import publish_dir, read_json, staging_dir, write_json, write_text
 from .methods import apply_method, check_method, full_deltas, trainable_parameters
 from .metrics import group_means, mean_std, r_gen
 from .tasks import task_module

@@ -13,7 +13,7 @@ import tarfile
 import urllib.request
 from pathlib import Path
 
-from ..io import cache_dir, write_text
+from ...io import cache_dir, write_text
 
 SDIST = "bigbench-1.0.0.tar.gz"
 SIMPLE_INDEX = "https://pypi.org/simple/bigbench/"

@@ -17,7 +17,7 @@ import json
 import random
 from pathlib import Path
 
-from ..io import cache_dir, read_json, write_text
+from ...io import cache_dir, read_json, write_text
 from .bigbench import bigbench_tasks
 
 TEST_ROWS = 400  # social_iqa questions held out, with a fixed seed, as the ID test file

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_write, cache_dir
+from ...io import atomic_write, cache_dir
 
 
 def _write_folder(root: Path, images: np.ndarray, labels: np.ndarray) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from ..io import cache_dir, staging_dir, publish_dir
+from ...io import cache_dir, staging_dir, publish_dir
 
 
 def _package_dir(module: str, pip_name: str, extra: str = "recipes") -> Path:

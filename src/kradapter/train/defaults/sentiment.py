@@ -16,7 +16,7 @@ import random
 import zipfile
 from pathlib import Path
 
-from ..io import cache_dir, write_text
+from ...io import cache_dir, write_text
 from .models import _package_dir
 
 LABELS = ("negative", "neutral", "positive")

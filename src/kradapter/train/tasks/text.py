@@ -9,7 +9,6 @@ Targets default to attention key and value, as in the paper.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 
