@@ -309,3 +309,69 @@ def test_torch_compile_traces_the_fused_function():
     torch.testing.assert_close(y, y_eager)
     for a, b in zip(got, [layer.kradapter_U["default"].grad, layer.kradapter_V["default"].grad, x.grad]):
         torch.testing.assert_close(a, b)
+
+
+# --- Conv2d: one convolution with the summed kernel ----------------------------------------------------------------
+def make_conv(dtype=torch.float64, **conv_kwargs):
+    from kradapter.methods.kradapter.layer import Conv2d
+
+    torch.manual_seed(0)
+    base = nn.Conv2d(**conv_kwargs).to(dtype).requires_grad_(False)
+    return Conv2d(base, "default", alpha=0.7, init_weights=False).to(dtype)
+
+
+CONV_CASES = [
+    dict(in_channels=6, out_channels=10, kernel_size=3, padding=1),
+    dict(in_channels=12, out_channels=4, kernel_size=(1, 3), stride=2, bias=False),  # d_out < d_in: transposed
+    dict(in_channels=8, out_channels=8, kernel_size=3, groups=2, dilation=2, padding=2, padding_mode="reflect"),
+    dict(in_channels=5, out_channels=7, kernel_size=1),
+]
+
+
+@pytest.mark.parametrize("conv_kwargs", CONV_CASES)
+def test_conv2d_summed_kernel_path_equals_the_plain_path_float64(conv_kwargs):
+    fused, plain = make_conv(**conv_kwargs), make_conv(**conv_kwargs)
+    plain.load_state_dict(fused.state_dict())
+    plain.fused = False
+    x = torch.randn(3, conv_kwargs["in_channels"], 9, 11, dtype=torch.float64)
+    outs = []
+    for layer in (fused, plain):
+        xi = x.clone().requires_grad_()
+        y = layer(xi)
+        y.backward(torch.ones_like(y) + y.detach())
+        outs.append((y, xi.grad, layer.kradapter_U["default"].grad, layer.kradapter_V["default"].grad))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_conv2d_runs_one_convolution_in_training_and_falls_back_with_dropout(monkeypatch):
+    layer = make_conv(in_channels=6, out_channels=10, kernel_size=3, padding=1)
+    calls = []
+    conv2d = F.conv2d
+    monkeypatch.setattr(F, "conv2d", lambda *a, **k: (calls.append(1), conv2d(*a, **k))[1])
+    layer(torch.randn(2, 6, 8, 8, dtype=torch.float64))
+    assert len(calls) == 1
+    calls.clear()
+    layer.fused = False
+    layer(torch.randn(2, 6, 8, 8, dtype=torch.float64))
+    assert len(calls) == 2  # base + Delta W
+    layer.fused = True
+    layer.update_layer("drop", dropout=0.5, init_weights=False)
+    layer.set_adapter("drop")
+    assert fused_mod.fused_adapter_name(layer.train(), torch.randn(1, 6, 4, 4, dtype=torch.float64), (), {}) is None
+
+
+def test_conv2d_bfloat16_base_with_float32_adapter_and_autocast():
+    layer = make_conv(dtype=torch.float32, in_channels=6, out_channels=10, kernel_size=3, padding=1)
+    layer.base_layer.to(torch.bfloat16)
+    x = torch.randn(2, 6, 8, 8, dtype=torch.bfloat16)
+    y = layer(x)  # no autocast: the summed kernel is cast once to the base's dtype
+    assert y.dtype == torch.bfloat16
+    merged = F.conv2d(x, layer.merged_weight("default"), layer.base_layer.bias, padding=1)
+    torch.testing.assert_close(y, merged, rtol=0, atol=0)
+    y.float().sum().backward()
+    assert layer.kradapter_U["default"].grad.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = layer(x.float())
+    assert z.dtype == torch.bfloat16
+    torch.testing.assert_close(z.float(), y.float(), rtol=0.05, atol=0.05)

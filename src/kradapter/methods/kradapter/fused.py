@@ -1,4 +1,4 @@
-"""The fused KRAdapter training path for Linear / Conv1D layers.
+"""The fused KRAdapter training path for Linear / Conv1D layers (and its Conv2d counterpart, at the end).
 
     y = x (W0 + alpha * Delta W)^T + b,    Delta W = (U ⊙ V)[:m]   (transposed when d_out < d_in)
 
@@ -13,7 +13,9 @@ Precision: W0 + alpha * Delta W is summed in float32 or better, then cast to the
 under autocast, else W0's), so the forward equals that of the merged layer; dU and dV are reduced in the
 adapter's precision (>= float32 when the adapter is float32) from G in the GEMM dtype, as the plain path does.
 
-`fused_adapter_name` decides when this path applies; everything else takes the plain path in layer.py.
+`fused_adapter_name` decides when this path applies; everything else takes the plain path in layer.py. Conv2d layers
+use the same conditions for a simpler form (merged_kernel_conv2d): one convolution with the summed kernel under plain
+autograd, since a kernel is small next to a convolution's activations.
 """
 
 from __future__ import annotations
@@ -168,7 +170,8 @@ def fused_adapter_name(layer, x: torch.Tensor, args: tuple, kwargs: dict) -> Opt
     if dropout.training and not isinstance(dropout, nn.Identity) and getattr(dropout, "p", 1.0) > 0:
         return None
     base = layer.base_layer
-    if type(base).forward not in (nn.Linear.forward, Conv1D.forward) or base._forward_hooks or base._forward_pre_hooks:
+    if (type(base).forward not in (nn.Linear.forward, Conv1D.forward, nn.Conv2d.forward) or base._forward_hooks
+            or base._forward_pre_hooks):
         return None
     weight, bias = base.weight, base.bias
     if not (_plain_float(weight) and _plain_float(bias)) or weight.requires_grad or not x.is_floating_point():
@@ -191,3 +194,19 @@ def fused_linear(layer, x: torch.Tensor, name: str) -> torch.Tensor:
         isinstance(base, Conv1D),
         gemm_dtype(x, base.weight),
     )
+
+
+def merged_kernel_conv2d(layer, x: torch.Tensor, name: str) -> torch.Tensor:
+    """Adapter `name` of a Conv2d KRAdapter layer as one convolution with the kernel W0 + alpha * Delta W.
+
+    The plain path runs a second full-size convolution with Delta W (5 convolutions per training step); here plain
+    autograd runs one (3 per step: forward, dX, dW), and saves x, the summed kernel (the size of W0: small next to a
+    convolution's activations) and U, V. The kernel is summed in the adapter's precision and cast once to the
+    convolution's dtype, as a merge would.
+    """
+    base = layer.base_layer
+    delta = layer.get_delta_weight(name)
+    weight = base.weight.to(delta.dtype) + delta
+    if not torch.is_autocast_enabled(x.device.type):
+        weight = weight.to(base.weight.dtype)  # under autocast the convolution casts for itself
+    return base._conv_forward(x, weight, base.bias)

@@ -20,7 +20,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ...ops import kradapter_delta, resolve_k
-from .fused import fused_adapter_name, fused_linear
+from .fused import fused_adapter_name, fused_linear, merged_kernel_conv2d
 
 
 def weight_geometry(base_layer: nn.Module) -> tuple[int, int]:
@@ -201,7 +201,9 @@ class Linear(nn.Module, KRAdapterLayer):
 
 
 class Conv2d(nn.Module, KRAdapterLayer):
-    """KRAdapter around nn.Conv2d: the update acts on the kernel flattened to out x (in/groups * kh * kw)."""
+    """KRAdapter around nn.Conv2d: the update acts on the kernel flattened to out x (in/groups * kh * kw). Trains as
+    one convolution with W0 + alpha * Delta W (fused.merged_kernel_conv2d) whenever the fused path's conditions
+    hold; the plain path (base(x) + conv(dropout(x), alpha * Delta W)) otherwise."""
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, **kwargs) -> None:
         super().__init__()
@@ -209,8 +211,17 @@ class Conv2d(nn.Module, KRAdapterLayer):
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, **kwargs)
 
+    def update_layer(self, adapter_name: str, fused: bool = True, **kwargs: Any) -> None:
+        self.fused = bool(fused)  # per layer: False forces the plain path
+        super().update_layer(adapter_name, **kwargs)
+
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return self.adapted_forward(x, *args, **kwargs)
+        name = fused_adapter_name(self, x, args, kwargs)
+        if name is None:
+            return self.adapted_forward(x, *args, **kwargs)
+        if self._adapter_skipped(name):
+            return self.base_layer(x)
+        return merged_kernel_conv2d(self, x, name)
 
     def _adapter_output(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
         U = self.kradapter_U[adapter_name]
