@@ -73,8 +73,10 @@ class KRAdapterLayer(BaseTunerLayer):
         module_dropout: float = 0.0,
         init_weights: bool = True,
         inference_mode: bool = False,
+        fused: bool = True,
         **kwargs: Any,
     ) -> None:
+        self.fused = bool(fused)  # per layer: False forces the plain path (see fused.py)
         k1, k2 = resolve_k(self.d_out, self.d_in, k1)
         n = min(self.d_out, self.d_in)
         self.k1[adapter_name], self.k2[adapter_name] = k1, k2
@@ -150,6 +152,16 @@ class KRAdapterLayer(BaseTunerLayer):
     def _adapter_output(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
         raise NotImplementedError
 
+    def fused_or_plain_forward(self, x: torch.Tensor, args: tuple, kwargs: dict, fused_forward) -> torch.Tensor:
+        """fused_forward(self, x, name) when the fused path applies to this call (fused.fused_adapter_name), else
+        the plain path."""
+        name = fused_adapter_name(self, x, args, kwargs)
+        if name is None:
+            return self.adapted_forward(x, *args, **kwargs)
+        if self._adapter_skipped(name):
+            return self.base_layer(x)
+        return fused_forward(self, x, name)
+
     def adapted_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Base output plus every active, unmerged adapter's output."""
         if kwargs.pop("adapter_names", None) is not None:
@@ -182,17 +194,8 @@ class Linear(nn.Module, KRAdapterLayer):
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, **kwargs)
 
-    def update_layer(self, adapter_name: str, fused: bool = True, **kwargs: Any) -> None:
-        self.fused = bool(fused)  # per layer: False forces the plain path below (see fused.py)
-        super().update_layer(adapter_name, **kwargs)
-
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        name = fused_adapter_name(self, x, args, kwargs)
-        if name is None:
-            return self.adapted_forward(x, *args, **kwargs)
-        if self._adapter_skipped(name):
-            return self.base_layer(x)
-        return fused_linear(self, x, name)
+        return self.fused_or_plain_forward(x, args, kwargs, fused_linear)
 
     def _adapter_output(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
         U = self.kradapter_U[adapter_name]
@@ -211,17 +214,8 @@ class Conv2d(nn.Module, KRAdapterLayer):
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, **kwargs)
 
-    def update_layer(self, adapter_name: str, fused: bool = True, **kwargs: Any) -> None:
-        self.fused = bool(fused)  # per layer: False forces the plain path
-        super().update_layer(adapter_name, **kwargs)
-
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        name = fused_adapter_name(self, x, args, kwargs)
-        if name is None:
-            return self.adapted_forward(x, *args, **kwargs)
-        if self._adapter_skipped(name):
-            return self.base_layer(x)
-        return merged_kernel_conv2d(self, x, name)
+        return self.fused_or_plain_forward(x, args, kwargs, merged_kernel_conv2d)
 
     def _adapter_output(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
         U = self.kradapter_U[adapter_name]
