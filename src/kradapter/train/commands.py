@@ -21,7 +21,7 @@ def add_train_arguments(p: argparse.ArgumentParser, compare: bool = False) -> No
     if not compare:
         p.add_argument("--method", default="kradapter", help="kradapter (default), lora, dora, randlora, krona, "
                        "sinlora, kronlora or full; budgets matched to KRAdapter")
-        p.add_argument("--lr", type=float, default=None, help="learning rate (default per method: kradapter 3e-3, "
+        p.add_argument("--lr", type=float, default=None, help="learning rate (default per method: kradapter 1e-2, "
                        "full 1e-4, others 1e-3)")
         p.add_argument("--output-dir", default=None, help="where results go (default runs/TASK-METHOD)")
     p.add_argument("--lr-grid", default=None, metavar="LR,LR,...",
