@@ -375,3 +375,13 @@ def test_conv2d_bfloat16_base_with_float32_adapter_and_autocast():
         z = layer(x.float())
     assert z.dtype == torch.bfloat16
     torch.testing.assert_close(z.float(), y.float(), rtol=0.05, atol=0.05)
+
+
+def test_conv2d_kernel_is_summed_like_a_merge_when_adapter_and_base_dtypes_differ():
+    # A bfloat16 adapter on a float32 base: the sum must not round W0 to bfloat16.
+    layer = make_conv(dtype=torch.float32, in_channels=6, out_channels=10, kernel_size=3, padding=1)
+    for p in (layer.kradapter_U["default"], layer.kradapter_V["default"]):
+        p.data = p.data.to(torch.bfloat16)
+    x = torch.randn(2, 6, 8, 8)
+    merged = F.conv2d(x, layer.merged_weight("default"), layer.base_layer.bias, padding=1)
+    torch.testing.assert_close(layer(x), merged, rtol=0, atol=0)

@@ -79,9 +79,10 @@ class KRAdapterConfig(PeftConfig):
         default=True,
         metadata={
             "help": "Train Linear/Conv1D layers through the fused path: one GEMM with W0 + alpha * Delta W, "
-            "nothing of size d_out x d_in kept for backward; Conv2d layers as one convolution with that kernel. Layers fall back to the plain path by themselves "
-            "when it does not apply (adapter dropout in training, several active adapters, quantized or trained "
-            "base weights). False always uses the plain path. Per layer: `layer.fused = False`."
+            "nothing of size d_out x d_in kept for backward; Conv2d layers as one convolution with that kernel. "
+            "Layers fall back to the plain path by themselves when it does not apply (adapter dropout in "
+            "training, several active adapters, quantized or trained base weights). False always uses the plain "
+            "path. Per layer: `layer.fused = False`."
         },
     )
     modules_to_save: Optional[list[str]] = field(

@@ -201,12 +201,13 @@ def merged_kernel_conv2d(layer, x: torch.Tensor, name: str) -> torch.Tensor:
 
     The plain path runs a second full-size convolution with Delta W (5 convolutions per training step); here plain
     autograd runs one (3 per step: forward, dX, dW), and saves x, the summed kernel (the size of W0: small next to a
-    convolution's activations) and U, V. The kernel is summed in the adapter's precision and cast once to the
-    convolution's dtype, as a merge would.
+    convolution's activations) and U, V. The kernel is summed in float32 or better and cast once to the
+    convolution's dtype, as a merge (KRAdapterLayer.merged_weight) would.
     """
     base = layer.base_layer
     delta = layer.get_delta_weight(name)
-    weight = base.weight.to(delta.dtype) + delta
+    compute = torch.promote_types(torch.promote_types(base.weight.dtype, delta.dtype), torch.float32)
+    weight = base.weight.to(compute) + delta.to(compute)
     if not torch.is_autocast_enabled(x.device.type):
         weight = weight.to(base.weight.dtype)  # under autocast the convolution casts for itself
     return base._conv_forward(x, weight, base.bias)
