@@ -43,7 +43,12 @@ class OneLayer(nn.Module):
 
 
 def build_layers(d_in: int, d_out: int, k1: int | str, seed: int) -> dict[str, nn.Module]:
-    torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # seeded layers, the caller's RNG left as it was
+        torch.manual_seed(seed)
+        return _build_layers(d_in, d_out, k1)
+
+
+def _build_layers(d_in: int, d_out: int, k1: int | str) -> dict[str, nn.Module]:
     base = nn.Linear(d_in, d_out).requires_grad_(False)
     r = lora_rank_at_budget(d_out, d_in, k1)
     kr = KRAdapterConfig(target_modules=["proj"], k1=k1, init_weights=False)

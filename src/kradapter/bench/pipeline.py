@@ -146,9 +146,7 @@ def inference_section(opts: BenchOptions, tick: Callable[[str], None]) -> dict:
 
 
 def run_bench(opts: BenchOptions, progress: Optional[Callable[[str], None]] = None) -> dict:
-    opts.validate()
-    if opts.threads is not None:
-        torch.set_num_threads(opts.threads)
+    opts.validate()  # torch's thread count is the caller's (the CLI sets --threads); memory workers set their own
     tick = progress or (lambda label: None)
     results: dict = {"machine": machine_info(), "options": opts.to_dict(), "load_average_start": os.getloadavg()}
     if "layer" in opts.sections or "saved" in opts.sections:

@@ -117,7 +117,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
     _quiet_libraries()
     try:
-        return run(args)
+        return run(args, train=run_train)
     except KeyboardInterrupt:
         print("kradapter compare: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

