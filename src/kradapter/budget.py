@@ -178,10 +178,11 @@ def peft_config_for(method: str, model: nn.Module, target_modules, budget: Optio
             raise ValueError(f"{cls.__name__} has no field(s) {bad} to override; valid: {sorted(valid)}")
     # overrides of what the count depends on are held fixed (less those the spec leaves to the config alone)
     fixed = {k: v for k, v in overrides.items() if k in spec.hparams and k not in spec.config_only}
-    matched = match_model(method, model, target_modules, budget, overrides.get("task_type"), **fixed)
-    conv1d, conv2d = _layer_kinds(model, matched["layers"])
+    layers = target_layers(model, target_modules, overrides.get("task_type"))
+    conv1d, conv2d = _layer_kinds(model, layers)
     _check_layer_kinds(method, conv1d, conv2d)
-    return spec.config(list(matched["layers"]), {**matched["hparams"], **overrides}, conv1d)
+    matched = _match(method, list(layers.values()), budget, fixed)
+    return spec.config(list(layers), {**matched["hparams"], **overrides}, conv1d)
 
 
 def full_finetune_(model: nn.Module, target_modules, task_type=None) -> int:
