@@ -102,7 +102,7 @@ def target_layers(model: nn.Module, target_modules, task_type=None) -> dict[str,
     from peft.tuners.tuners_utils import BaseTunerLayer, _maybe_include_all_linear_layers, check_target_module_exists
 
     from .methods.kradapter.config import KRAdapterConfig
-    from .methods.kradapter.layer import weight_geometry
+    from .methods._geometry import weight_geometry
 
     if not target_modules:
         raise ValueError("target_modules must name at least one module (a list of names, a regex, or 'all-linear')")
