@@ -36,8 +36,9 @@ def world_size() -> int:
 
 
 def is_main_process() -> bool:
-    """Rank 0 (or the only process): the one that writes files and prints."""
-    return rank() == 0
+    """False only on a non-zero rank of a joined process group: the one process that writes files and prints. A
+    process with RANK set but no process group writes (it is alone as far as anyone can know)."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def init_process_group(expected_world_size: Optional[int] = None) -> tuple[int, int]:
