@@ -26,7 +26,7 @@ from ..dist import is_main_process, local_batch_size, max_difference_across_rank
 from .callbacks import EffectiveRankCallback, GracefulInterrupt
 from .deltas import adapter_deltas, spectral_means, spectral_table
 from ..io import publish_dir, read_json, staging_dir, write_json, write_text
-from .methods import apply_method, check_method, full_deltas, trainable_parameters
+from .methods import apply_method, check_method, full_deltas, peft_config, trainable_parameters
 from .metrics import group_means, mean_std, r_gen
 from .tasks import task_module
 from .tasks.base import Prepared
@@ -243,8 +243,6 @@ def _check_output_dir(out: Path, key: dict) -> None:
 
 def run(args: argparse.Namespace, extra_callbacks=()) -> dict:
     """Everything `kradapter train` does; returns the metrics dict also written to DIR/metrics.json."""
-    from transformers import set_seed
-
     check_method(args.method)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
@@ -262,19 +260,17 @@ def run(args: argparse.Namespace, extra_callbacks=()) -> dict:
     key = _run_key(args, prepared, method)
     _check_output_dir(out, key)
 
-    # Check the method on the model before spending time on anything (unsupported layer types fail here).
-    set_seed(seeds[0])
-    probe = prepared.build_model()
-    zero_probe = prepared.build_model() if prepared.zero_shot else None
-    apply_method(probe, method, prepared.targets, prepared.head)
-    del probe
+    # Check the method on the model before spending time on anything (unsupported layer types fail here), on the
+    # untouched model prepare loaded, which then gives the zero-shot scores: one copy alive at a time.
+    untouched = prepared.take_model()
+    peft_config(method, untouched, prepared.targets, prepared.head)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "run.json", {"key": key})
     zero = None
-    if zero_probe is not None:
+    if prepared.zero_shot:
         cache = Path(args.zero_shot_cache) if args.zero_shot_cache else out / "zero_shot.json"
-        zero = zero_shot_scores(prepared, zero_probe, cache)
-        del zero_probe
+        zero = zero_shot_scores(prepared, untouched, cache)
+    del untouched
 
     selection = None
     if grid:

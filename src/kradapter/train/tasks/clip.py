@@ -96,7 +96,6 @@ def prepare(args: argparse.Namespace) -> Prepared:
         mean, std = tuple(proc.image_mean), tuple(proc.image_std)
     except Exception:  # no processor saved with the model: OpenAI CLIP's statistics
         mean, std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-    del model
     train, validation, tests = split_image_sets(args, raw, specs, using_default=False)
     transform = pixel_transform(args.image_column, size, mean, std)
 
@@ -107,7 +106,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
         task="clip", model_path=model_path, build_model=build_model, train=train.with_transform(transform),
         validation=validation.with_transform(transform), tests={n: d.with_transform(transform) for n, d in tests.items()},
         groups={s.name: s.group for s in specs if s.role == "test"}, collator=stack_collate,
-        evaluate=evaluate_logits(args), metric="accuracy", targets=targets, head=[], zero_shot=True,
+        evaluate=evaluate_logits(args), metric="accuracy", targets=targets, head=[], zero_shot=True, loaded=model,
         run_info={"task": "clip", "model": model_path, "classes": classes, "prompt": args.prompt},
         sizes={"train": len(train), "validation": len(validation), **{n: len(d) for n, d in tests.items()}},
         defaults={"max_steps": None, "epochs": 10, "batch_size": 32},

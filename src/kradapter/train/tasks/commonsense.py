@@ -195,7 +195,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
         task="commonsense", model_path=model_path, build_model=build_model, train=tokenize_train(train),
         validation=tokenize_eval(validation), tests={n: tokenize_eval(d) for n, d in test_sets.items()},
         groups={s.name: s.group for s in tests}, collator=train_collate, evaluate=evaluate, metric="accuracy",
-        targets=targets, head=[], zero_shot=True, run_info={"task": "commonsense", "model": model_path},
+        targets=targets, head=[], zero_shot=True, loaded=model, run_info={"task": "commonsense", "model": model_path},
         sizes={"train": len(train), "validation": len(validation), **{n: len(d) for n, d in test_sets.items()}},
         defaults={"max_steps": 150 if using_default else None, "epochs": 4, "batch_size": 8},
         data_args=spec_args(specs),

@@ -157,7 +157,7 @@ def prepare_classification(args, *, task: str, text_column: str, pair_column: st
         task=task, model_path=model_path, build_model=build_model, train=tokenize(train),
         validation=tokenize(validation), tests={n: tokenize(d) for n, d in test_sets.items()},
         groups={s.name: s.group for s in tests}, collator=collator, evaluate=evaluate, metric=metric,
-        targets=targets, head=head, zero_shot=False,
+        targets=targets, head=head, zero_shot=False, loaded=model,
         run_info={"task": task, "model": model_path, "num_labels": num_labels, "regression": regression,
                   "classes": classes},
         sizes={"train": len(train), "validation": len(validation), **{n: len(d) for n, d in test_sets.items()}},
