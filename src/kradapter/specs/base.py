@@ -61,6 +61,7 @@ class MethodSpec:
     conv2d: bool = False  # its PEFT layer adapts nn.Conv2d, with ``count`` on the flattened kernel
     trains_base: bool = False  # no adapter: the targets' own weights train (full fine-tuning)
     config_only: tuple[str, ...] = ()  # hparams that, given as config overrides, are not held fixed in matching
+    default_lr: float = 1e-3  # `kradapter train`'s learning rate when none is given (tune it: --lr-grid)
 
     # --- counts and budgets --------------------------------------------------------------------------------
     def count(self, d_out: int, d_in: int, **hparams: Any) -> int:

@@ -13,6 +13,7 @@ class FullSpec(MethodSpec):
     knob = None
     conv2d = True
     trains_base = True
+    default_lr = 1e-4
 
     def count(self, d_out, d_in):
         return d_out * d_in

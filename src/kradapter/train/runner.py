@@ -31,9 +31,6 @@ from .metrics import group_means, mean_std, r_gen
 from .tasks import task_module
 from .tasks.base import Prepared
 
-# Other methods: 1e-3. Methods want different rates: tune them (--lr-grid). KRAdapter at its default alpha 0.1 was
-# best at 1e-2 (image) and 3e-2 (text) where LoRA was best at 3e-3 on both (benchmarks/RECIPES.md).
-DEFAULT_LR = {"kradapter": 1e-2, "full": 1e-4}
 RUN_INFO = "kradapter_run.json"
 FULL_DELTA = "full_delta.safetensors"
 FULL_HEAD = "full_head.safetensors"
@@ -44,7 +41,10 @@ class TrainingInterrupted(Exception):
 
 
 def default_lr(method: str) -> float:
-    return DEFAULT_LR.get(method, 1e-3)
+    """The method spec's default rate (methods want different rates: tune them with --lr-grid)."""
+    from ..specs import get_spec
+
+    return get_spec(method).default_lr
 
 
 def parse_seeds(value: str) -> list[int]:
@@ -299,7 +299,9 @@ def _check_quantize(args) -> None:
 
     if args.task != "commonsense":
         raise ValueError(f"--quantize applies to the causal-LM task 'commonsense', not {args.task!r}")
-    if args.method == "full":
+    from ..specs import get_spec
+
+    if get_spec(args.method).trains_base:
         raise ValueError("--quantize needs an adapter method: full fine-tuning cannot train quantized weights")
     bnb_config(args.quantize)  # raises when bitsandbytes is not installed
 
