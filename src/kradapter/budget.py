@@ -18,7 +18,7 @@ from typing import Any, Iterable, Optional
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .specs import OutOfReach, get_spec, krona_factors, method_names
+from .specs import OutOfReach, get_spec, method_names
 
 # The built-in methods, in the order tables list them; method_names() adds any a user registered.
 METHODS = ("kradapter", "lora", "dora", "randlora", "krona", "sinlora", "kronlora", "full")

@@ -121,7 +121,6 @@ def prepare(args: argparse.Namespace) -> Prepared:
 
     targets = resolve_targets(model, split_csv(args.target_modules), DEFAULT_TARGET_MODULES.get(config.model_type, []),
                               where=f" ({config.model_type})", kinds=(nn.Linear, Conv1D))
-    del model
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:
         raise ValueError(f"tokenizer of '{model_path}' has neither a pad nor an eos token")
