@@ -23,7 +23,9 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-Shapes = "Counter[tuple[int, int]]"  # (d_out, d_in) -> how many targeted layers have that shape
+from .search import smallest_monotone
+
+# ``shapes`` below: a Counter of (d_out, d_in) -> how many targeted layers have that shape.
 
 
 class OutOfReach(ValueError):
@@ -90,8 +92,6 @@ class MethodSpec:
         """``(hparams, total)`` with the smallest total >= budget. Default: bisection on ``knob``, valid when the
         count never decreases as the knob grows (override it for a method where it can)."""
         lo, hi = self.knob_range(shapes, fixed)
-        from .search import smallest_monotone
-
         best, largest = smallest_monotone(lambda k: self.total(shapes, {**fixed, self.knob: k}), lo, hi, budget)
         if best is None:
             raise OutOfReach(largest, fixed)
