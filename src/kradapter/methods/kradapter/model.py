@@ -23,6 +23,8 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ...ops import resolve_k
+from .._weighted import add_weighted_adapter
+from .combine import COMBINATIONS
 from .config import KRAdapterConfig, check_alpha, check_k1
 from .layer import Conv2d, KRAdapterLayer, Linear, weight_geometry
 from .quantized import QuantizedLinear, dispatch_quantized
@@ -191,6 +193,12 @@ class KRAdapterModel(BaseTuner):
         if kwargs.get("adapter_names") is not None:
             raise ValueError("KRAdapter does not support mixed-adapter batches (adapter_names=...); use set_adapter")
         yield
+
+    def add_weighted_adapter(self, adapters: list[str], weights: list[float], adapter_name: str,
+                             combination_type: str = "linear") -> None:
+        """Add adapter `adapter_name` whose Delta W is exactly sum_i weights[i] * Delta W of adapters[i]; the exact
+        combination types ("linear" for adapters sharing V or U, "dense") are explained in combine.py."""
+        add_weighted_adapter(self, adapters, weights, adapter_name, combination_type, COMBINATIONS, "KRAdapter")
 
     # safe_merge checks every layer before touching any, so a bad adapter leaves the whole model unchanged.
     def _check_merge_finite(self, adapter_names: Optional[list[str]]) -> None:

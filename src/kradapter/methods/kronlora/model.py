@@ -5,6 +5,7 @@ from __future__ import annotations
 from peft.utils.other import get_pattern_key
 
 from .._delta_model import DeltaTuner
+from .combine import COMBINATIONS
 from .config import KronLoRAConfig
 from .layer import KronLoRALayer, Linear
 
@@ -15,6 +16,7 @@ class KronLoRAModel(DeltaTuner):
     prefix: str = "kronlora_"
     tuner_layer_cls = KronLoRALayer
     layer_cls = Linear
+    combinations = COMBINATIONS
 
     def layer_kwargs(self, config: KronLoRAConfig, current_key: str) -> dict:
         r_key = get_pattern_key(config.rank_pattern.keys(), current_key)

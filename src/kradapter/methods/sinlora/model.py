@@ -5,6 +5,7 @@ from __future__ import annotations
 from peft.utils.other import get_pattern_key
 
 from .._delta_model import DeltaTuner
+from .combine import COMBINATIONS
 from .config import SinLoRAConfig
 from .layer import Linear, SinLoRALayer
 
@@ -15,6 +16,7 @@ class SinLoRAModel(DeltaTuner):
     prefix: str = "sinlora_"
     tuner_layer_cls = SinLoRALayer
     layer_cls = Linear
+    combinations = COMBINATIONS
 
     def layer_kwargs(self, config: SinLoRAConfig, current_key: str) -> dict:
         r_key = get_pattern_key(config.rank_pattern.keys(), current_key)
