@@ -136,15 +136,3 @@ def test_bad_second_adapter_leaves_the_first_untouched():
     torch.testing.assert_close(model(x), out)
     # the name is free again: a good config under the same name works
     model.add_adapter("other", KRAdapterConfig(target_modules=["lin0", "lin1", "head"]))
-
-
-def test_mixed_adapter_batches_are_refused():
-    model = get_peft_model(MLP(), KRAdapterConfig(target_modules=["lin0"]))
-    with pytest.raises(ValueError, match="mixed-adapter batches"):
-        model(torch.randn(2, 12), adapter_names=["default", "default"])
-
-
-def test_mixed_adapter_batches_are_refused_in_generate_too():
-    model = get_peft_model(tiny_llama(), KRAdapterConfig())
-    with pytest.raises(ValueError, match="mixed-adapter batches"):
-        model.generate(input_ids=torch.zeros(2, 3, dtype=torch.long), max_new_tokens=1, adapter_names=["default"] * 2)

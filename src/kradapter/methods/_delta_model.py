@@ -8,6 +8,7 @@ more module types than nn.Linear / Conv1D overrides ``new_layer``, one with more
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any, Optional
 
 import torch
@@ -17,6 +18,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ._delta_layer import DeltaLayer
+from ._mixed_batch import mixed_batch_hooks
 from ._weighted import add_weighted_adapter
 
 
@@ -94,3 +96,9 @@ class DeltaTuner(BaseTuner):
         _weighted.py; the exact combination types are the method's combine.py)."""
         add_weighted_adapter(self, adapters, weights, adapter_name, combination_type, self.combinations,
                              self.tuner_layer_cls.method_name)
+
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args, **kwargs):
+        # PeftModel.forward / generate enter this with their keyword arguments: mixed-adapter batches.
+        with mixed_batch_hooks(self, kwargs.get("adapter_names"), kwargs.get("num_beams")):
+            yield

@@ -11,7 +11,6 @@ mismatch, removes the adapter it was loading before raising.
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
 from typing import Optional
 
 import torch
@@ -169,13 +168,6 @@ class KRAdapterModel(DeltaTuner):
                 resolve_k(d_out, d_in, self._layer_settings(config, key)["k1"])
             except ValueError as err:
                 raise ValueError(f"module '{key}': {err}") from None
-
-    @contextmanager
-    def _enable_peft_forward_hooks(self, *args, **kwargs):
-        # PeftModel.forward would otherwise drop `adapter_names` silently and run the active adapter on every row.
-        if kwargs.get("adapter_names") is not None:
-            raise ValueError("KRAdapter does not support mixed-adapter batches (adapter_names=...); use set_adapter")
-        yield
 
     # Quantized layers that cannot merge (or need a requantize/copy choice) stop the merge before any layer changes.
     def check_merge(self, adapter_names: Optional[list[str]], safe_merge: bool) -> None:
