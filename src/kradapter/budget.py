@@ -225,11 +225,12 @@ def match_all(d_out: int, d_in: int, budget: Optional[int] = None, methods: Iter
 def target_layers(model: nn.Module, target_modules, task_type=None) -> dict[str, tuple[int, int]]:
     """``{module name: (d_out, d_in)}`` of the modules PEFT would adapt for ``target_modules`` (names, a regex, or
     "all-linear", which like PEFT leaves out the output head, and for task_type "SEQ_CLS" the classifier); every one
-    must be nn.Linear or transformers' Conv1D."""
+    must be a type KRAdapter adapts (Linear, Conv1D, Conv1d/2d/3d with the kernel flattened, Embedding)."""
     from peft.tuners.tuners_utils import BaseTunerLayer, _maybe_include_all_linear_layers, check_target_module_exists
 
     from .methods.kradapter.config import KRAdapterConfig
     from .methods.kradapter.layer import weight_geometry
+    from .methods.kradapter.model import SUPPORTED_BASE_TYPES
 
     if not target_modules:
         raise ValueError("target_modules must name at least one module (a list of names, a regex, or 'all-linear')")
@@ -242,10 +243,10 @@ def target_layers(model: nn.Module, target_modules, task_type=None) -> dict[str,
             continue
         if isinstance(module, BaseTunerLayer):  # already adapted: count on the layer underneath
             module = module.get_base_layer()
-        if not isinstance(module, (nn.Linear, Conv1D)):
+        if not isinstance(module, SUPPORTED_BASE_TYPES):  # counted on the matrix the update acts on
             raise ValueError(
-                f"target module '{key}' is a {type(module).__name__}; the budget matcher handles torch.nn.Linear "
-                "and transformers Conv1D"
+                f"target module '{key}' is a {type(module).__name__}; the budget matcher handles torch.nn.Linear, "
+                "transformers Conv1D, torch.nn.Conv1d / Conv2d / Conv3d (kernel flattened) and torch.nn.Embedding"
             )
         found[key] = weight_geometry(module)
     if not found:

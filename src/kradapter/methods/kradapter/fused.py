@@ -174,7 +174,8 @@ def fused_adapter_name(layer, x: torch.Tensor, args: tuple, kwargs: dict) -> Opt
     if dropout.training and not isinstance(dropout, nn.Identity) and getattr(dropout, "p", 1.0) > 0:
         return None
     base = layer.base_layer
-    if (type(base).forward not in (nn.Linear.forward, Conv1D.forward, nn.Conv2d.forward) or base._forward_hooks
+    if (type(base).forward not in (nn.Linear.forward, Conv1D.forward, nn.Conv1d.forward, nn.Conv2d.forward,
+                                  nn.Conv3d.forward) or base._forward_hooks
             or base._forward_pre_hooks):
         return None
     weight, bias = base.weight, base.bias

@@ -26,6 +26,8 @@ from .combine import COMBINATIONS
 from .config import KRAdapterConfig, check_alpha, check_k1
 from .._delta_model import DeltaTuner
 from .._geometry import weight_geometry
+from .conv_nd import Conv1d, Conv3d
+from .embedding import Embedding, embedding_blocker
 from .layer import Conv2d, KRAdapterLayer, Linear
 from .quantized import QuantizedLinear, dispatch_quantized
 
@@ -48,7 +50,7 @@ DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
     "mt5": ["k", "v"],
 }
 
-SUPPORTED_BASE_TYPES = (nn.Linear, Conv1D, nn.Conv2d)
+SUPPORTED_BASE_TYPES = (nn.Linear, Conv1D, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
 
 
 def _adapter_of(param_name: str, prefix: str) -> Optional[str]:
@@ -63,7 +65,8 @@ def _adapter_of(param_name: str, prefix: str) -> Optional[str]:
 def unsupported_target_error(key: str, module: nn.Module) -> ValueError:
     return ValueError(
         f"KRAdapter cannot adapt module '{key}' of type {type(module).__module__}.{type(module).__name__}; "
-        "supported: torch.nn.Linear (also bitsandbytes/torchao quantized), transformers Conv1D, torch.nn.Conv2d"
+        "supported: torch.nn.Linear (also bitsandbytes/torchao quantized), transformers Conv1D, torch.nn.Conv1d / Conv2d / "
+        "Conv3d, torch.nn.Embedding"
     )
 
 
@@ -107,8 +110,10 @@ class KRAdapterModel(DeltaTuner):
         if quantized is not None:
             return quantized
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
-        if isinstance(base, nn.Conv2d):
-            return Conv2d(target, adapter_name, **kwargs)
+        for base_type, layer_type in ((nn.Conv1d, Conv1d), (nn.Conv2d, Conv2d), (nn.Conv3d, Conv3d),
+                                      (nn.Embedding, Embedding)):
+            if isinstance(base, base_type):
+                return layer_type(target, adapter_name, **kwargs)
         if isinstance(base, (nn.Linear, Conv1D)):
             return Linear(target, adapter_name, **kwargs)
         raise unsupported_target_error(current_key, base)
@@ -163,6 +168,8 @@ class KRAdapterModel(DeltaTuner):
             base = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
             if not isinstance(base, SUPPORTED_BASE_TYPES):
                 raise unsupported_target_error(key, base)
+            if isinstance(base, nn.Embedding) and (reason := embedding_blocker(base)) is not None:
+                raise ValueError(f"module '{key}': {reason}")
             d_out, d_in = weight_geometry(base)
             try:
                 resolve_k(d_out, d_in, self._layer_settings(config, key)["k1"])
