@@ -168,3 +168,15 @@ def test_budget_knows_the_new_layer_types():
     layers = target_layers(ConvNdNet(), ["c1b", "c3a"])
     assert layers == {"c1b": (6, 9), "c3a": (4, 54)}
     assert target_layers(EmbNet(), ["tall", "wide"]) == {"tall": (50, 8), "wide": (6, 10)}
+
+
+def test_budget_matches_lora_on_a_conv_target_by_its_real_count():
+    from kradapter.budget import peft_config_for
+
+    net = nn.Sequential(nn.Conv3d(4, 6, 3))
+    config = peft_config_for("lora", net, ["0"])
+    lora = get_peft_model(net, config)
+    trainable = sum(p.numel() for p in lora.parameters() if p.requires_grad)
+    kr = get_peft_model(nn.Sequential(nn.Conv3d(4, 6, 3)), KRAdapterConfig(target_modules=["0"]))
+    kr_trainable = sum(p.numel() for p in kr.parameters() if p.requires_grad)
+    assert kr_trainable <= trainable < kr_trainable + (6 + 4 * 27)  # the smallest LoRA rank at or above KRAdapter

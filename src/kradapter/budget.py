@@ -261,9 +261,31 @@ def match_model(
     the smallest TOTAL count >= ``budget`` (default: KRAdapter's total on the same targets). Adds ``"layers"``."""
     check_method(method)
     layers = target_layers(model, target_modules, task_type)
+    _check_types_for(method, model, layers)
     result = _match(method, list(layers.values()), budget, fixed)
     result["layers"] = layers
     return result
+
+
+# Methods whose count on a conv / embedding target is the formula on its flattened matrix (LoRA's conv factors are
+# in*k and out wide, as the flattened d_in and d_out, when groups == 1); the others adapt Linear and Conv1D only.
+_FLATTENED_OK = {"kradapter": True, "full": True, "lora": False, "dora": False}
+
+
+def _check_types_for(method: str, model: nn.Module, layers: dict) -> None:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for key, module in model.named_modules():
+        if isinstance(module, BaseTunerLayer):
+            module = module.get_base_layer()
+        if key not in layers or isinstance(module, (nn.Linear, Conv1D)):
+            continue
+        grouped = getattr(module, "groups", 1) > 1
+        if method not in _FLATTENED_OK or (grouped and not _FLATTENED_OK[method]):
+            raise ValueError(
+                f"target module '{key}' is a {type(module).__name__}{' with groups > 1' if grouped else ''}; "
+                f"{method} is matched on torch.nn.Linear and transformers Conv1D targets only"
+            )
 
 
 def _config_fields(cls) -> set[str]:
