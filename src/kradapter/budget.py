@@ -225,7 +225,8 @@ def match_all(d_out: int, d_in: int, budget: Optional[int] = None, methods: Iter
 def target_layers(model: nn.Module, target_modules, task_type=None) -> dict[str, tuple[int, int]]:
     """``{module name: (d_out, d_in)}`` of the modules PEFT would adapt for ``target_modules`` (names, a regex, or
     "all-linear", which like PEFT leaves out the output head, and for task_type "SEQ_CLS" the classifier); every one
-    must be a type KRAdapter adapts (Linear, Conv1D, Conv1d/2d/3d with the kernel flattened, Embedding)."""
+    must be a type KRAdapter adapts (Linear, Conv1D, Conv1d/2d/3d with the kernel flattened, Embedding,
+    MultiheadAttention: its in_proj under its name and its out_proj under name + OUT_PROJ)."""
     from peft.tuners.tuners_utils import BaseTunerLayer, _maybe_include_all_linear_layers, check_target_module_exists
 
     from .methods.kradapter.config import KRAdapterConfig
@@ -249,6 +250,9 @@ def target_layers(model: nn.Module, target_modules, task_type=None) -> dict[str,
                 "transformers Conv1D, torch.nn.Conv1d / Conv2d / Conv3d (kernel flattened) and torch.nn.Embedding"
             )
         found[key] = weight_geometry(module)
+        if isinstance(module, nn.MultiheadAttention):  # adapted as two matrices: packed in_proj and out_proj
+            out_proj = module.out_proj.get_base_layer() if isinstance(module.out_proj, BaseTunerLayer) else module.out_proj
+            found[key + OUT_PROJ] = weight_geometry(out_proj)
     if not found:
         raise ValueError(f"no module of the model matches target_modules={target_modules!r}")
     return found
@@ -267,6 +271,8 @@ def match_model(
     return result
 
 
+OUT_PROJ = ":out_proj"  # target_layers' key for the out_proj of an nn.MultiheadAttention target (not a module name)
+
 # Methods whose count on a conv / embedding target is the formula on its flattened matrix (LoRA's conv factors are
 # in*k and out wide, as the flattened d_in and d_out, when groups == 1); the others adapt Linear and Conv1D only.
 _FLATTENED_OK = {"kradapter": True, "full": True, "lora": False, "dora": False}
@@ -281,7 +287,10 @@ def _check_types_for(method: str, model: nn.Module, layers: dict) -> None:
         if key not in layers or isinstance(module, (nn.Linear, Conv1D)):
             continue
         grouped = getattr(module, "groups", 1) > 1
-        if method not in _FLATTENED_OK or (grouped and not _FLATTENED_OK[method]):
+        if isinstance(module, nn.MultiheadAttention):  # KRAdapter and LoRA adapt in_proj and out_proj
+            if method not in ("kradapter", "lora"):
+                raise ValueError(f"target module '{key}' is a MultiheadAttention; {method} is not matched on it")
+        elif method not in _FLATTENED_OK or (grouped and not _FLATTENED_OK[method]):
             raise ValueError(
                 f"target module '{key}' is a {type(module).__name__}{' with groups > 1' if grouped else ''}; "
                 f"{method} is matched on torch.nn.Linear and transformers Conv1D targets only"
@@ -321,7 +330,7 @@ def peft_config_for(method: str, model: nn.Module, target_modules, budget: Optio
     matched = match_model(method, model, target_modules, budget, overrides.get("task_type"), **fixed)
     if method == "full":
         return None
-    targets = list(matched["layers"])
+    targets = [k for k in matched["layers"] if not k.endswith(OUT_PROJ)]
     conv1d = [k for k, m in model.named_modules() if k in matched["layers"] and isinstance(m, Conv1D)]
     h = {**matched["hparams"], **overrides}
     if method == "kradapter":

@@ -19,7 +19,10 @@ CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 def weight_geometry(base_layer: nn.Module) -> tuple[int, int]:
     """(d_out, d_in) of the matrix the update acts on; a Conv1d/2d/3d kernel is flattened to out x (in/groups * prod
-    kernel), an nn.Embedding's is its weight (num_embeddings x embedding_dim)."""
+    kernel), an nn.Embedding's is its weight (num_embeddings x embedding_dim), an nn.MultiheadAttention's is its
+    packed in_proj_weight (3 embed_dim x embed_dim; its out_proj is a Linear of its own)."""
+    if isinstance(base_layer, nn.MultiheadAttention):
+        return tuple(base_layer.in_proj_weight.shape)
     w = base_layer.weight
     if isinstance(base_layer, Conv1D):  # GPT-2 style: weight stored as (d_in, d_out)
         return w.shape[1], w.shape[0]

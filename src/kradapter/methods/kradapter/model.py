@@ -29,6 +29,7 @@ from .._geometry import weight_geometry
 from .conv_nd import Conv1d, Conv3d
 from .embedding import Embedding, embedding_blocker
 from .layer import Conv2d, KRAdapterLayer, Linear
+from .mha import MultiheadAttention, mha_blocker
 from .quantized import QuantizedLinear, dispatch_quantized
 
 # The paper adapts attention key and value (sections 4.3 and H); used when target_modules is not given.
@@ -50,7 +51,7 @@ DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
     "mt5": ["k", "v"],
 }
 
-SUPPORTED_BASE_TYPES = (nn.Linear, Conv1D, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
+SUPPORTED_BASE_TYPES = (nn.Linear, Conv1D, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, nn.MultiheadAttention)
 
 
 def _adapter_of(param_name: str, prefix: str) -> Optional[str]:
@@ -66,7 +67,7 @@ def unsupported_target_error(key: str, module: nn.Module) -> ValueError:
     return ValueError(
         f"KRAdapter cannot adapt module '{key}' of type {type(module).__module__}.{type(module).__name__}; "
         "supported: torch.nn.Linear (also bitsandbytes/torchao quantized), transformers Conv1D, torch.nn.Conv1d / Conv2d / "
-        "Conv3d, torch.nn.Embedding"
+        "Conv3d, torch.nn.Embedding, torch.nn.MultiheadAttention"
     )
 
 
@@ -111,12 +112,18 @@ class KRAdapterModel(DeltaTuner):
             return quantized
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
         for base_type, layer_type in ((nn.Conv1d, Conv1d), (nn.Conv2d, Conv2d), (nn.Conv3d, Conv3d),
-                                      (nn.Embedding, Embedding)):
+                                      (nn.Embedding, Embedding), (nn.MultiheadAttention, MultiheadAttention)):
             if isinstance(base, base_type):
                 return layer_type(target, adapter_name, **kwargs)
         if isinstance(base, (nn.Linear, Conv1D)):
             return Linear(target, adapter_name, **kwargs)
         raise unsupported_target_error(current_key, base)
+
+    def _replace_module(self, parent, child_name, new_module, child) -> None:
+        if isinstance(new_module, nn.MultiheadAttention):  # unloading an adapted attention gives back the module itself
+            setattr(parent, child_name, new_module)
+            return
+        super()._replace_module(parent, child_name, new_module, child)
 
     # --- validate every target before PEFT replaces any module ----------------------------------------------------
     def inject_adapter(
@@ -168,11 +175,16 @@ class KRAdapterModel(DeltaTuner):
             base = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
             if not isinstance(base, SUPPORTED_BASE_TYPES):
                 raise unsupported_target_error(key, base)
-            if isinstance(base, nn.Embedding) and (reason := embedding_blocker(base)) is not None:
-                raise ValueError(f"module '{key}': {reason}")
-            d_out, d_in = weight_geometry(base)
+            for base_type, blocker in ((nn.Embedding, embedding_blocker), (nn.MultiheadAttention, mha_blocker)):
+                if isinstance(base, base_type) and (reason := blocker(base)) is not None:
+                    raise ValueError(f"module '{key}': {reason}")
+            shapes = [weight_geometry(base)]
+            if isinstance(base, nn.MultiheadAttention):  # its out_proj gets an update of its own
+                shapes.append(weight_geometry(base.out_proj.get_base_layer() if isinstance(base.out_proj, BaseTunerLayer)
+                                              else base.out_proj))
             try:
-                resolve_k(d_out, d_in, self._layer_settings(config, key)["k1"])
+                for d_out, d_in in shapes:
+                    resolve_k(d_out, d_in, self._layer_settings(config, key)["k1"])
             except ValueError as err:
                 raise ValueError(f"module '{key}': {err}") from None
 
