@@ -147,3 +147,35 @@ def test_weighted_dense_combination_covers_both_projections():
     for layer in layers:
         expected = 0.5 * layer.delta_matrix("default") + 2.0 * layer.delta_matrix("b")
         torch.testing.assert_close(layer.delta_matrix("ab"), expected, atol=1e-6, rtol=1e-6)
+
+
+def test_tiny_open_clip_model_from_a_config(tmp_path):
+    open_clip = pytest.importorskip("open_clip", reason="open_clip is not installed (pip install open-clip-torch)")
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    def tiny_clip():
+        torch.manual_seed(0)
+        return CLIP(embed_dim=16, vision_cfg=CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8,
+                                                           image_size=16),
+                    text_cfg=CLIPTextCfg(context_length=8, vocab_size=64, width=32, heads=2, layers=1)).eval()
+
+    torch.manual_seed(3)
+    model = get_peft_model(tiny_clip(), KRAdapterConfig(target_modules=["attn"], init_weights=False, alpha=0.5))
+    attn = [m for m in model.modules() if type(m).__name__ == "MultiheadAttention" and hasattr(m, "kradapter_U")]
+    assert len(attn) == 2  # one block in each tower
+    image, text = torch.randn(2, 3, 16, 16), torch.randint(0, 64, (2, 8))
+    model.eval()
+    with torch.no_grad():
+        image_features, text_features, _ = model(image, text)
+        base_image, base_text, _ = tiny_clip()(image, text)
+        assert not torch.allclose(image_features, base_image) and not torch.allclose(text_features, base_text)
+        model.merge_adapter()
+        merged_image, merged_text, _ = model(image, text)
+        model.unmerge_adapter()
+    torch.testing.assert_close(merged_image, image_features, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(merged_text, text_features, atol=1e-5, rtol=1e-5)
+    model.save_pretrained(tmp_path)
+    reloaded = PeftModel.from_pretrained(tiny_clip(), tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(image, text)[0], image_features)
+    assert open_clip is not None
