@@ -64,12 +64,13 @@ def test_conv2d_mixed_batch():
     assert_rows_match(model, NAMES, "x", {"x": torch.randn(5, 3, 9, 9)})
 
 
-def test_generate_with_adapter_names_equals_each_adapter_alone():
+@pytest.mark.parametrize("num_beams", [1, 2])  # beam search repeats every sample num_beams times
+def test_generate_with_adapter_names_equals_each_adapter_alone(num_beams):
     config = KRAdapterConfig(target_modules=["q_proj", "v_proj", "o_proj"], init_weights=False, alpha=2.0)
     model = two_adapter_model(tiny_llama(), config, config)
     ids = torch.randint(0, 64, (3, 4))
     names = ["b", "__base__", "a"]
-    kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=0, num_beams=num_beams)
     with torch.no_grad():
         mixed = model.generate(input_ids=ids, adapter_names=names, **kwargs)
         per = {}
@@ -105,3 +106,16 @@ def test_bad_adapter_names_are_refused():
     model.eval()
     model(x=x, adapter_names=["a", "b", "a"])  # no hook is left behind by the failed calls
     assert all(not m._forward_pre_hooks for m in model.modules())
+
+
+def test_quantized_4bit_base_mixed_batch(tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from transformers import LlamaForCausalLM
+
+    from kradapter import quant
+
+    tiny_llama().save_pretrained(tmp_path)
+    base = LlamaForCausalLM.from_pretrained(tmp_path, quantization_config=quant.bnb_config("4bit"), device_map="cpu")
+    config = KRAdapterConfig(target_modules=["q_proj", "v_proj"], init_weights=False, alpha=2.0)
+    model = two_adapter_model(base, config, config)
+    assert_rows_match(model, NAMES, "input_ids", {"input_ids": torch.randint(0, 64, (5, 6))}, out=lambda o: o.logits)
