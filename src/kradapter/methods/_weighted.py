@@ -31,7 +31,7 @@ class LayerPlan:
     patterns: dict[str, object] = field(default_factory=dict)
 
 
-# combine(layer, adapters, weights) -> LayerPlan; config_update(config) -> the new adapter's global config changes
+# (combine(layer, adapters, weights) -> LayerPlan, {config field: value} for the new adapter's config)
 Combination = tuple[Callable[..., LayerPlan], dict]
 
 

@@ -57,7 +57,7 @@ class Embedding(nn.Module, KRAdapterLayer):
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         adapter_names = kwargs.pop("adapter_names", None)
         if adapter_names is not None:
-            return mixed_batch_forward(self, x, args, kwargs, adapter_names, adapter_term=self._term)
+            return mixed_batch_forward(self, x, args, kwargs, adapter_names, adapter_term=self.delta_rows)
         base = self.base_layer
         if self.disable_adapters:
             if self.merged:
@@ -68,8 +68,5 @@ class Embedding(nn.Module, KRAdapterLayer):
             return result
         for name in self.active_adapters:
             if self.has_adapter(name) and not self._adapter_skipped(name):
-                result = result + self._term(x, name).to(result.dtype)
+                result = result + self.delta_rows(x, name).to(result.dtype)
         return result
-
-    def _term(self, ids: torch.Tensor, name: str) -> torch.Tensor:
-        return self.delta_rows(ids, name)

@@ -47,6 +47,10 @@ def mha_blocker(base: nn.Module) -> Optional[str]:
     return None
 
 
+def _of_base(name: str) -> property:
+    return property(lambda self: getattr(self.get_base_layer(), name))
+
+
 class MultiheadAttention(nn.Module, KRAdapterLayer):
     def __init__(self, base_layer: nn.Module, adapter_name: str, **kwargs) -> None:
         super().__init__()
@@ -64,10 +68,18 @@ class MultiheadAttention(nn.Module, KRAdapterLayer):
 
     # Code around an attention module reads its attributes (nn.TransformerEncoderLayer: batch_first, in_proj_weight,
     # out_proj.weight, ... for its fast-path checks): those of the base module.
-    for _attr in ("embed_dim", "kdim", "vdim", "num_heads", "dropout", "batch_first",
-                  "head_dim", "in_proj_weight", "in_proj_bias", "bias_k", "bias_v", "add_zero_attn"):
-        locals()[_attr] = property(lambda self, _a=_attr: getattr(self.get_base_layer(), _a))
-    del _attr
+    embed_dim = _of_base("embed_dim")
+    kdim = _of_base("kdim")
+    vdim = _of_base("vdim")
+    num_heads = _of_base("num_heads")
+    dropout = _of_base("dropout")
+    batch_first = _of_base("batch_first")
+    head_dim = _of_base("head_dim")
+    in_proj_weight = _of_base("in_proj_weight")
+    in_proj_bias = _of_base("in_proj_bias")
+    bias_k = _of_base("bias_k")
+    bias_v = _of_base("bias_v")
+    add_zero_attn = _of_base("add_zero_attn")
 
     @property
     def _qkv_same_embed_dim(self) -> bool:
