@@ -133,3 +133,20 @@ def test_merge_of_a_4bit_trained_adapter_dequantizes_the_base(tmp_path):
     assert "quantization_config" not in merged.config.to_dict()
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=ids).logits, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_merge_works_for_the_other_methods_too(dirs, tmp_path):
+    from kradapter.methods.kronlora.config import KronLoRAConfig
+
+    root, ids, _ = dirs
+    torch.manual_seed(4)
+    model = get_peft_model(LlamaForCausalLM.from_pretrained(root / "base").eval(),
+                           KronLoRAConfig(target_modules=["q_proj", "v_proj"], init_weights=False, r=2)).eval()
+    model.save_pretrained(tmp_path / "kron")
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+    result = merge_to_dir(str(root / "base"), str(tmp_path / "kron"), tmp_path / "out")
+    assert result.max_logit_diff < 1e-4
+    with torch.no_grad():
+        merged = LlamaForCausalLM.from_pretrained(result.out_dir).eval()
+        torch.testing.assert_close(merged(input_ids=ids).logits, expected, atol=1e-5, rtol=1e-5)
