@@ -3,7 +3,8 @@
 Delta W = alpha (U ⊙ V)[:m] is bilinear in (U, V): row i*k2 + j is alpha U[i] * V[j]. A weighted sum
 sum_t w_t alpha_t (U_t ⊙ V_t) has, in every column c, the k1 x k2 matrix sum_t w_t alpha_t u_tc v_tc^T, of rank up
 to the number of adapters, while one Khatri-Rao product has rank 1 there. So the sum is a Khatri-Rao product of the
-same k1, k2 only in special cases, and none of larger k1 with k2 > 1 either in general. Exact here:
+same k1, k2 only in special cases; with any k1 >= 2 the rows split into >= 2 blocks and the same rank-1 constraint
+holds, so only k1 = 1 (k2 = m) holds every matrix. Exact here:
 
 - ``"linear"``: adapters with equal k1 / k2 that share V (or share U), as when several adapters are trained from one
   init with V (or U) frozen. Then sum_t w_t alpha_t (U_t ⊙ V) = alpha_0 (U' ⊙ V) with
