@@ -27,7 +27,15 @@ QUANTIZE_CHOICES = ("4bit", "8bit")
 
 
 def require_backend(package: str, purpose: str) -> None:
-    """One clear error when a quantization backend is not installed (before any model is loaded)."""
+    """One clear error when a quantization backend is not installed (before any model is loaded).
+
+    Args:
+        package: The import name of the backend (``"bitsandbytes"``).
+        purpose: What needs it, for the message.
+
+    Raises:
+        ImportError: If ``package`` is not installed; the message says what to install.
+    """
     if importlib.util.find_spec(package) is None:
         raise ImportError(
             f"{purpose} needs the '{package}' package, which is not installed: pip install 'kradapter[quant]' "
@@ -36,9 +44,19 @@ def require_backend(package: str, purpose: str) -> None:
 
 
 def bnb_config(quantize: str, compute_dtype: Optional[torch.dtype] = None):
-    """transformers' BitsAndBytesConfig for ``"4bit"`` (QLoRA: NF4, double quantization) or ``"8bit"`` (LLM.int8()).
+    """transformers' ``BitsAndBytesConfig`` for ``"4bit"`` (QLoRA: NF4, double quantization) or ``"8bit"`` (LLM.int8()).
 
-    compute_dtype (4-bit only) defaults to bfloat16 on CUDA and float32 on CPU, where bfloat16 matmuls are slow.
+    Args:
+        quantize: ``"4bit"`` or ``"8bit"``.
+        compute_dtype: 4-bit only: the dtype of the matmuls; default bfloat16 on CUDA and float32 on CPU, where
+            bfloat16 matmuls are slow.
+
+    Returns:
+        The config to pass as ``quantization_config`` to ``from_pretrained``.
+
+    Raises:
+        ValueError: If ``quantize`` is neither choice.
+        ImportError: If bitsandbytes is not installed.
     """
     if quantize not in QUANTIZE_CHOICES:
         raise ValueError(f"quantize={quantize!r} is not supported; choose one of {list(QUANTIZE_CHOICES)}")
@@ -67,18 +85,37 @@ def _transformer(model: nn.Module) -> nn.Module:
 
 
 def quantized_layers(model: nn.Module) -> dict[str, QuantizedLinear]:
-    """The KRAdapter layers of ``model`` that sit on a quantized base, by module name in the original model."""
+    """The KRAdapter layers of ``model`` that sit on a quantized base.
+
+    Args:
+        model: A PeftModel or a PEFT tuner model.
+
+    Returns:
+        Module name (as in the original model) -> layer.
+    """
     return {name: m for name, m in _transformer(model).named_modules() if isinstance(m, QuantizedLinear)}
 
 
 def merge_requantized(
     model: nn.Module, adapter_names: Optional[list[str]] = None, safe_merge: bool = False
 ) -> dict[str, MergeError]:
-    """Merge the adapters into their quantized bases in place (requantizing) and return each layer's MergeError.
+    """Merge the adapters into their quantized bases in place (requantizing) and return each layer's error.
 
-    ``model`` is a PeftModel (or its KRAdapterModel). Every layer is checked before any is changed; a backend that
-    cannot dequantize raises. Afterwards ``model.unload()`` gives the merged quantized base, and
+    Every layer is checked before any is changed. Afterwards ``model.unload()`` gives the merged quantized base, and
     ``model.unmerge_adapter()`` puts the original quantized weights back exactly.
+
+    Args:
+        model: A PeftModel (or its KRAdapterModel) on a quantized base.
+        adapter_names: The adapters to merge (default: the active ones).
+        safe_merge: Check every merged weight for non-finite values before changing any.
+
+    Returns:
+        Module name -> [`MergeError`][kradapter.methods.kradapter.quantized.MergeError] (how much of the update the
+        requantization lost).
+
+    Raises:
+        ValueError: If the model has no KRAdapter layer on a quantized base, or a layer's backend cannot dequantize
+            (raised by the layers before any weight changes).
     """
     layers = quantized_layers(model)
     if not layers:
@@ -96,9 +133,22 @@ def merge_requantized(
 def merge_to_full_precision(
     model: nn.Module, adapter_names: Optional[list[str]] = None, dtype: Optional[torch.dtype] = None
 ) -> nn.Module:
-    """A new model: every quantized linear dequantized to ``dtype``, the adapters merged, PEFT wrappers removed.
+    """A new plain model: every quantized linear dequantized to ``dtype``, the adapters merged, PEFT wrappers removed.
 
-    ``model`` (a PeftModel) is left unchanged. ``dtype`` defaults to the base config's dtype, else float32.
+    The adapter was trained against the dequantized weights, so the copy reproduces the adapted quantized model up
+    to float rounding. ``model`` itself is left unchanged.
+
+    Args:
+        model: A PeftModel on a quantized base.
+        adapter_names: The adapters to merge (default: the active ones).
+        dtype: The dtype of the copy; default the base config's dtype, else float32.
+
+    Returns:
+        The merged full-precision model.
+
+    Raises:
+        ValueError: If any quantized layer, adapted or not, cannot be dequantized correctly (checked before anything
+            is copied).
     """
     base = _transformer(model)
     if dtype is None:

@@ -46,6 +46,16 @@ def init_kradapter_(U: torch.Tensor, V: torch.Tensor, k1: int, init_weights: boo
 
 
 class KRAdapterLayer(BaseTunerLayer):
+    """The KRAdapter state of one adapted module: ``U`` and ``V`` per adapter name, and the update they make.
+
+    ``kradapter_U[name]`` is ``(k1, n)`` and ``kradapter_V[name]`` is ``(k2, n)`` with ``n = min(d_out, d_in)``;
+    ``alpha[name]`` scales the update. Merge, unmerge and the forward sit on top of
+    [`get_delta_weight`][kradapter.methods.kradapter.layer.KRAdapterLayer.get_delta_weight].
+
+    Args:
+        base_layer: The module being adapted (``nn.Linear``, transformers' ``Conv1D`` or ``nn.Conv2d``).
+        **kwargs: Kept for PEFT's layer protocol.
+    """
     adapter_layer_names = ("kradapter_U", "kradapter_V")
     other_param_names = ("k1", "k2", "alpha", "kradapter_dropout", "module_dropout")
 
@@ -76,6 +86,22 @@ class KRAdapterLayer(BaseTunerLayer):
         fused: bool = True,
         **kwargs: Any,
     ) -> None:
+        """Add (or replace) the adapter ``adapter_name`` on this layer and make the active adapters trainable.
+
+        Args:
+            adapter_name: The adapter's name.
+            k1: Rows of U, as in [`resolve_k`][kradapter.ops.resolve_k].
+            alpha: Scale of the update.
+            dropout: Dropout on the adapter's input.
+            module_dropout: Probability of skipping the adapter for a training step.
+            init_weights: True: U = 0 (the model starts unchanged); False: U random.
+            inference_mode: Freeze the adapter.
+            fused: Allow the fused training path on this layer.
+            **kwargs: Ignored (PEFT passes config fields other methods use).
+
+        Raises:
+            ValueError: If ``k1`` is invalid for this layer's shape.
+        """
         self.fused = bool(fused)  # per layer: False forces the plain path (see fused.py)
         k1, k2 = resolve_k(self.d_out, self.d_in, k1)
         n = min(self.d_out, self.d_in)
@@ -90,6 +116,12 @@ class KRAdapterLayer(BaseTunerLayer):
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
 
     def reset_kradapter_parameters(self, adapter_name: str, init_weights: bool = True) -> None:
+        """Initialise U and V of ``adapter_name`` as the paper does: U zero (or random), V kaiming-uniform.
+
+        Args:
+            adapter_name: The adapter; nothing happens if the layer does not hold it.
+            init_weights: True: U = 0; False: U kaiming-uniform too.
+        """
         if adapter_name in self.kradapter_U:
             init_kradapter_(
                 self.kradapter_U[adapter_name], self.kradapter_V[adapter_name], self.k1[adapter_name], init_weights
@@ -118,6 +150,15 @@ class KRAdapterLayer(BaseTunerLayer):
         return (weight.to(compute) + delta.to(device=weight.device, dtype=compute)).to(weight.dtype)
 
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+        """Add the adapters' updates to the base weight (summed in float32 or better, cast back to the weight's dtype).
+
+        Args:
+            safe_merge: Check the merged weight for NaN/Inf before writing it.
+            adapter_names: The adapters to merge (default: the active ones).
+
+        Raises:
+            ValueError: If ``safe_merge`` finds a non-finite weight; nothing is merged then.
+        """
         adapter_names = check_adapters_to_merge(self, adapter_names)
         adapter_names = [name for name in adapter_names if name in self.kradapter_U]
         if not adapter_names:
@@ -132,6 +173,7 @@ class KRAdapterLayer(BaseTunerLayer):
         self.merged_adapters.extend(adapter_names)
 
     def unmerge(self) -> None:
+        """Subtract every merged update from the base weight again, in reverse order (warns if nothing is merged)."""
         if not self.merged:
             warnings.warn("Already unmerged. Nothing to do.")
             return
@@ -195,6 +237,16 @@ class Linear(nn.Module, KRAdapterLayer):
         self.update_layer(adapter_name, **kwargs)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The base output plus the active adapters' ``alpha * Delta W x``, through the fused path when it applies.
+
+        Args:
+            x: The input.
+            *args: Passed to the base layer.
+            **kwargs: Passed to the base layer.
+
+        Returns:
+            The layer's output.
+        """
         return self.fused_or_plain_forward(x, args, kwargs, fused_linear)
 
     def _adapter_output(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
@@ -215,6 +267,16 @@ class Conv2d(nn.Module, KRAdapterLayer):
         self.update_layer(adapter_name, **kwargs)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The base convolution plus the adapters' update: one convolution with the summed kernel when it applies.
+
+        Args:
+            x: The input.
+            *args: Passed to the base layer.
+            **kwargs: Passed to the base layer.
+
+        Returns:
+            The layer's output.
+        """
         return self.fused_or_plain_forward(x, args, kwargs, merged_kernel_conv2d)
 
     def _adapter_output(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:

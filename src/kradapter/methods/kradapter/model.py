@@ -59,6 +59,15 @@ def _adapter_of(param_name: str, prefix: str) -> Optional[str]:
 
 
 def unsupported_target_error(key: str, module: nn.Module) -> ValueError:
+    """The one error for a target module KRAdapter cannot adapt, naming the module, its type and the types it can.
+
+    Args:
+        key: The module's name.
+        module: The module.
+
+    Returns:
+        The ``ValueError`` to raise.
+    """
     return ValueError(
         f"KRAdapter cannot adapt module '{key}' of type {type(module).__module__}.{type(module).__name__}; "
         "supported: torch.nn.Linear (also bitsandbytes/torchao quantized), transformers Conv1D, torch.nn.Conv2d"
@@ -138,6 +147,21 @@ class KRAdapterModel(BaseTuner):
         low_cpu_mem_usage: bool = False,
         state_dict: Optional[dict[str, torch.Tensor]] = None,
     ) -> None:
+        """Check every target (type, ``k1`` against its shape, a loaded state dict's shapes), then let PEFT inject.
+
+        Checking first means one error names the module and what is wrong, and the model is untouched.
+
+        Args:
+            model: The model to adapt.
+            adapter_name: The adapter's name.
+            autocast_adapter_dtype: Keep the adapter in float32 over a float16/bfloat16 base.
+            low_cpu_mem_usage: Create the adapter on the meta device (PEFT's option).
+            state_dict: The tensors about to be loaded, when loading.
+
+        Raises:
+            ValueError: If a target is of an unsupported type, ``k1`` does not fit its shape, or a tensor in
+                ``state_dict`` does not fit the model.
+        """
         self._check_targets(model, adapter_name, state_dict)
         super().inject_adapter(
             model,
@@ -214,6 +238,16 @@ class KRAdapterModel(BaseTuner):
                 raise ValueError(f"cannot merge KRAdapter into '{key}': {reason}")
 
     def merge_adapter(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
+        """Merge the active (or named) adapters into the base weights; quantized bases need an explicit choice.
+
+        Args:
+            adapter_names: The adapters to merge (default: the active ones).
+            safe_merge: Check every layer's merged weight for NaN/Inf before touching any weight.
+
+        Raises:
+            ValueError: If a layer sits on a quantized base (use [`kradapter.quant`](../api/quant.md)'s
+                ``merge_requantized`` or ``merge_to_full_precision``) or ``safe_merge`` finds a non-finite weight.
+        """
         self._check_quantized_merge()
         if safe_merge:
             self._check_merge_finite(adapter_names)
