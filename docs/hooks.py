@@ -27,7 +27,9 @@ log = logging.getLogger("mkdocs.hooks.kradapter")
 ROOT = Path(__file__).resolve().parent.parent
 # Files outside docs/ that the site shows: site path -> repository path.
 EXTERNAL = {"changelog.md": "CHANGELOG.md"}
-EXTERNAL_GLOBS = ["benchmarks/*.md", "benchmarks/**/*.png"]
+EXTERNAL_GLOBS = ["benchmarks/*.md", "benchmarks/*/*.png", "benchmarks/*/*.json"]
+# A benchmark page may link to a folder of results (``[bench/](bench/)``): the site gets a listing page for each.
+FOLDER_LINK = re.compile(r"\]\(((?!https?:)[\w-]+)/\)")
 # Modules whose functions must document their arguments and what they raise.
 CORE = {
     "kradapter.ops", "kradapter.spectral", "kradapter.budget", "kradapter.quant", "kradapter.dist",
@@ -46,6 +48,10 @@ def on_files(files, config):
             paths[rel] = rel
     for dest, src in paths.items():
         files.append(File.generated(config, dest, abs_src_path=str(ROOT / src)))
+    for folder in sorted({Path(p).parent for p in paths if p.count("/") == 2}):
+        listing = [f"# {folder.as_posix()}/", "", "The files of this folder, as the repository holds them:", ""]
+        listing += [f"- [{Path(p).name}]({Path(p).name})" for p in sorted(paths) if Path(p).parent == folder]
+        files.append(File.generated(config, f"{folder.as_posix()}/index.md", content="\n".join(listing) + "\n"))
     return files
 
 
@@ -88,6 +94,8 @@ def fields_table(dotted: str) -> str:
 def on_page_markdown(markdown, page, config, files):
     """Expand the config-field markers and check the docstrings of the names this page documents."""
     markdown = FIELDS_MARK.sub(lambda m: fields_table(m.group(1)), markdown)
+    if page.file.src_uri.startswith("benchmarks/"):
+        markdown = FOLDER_LINK.sub(r"](\1/index.md)", markdown)
     for dotted in API_REF.findall(markdown):
         for problem in docstring_problems(dotted):
             log.warning("%s (on %s)", problem, page.file.src_uri)
@@ -143,10 +151,10 @@ def docstring_problems(dotted: str) -> list[str]:
         core = obj.__name__ in CORE
         if not obj.__doc__:
             problems.append(f"module {dotted} has no docstring")
-        names = getattr(obj, "__all__", None) or [n for n in vars(obj) if _is_public_member(n)]
-        for n in names:
+        exported = getattr(obj, "__all__", None)
+        for n in exported or [n for n in vars(obj) if _is_public_member(n)]:
             member = getattr(obj, n)
-            if getattr(member, "__module__", None) != obj.__name__:
+            if not exported and getattr(member, "__module__", None) != obj.__name__:
                 continue  # imported from elsewhere: documented where it is defined
             if inspect.isclass(member):
                 problems += _class_problems(f"{dotted}.{n}", member, core)

@@ -102,7 +102,7 @@ class SinLoRALayer(DeltaLayer):
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
 
     def delta_matrix(self, adapter_name: str) -> torch.Tensor:
-        """``(lora_alpha / r) * sin(freq * B A) / scale`` (d_out x d_in), via [`sinlora_delta`][kradapter.ops.sinlora_delta].
+        """``(lora_alpha / r) * sin(freq * B A) / scale`` (d_out x d_in), via ``ops.sinlora_delta``.
 
         Args:
             adapter_name: The adapter.
