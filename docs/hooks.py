@@ -32,8 +32,13 @@ EXTERNAL_GLOBS = ["benchmarks/*.md", "benchmarks/*/*.png", "benchmarks/*/*.json"
 FOLDER_LINK = re.compile(r"\]\(((?!https?:)[\w-]+)/\)")
 # Modules whose functions must document their arguments and what they raise.
 CORE = {
-    "kradapter.ops", "kradapter.spectral", "kradapter.budget", "kradapter.quant", "kradapter.dist",
-    "kradapter.io", "kradapter.methods.kronlora.quantize",
+    "kradapter.ops",
+    "kradapter.spectral",
+    "kradapter.budget",
+    "kradapter.quant",
+    "kradapter.dist",
+    "kradapter.io",
+    "kradapter.methods.kronlora.quantize",
 }
 FIELDS_MARK = re.compile(r"<!--\s*config-fields:\s*([\w.]+)\s*-->")
 API_REF = re.compile(r"^:::\s*([\w.]+)", re.M)
@@ -74,8 +79,9 @@ def fields_table(dotted: str) -> str:
             inherited.append(f"`{f.name}`")
             continue
         if not help_text:
-            log.warning("%s.%s has no metadata['help']: the docs take a config field's documentation from it",
-                        dotted, f.name)
+            log.warning(
+                "%s.%s has no metadata['help']: the docs take a config field's documentation from it", dotted, f.name
+            )
             help_text = ""
         if f.default is not dataclasses.MISSING:
             default = repr(f.default)
@@ -87,7 +93,7 @@ def fields_table(dotted: str) -> str:
         rows.append(f"| `{f.name}` | `{_type_name(hints.get(f.name, f.type))}` | `{default}` | {help_text} |")
     text = "\n".join(rows)
     if inherited:
-        text += ("\n\nInherited from PEFT's `PeftConfig` (documented there): " + ", ".join(inherited) + ".")
+        text += "\n\nInherited from PEFT's `PeftConfig` (documented there): " + ", ".join(inherited) + "."
     return text
 
 

@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -58,7 +58,7 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
-def init_process_group(expected_world_size: Optional[int] = None) -> tuple[int, int]:
+def init_process_group(expected_world_size: int | None = None) -> tuple[int, int]:
     """Join the process group torchrun describes (gloo on CPU, nccl on CUDA).
 
     A run that silently fell back to independent single processes would train unsynchronised copies, so this
@@ -120,7 +120,7 @@ def decoder_layer_classes(model: nn.Module) -> set[type[nn.Module]]:
     Raises:
         ValueError: If the model declares no such classes; pass ``layer_classes`` to the wrappers then.
     """
-    names = set()
+    names: set[str] = set()
     for module in model.modules():
         names.update(getattr(module, "_no_split_modules", None) or ())
     classes = {type(m) for m in model.modules() if type(m).__name__ in names}
@@ -131,7 +131,7 @@ def decoder_layer_classes(model: nn.Module) -> set[type[nn.Module]]:
     return classes
 
 
-def shard_fsdp2(model: nn.Module, layer_classes: Optional[set[type[nn.Module]]] = None, mesh=None) -> nn.Module:
+def shard_fsdp2(model: nn.Module, layer_classes: set[type[nn.Module]] | None = None, mesh=None) -> nn.Module:
     """FSDP2: ``fully_shard`` every decoder layer, then the whole model, in place.
 
     Args:
@@ -148,15 +148,15 @@ def shard_fsdp2(model: nn.Module, layer_classes: Optional[set[type[nn.Module]]] 
     """
     from torch.distributed.fsdp import fully_shard
 
-    layer_classes = tuple(layer_classes or decoder_layer_classes(model))
+    wrap_types = tuple(layer_classes or decoder_layer_classes(model))
     for module in list(model.modules()):
-        if isinstance(module, layer_classes):
+        if isinstance(module, wrap_types):
             fully_shard(module, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model
 
 
-def wrap_fsdp1(model: nn.Module, layer_classes: Optional[set[type[nn.Module]]] = None) -> nn.Module:
+def wrap_fsdp1(model: nn.Module, layer_classes: set[type[nn.Module]] | None = None) -> nn.Module:
     """FSDP1 with one unit per decoder layer.
 
     ``use_orig_params=True`` lets frozen base weights and trainable adapter weights share a unit; ``device_id`` is
@@ -200,7 +200,8 @@ def full_adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     options = StateDictOptions(full_state_dict=True, ignore_frozen_params=True)
-    return {k: v.detach().cpu() for k, v in get_model_state_dict(model, options=options).items()}
+    # Full state dicts hold plain tensors (the type allows any state value).
+    return {k: cast(torch.Tensor, v).detach().cpu() for k, v in get_model_state_dict(model, options=options).items()}
 
 
 def save_adapter(peft_model: nn.Module, wrapped: nn.Module, out_dir: str | os.PathLike) -> None:
@@ -224,7 +225,7 @@ def save_adapter(peft_model: nn.Module, wrapped: nn.Module, out_dir: str | os.Pa
         out_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".adapter-", dir=out_dir.parent))
         try:
-            peft_model.save_pretrained(tmp, state_dict=state_dict)
+            cast(Any, peft_model).save_pretrained(tmp, state_dict=state_dict)
             _check_saved(tmp, state_dict)
             for path in tmp.rglob("*"):
                 if path.is_file():
@@ -252,7 +253,7 @@ def _check_saved(directory: Path, state_dict: dict[str, torch.Tensor]) -> None:
         )
 
 
-def max_difference_across_ranks(model: nn.Module) -> Optional[float]:
+def max_difference_across_ranks(model: nn.Module) -> float | None:
     """Largest |difference| between this rank's trainable parameters and rank 0's, maximised over ranks.
 
     0.0 proves the replicas are in sync; unsynchronised copies would differ. A collective: every rank must call it.

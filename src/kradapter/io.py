@@ -12,9 +12,10 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from .dist import is_main_process
 
@@ -65,7 +66,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         raise
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], suffix: str = "") -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object], suffix: str = "") -> Path:
     """Call ``write(tmp_path)``, then rename the result onto ``path`` (rank 0 only; other ranks write nothing).
 
     Args:

@@ -166,7 +166,9 @@ def sinlora_delta(A: torch.Tensor, B: torch.Tensor, freq: float, scale: float, s
         ValueError: If A or B is not 2-D or their inner sizes differ.
     """
     if A.dim() != 2 or B.dim() != 2 or B.shape[1] != A.shape[0]:
-        raise ValueError(f"sinlora_delta needs A (r x d_in) and B (d_out x r), got {tuple(A.shape)} and {tuple(B.shape)}")
+        raise ValueError(
+            f"sinlora_delta needs A (r x d_in) and B (d_out x r), got {tuple(A.shape)} and {tuple(B.shape)}"
+        )
     return torch.sin(freq * (B @ A)) * (scaling / scale)
 
 
@@ -216,8 +218,10 @@ def kronlora_shapes(
         if kron_shape < 1:
             raise ValueError(f"kron_shape={kron_shape} must be >= 1")
         a_out, a_in = largest_divisor_at_most(d_out, kron_shape), largest_divisor_at_most(d_in, kron_shape)
-    elif isinstance(kron_shape, (tuple, list)) and len(kron_shape) == 2 and all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in kron_shape
+    elif (
+        isinstance(kron_shape, (tuple, list))
+        and len(kron_shape) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in kron_shape)
     ):
         a_out, a_in = kron_shape
         if d_out % a_out or d_in % a_in:

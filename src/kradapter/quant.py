@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-from typing import Optional
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -43,7 +43,7 @@ def require_backend(package: str, purpose: str) -> None:
         )
 
 
-def bnb_config(quantize: str, compute_dtype: Optional[torch.dtype] = None):
+def bnb_config(quantize: str, compute_dtype: torch.dtype | None = None):
     """transformers' ``BitsAndBytesConfig`` for ``"4bit"`` (QLoRA: NF4, double quantization) or ``"8bit"`` (LLM.int8()).
 
     Args:
@@ -80,7 +80,7 @@ def _transformer(model: nn.Module) -> nn.Module:
     from peft.tuners.tuners_utils import BaseTuner
 
     if hasattr(model, "get_base_model"):
-        return model.get_base_model()
+        return cast(Any, model).get_base_model()
     return model.model if isinstance(model, BaseTuner) else model
 
 
@@ -97,7 +97,7 @@ def quantized_layers(model: nn.Module) -> dict[str, QuantizedLinear]:
 
 
 def merge_requantized(
-    model: nn.Module, adapter_names: Optional[list[str]] = None, safe_merge: bool = False
+    model: nn.Module, adapter_names: list[str] | None = None, safe_merge: bool = False
 ) -> dict[str, MergeError]:
     """Merge the adapters into their quantized bases in place (requantizing) and return each layer's error.
 
@@ -123,7 +123,7 @@ def merge_requantized(
     for layer in layers.values():
         layer.requantize_chosen = True
     try:
-        model.merge_adapter(adapter_names=adapter_names, safe_merge=safe_merge)
+        cast(Any, model).merge_adapter(adapter_names=adapter_names, safe_merge=safe_merge)
     finally:
         for layer in layers.values():
             layer.requantize_chosen = False
@@ -131,7 +131,7 @@ def merge_requantized(
 
 
 def merge_to_full_precision(
-    model: nn.Module, adapter_names: Optional[list[str]] = None, dtype: Optional[torch.dtype] = None
+    model: nn.Module, adapter_names: list[str] | None = None, dtype: torch.dtype | None = None
 ) -> nn.Module:
     """A new plain model: every quantized linear dequantized to ``dtype``, the adapters merged, PEFT wrappers removed.
 
@@ -153,12 +153,15 @@ def merge_to_full_precision(
     base = _transformer(model)
     if dtype is None:
         config_dtype = getattr(getattr(base, "config", None), "dtype", None)
-        dtype = config_dtype if isinstance(config_dtype, torch.dtype) and config_dtype.is_floating_point else torch.float32
+        if isinstance(config_dtype, torch.dtype) and config_dtype.is_floating_point:
+            dtype = config_dtype
+        else:
+            dtype = torch.float32
     _check_dequantizable(model)
     full = copy.deepcopy(model)
     for layer in quantized_layers(full).values():
         layer.dequantize_base_(dtype)
-    merged = full.merge_and_unload(adapter_names=adapter_names)
+    merged = cast(Any, full).merge_and_unload(adapter_names=adapter_names)
     _dequantize_remaining_(merged, dtype)
     return merged
 
@@ -178,7 +181,9 @@ def _check_dequantizable(model: nn.Module) -> None:
             continue
         backend = resolve_quantization_backend(module, **kwargs)
         if backend is None or not backend.supports_merge:
-            raise ValueError(f"cannot make a full-precision copy: '{name}' ({type(module).__name__}) cannot be dequantized")
+            raise ValueError(
+                f"cannot make a full-precision copy: '{name}' ({type(module).__name__}) cannot be dequantized"
+            )
 
 
 def _dequantize_remaining_(model: nn.Module, dtype: torch.dtype) -> None:
@@ -193,7 +198,8 @@ def _dequantize_remaining_(model: nn.Module, dtype: torch.dtype) -> None:
         if backend is None or not backend.supports_merge:
             raise ValueError(f"cannot dequantize '{name}' ({type(module).__name__}) for a full-precision copy")
         parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, dequantized_linear(module, backend.get_base_weight(module), dtype))
+        full = dequantized_linear(module, backend.get_base_weight(module), dtype)
+        setattr(model.get_submodule(parent_name), child, full)
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:
         quantizer.remove_quantization_config(model)
