@@ -90,7 +90,10 @@ def fields_table(dotted: str) -> str:
         else:
             default = "required"
         help_text = " ".join(help_text.split()).replace("|", "\\|")
-        rows.append(f"| `{f.name}` | `{_type_name(hints.get(f.name, f.type))}` | `{default}` | {help_text} |")
+        # The annotation as the source writes it (a string under `from __future__ import annotations`).
+        type_text = f.type if isinstance(f.type, str) else _type_name(hints.get(f.name, f.type))
+        type_text = type_text.replace("|", "\\|")
+        rows.append(f"| `{f.name}` | `{type_text}` | `{default}` | {help_text} |")
     text = "\n".join(rows)
     if inherited:
         text += "\n\nInherited from PEFT's `PeftConfig` (documented there): " + ", ".join(inherited) + "."
