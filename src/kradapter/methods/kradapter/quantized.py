@@ -141,7 +141,7 @@ class QuantizedLinear(Linear):
         """
         if self.quantization_backend is None:
             return super().merge(safe_merge=safe_merge, adapter_names=adapter_names)
-        adapter_names = [n for n in check_adapters_to_merge(self, adapter_names) if n in self.kradapter_U]
+        adapter_names = [n for n in check_adapters_to_merge(self, adapter_names) if self.has_adapter(n)]
         if not adapter_names:
             return
         reason = self.merge_blocker()
