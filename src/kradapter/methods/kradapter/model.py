@@ -89,6 +89,15 @@ class KRAdapterModel(DeltaTuner):
     target_module_mapping = DEFAULT_TARGET_MODULES
 
     def layer_kwargs(self, config: KRAdapterConfig, current_key: str) -> dict:
+        """Settings for the module at ``current_key``: ``k1_pattern`` / ``alpha_pattern`` entries override the defaults.
+
+        Args:
+            config: The adapter's config.
+            current_key: The module's name.
+
+        Returns:
+            Keyword arguments for the layer's ``update_layer``.
+        """
         return {
             **self._layer_settings(config, current_key),
             "dropout": config.dropout,
@@ -111,6 +120,20 @@ class KRAdapterModel(DeltaTuner):
         # One branch per supported base type. Quantized linears (bitsandbytes, torchao, ...) subclass nn.Linear,
         # so they are caught first (quantized.py, bnb.py); torchao needs the model's quantization config to
         # requantize after a merge.
+        """The KRAdapter layer for one target: a quantized linear, a Conv2d, or a Linear / Conv1D.
+
+        Args:
+            target: The module to wrap.
+            adapter_name: The adapter's name.
+            current_key: The module's name, for the error.
+            **kwargs: The layer settings.
+
+        Returns:
+            The new layer.
+
+        Raises:
+            ValueError: If the target's type is not supported.
+        """
         quantized = dispatch_quantized(target, adapter_name, get_quantization_kwargs(self.model), **kwargs)
         if quantized is not None:
             return quantized
@@ -201,6 +224,17 @@ class KRAdapterModel(DeltaTuner):
 
     # Quantized layers that cannot merge (or need a requantize/copy choice) stop the merge before any layer changes.
     def check_merge(self, adapter_names: Optional[list[str]], safe_merge: bool) -> None:
+        """Refuse a merge before any layer changes: a quantized base needs an explicit choice; safe merges check.
+
+        Args:
+            adapter_names: The adapters to merge (default: the active ones).
+            safe_merge: Check every layer's merged weight for NaN/Inf before touching any weight.
+
+        Raises:
+            ValueError: If a layer sits on a quantized base (use
+                [`merge_requantized`][kradapter.quant.merge_requantized] or
+                [`merge_to_full_precision`][kradapter.quant.merge_to_full_precision]) or a merged weight is not finite.
+        """
         for key, module in self.model.named_modules():
             if isinstance(module, QuantizedLinear) and (reason := module.merge_blocker()) is not None:
                 raise ValueError(f"cannot merge KRAdapter into '{key}': {reason}")
