@@ -54,7 +54,7 @@ sdist_tests() {
               --ignore tests/test_approx.py --ignore tests/test_bench.py --ignore tests/test_spectrum.py
               -k "not test_two_processes_train_like_one or ddp")
     fi
-    PATH="$venv/bin:$PATH" "$venv/bin/python" -m pytest -q -p no:cacheprovider "${args[@]}"
+    PATH="$venv/bin:$PATH" "$venv/bin/python" -m pytest -p no:cacheprovider "${args[@]}"   # -q comes from pyproject
     local rc=$?
     cd "$ROOT" && rm -rf "$work"
     return $rc
