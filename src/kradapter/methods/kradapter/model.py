@@ -64,6 +64,15 @@ def _adapter_of(param_name: str, prefix: str) -> Optional[str]:
 
 
 def unsupported_target_error(key: str, module: nn.Module) -> ValueError:
+    """The one error for a target module KRAdapter cannot adapt, naming the module, its type and the types it can.
+
+    Args:
+        key: The module's name.
+        module: The module.
+
+    Returns:
+        The ``ValueError`` to raise.
+    """
     return ValueError(
         f"KRAdapter cannot adapt module '{key}' of type {type(module).__module__}.{type(module).__name__}; "
         "supported: torch.nn.Linear (also bitsandbytes/torchao quantized), transformers Conv1D, torch.nn.Conv1d / Conv2d / "
@@ -85,6 +94,15 @@ class KRAdapterModel(DeltaTuner):
     combinations = COMBINATIONS  # add_weighted_adapter's exact types ("linear" sharing V or U, "dense"): combine.py
 
     def layer_kwargs(self, config: KRAdapterConfig, current_key: str) -> dict:
+        """Settings for the module at ``current_key``: ``k1_pattern`` / ``alpha_pattern`` entries override the defaults.
+
+        Args:
+            config: The adapter's config.
+            current_key: The module's name.
+
+        Returns:
+            Keyword arguments for the layer's ``update_layer``.
+        """
         return {
             **self._layer_settings(config, current_key),
             "dropout": config.dropout,
@@ -107,6 +125,20 @@ class KRAdapterModel(DeltaTuner):
         # One branch per supported base type. Quantized linears (bitsandbytes, torchao, ...) subclass nn.Linear,
         # so they are caught first (quantized.py, bnb.py); torchao needs the model's quantization config to
         # requantize after a merge.
+        """The KRAdapter layer for one target: a quantized linear, a Conv2d, or a Linear / Conv1D.
+
+        Args:
+            target: The module to wrap.
+            adapter_name: The adapter's name.
+            current_key: The module's name, for the error.
+            **kwargs: The layer settings.
+
+        Returns:
+            The new layer.
+
+        Raises:
+            ValueError: If the target's type is not supported.
+        """
         quantized = dispatch_quantized(target, adapter_name, get_quantization_kwargs(self.model), **kwargs)
         if quantized is not None:
             return quantized
@@ -134,6 +166,21 @@ class KRAdapterModel(DeltaTuner):
         low_cpu_mem_usage: bool = False,
         state_dict: Optional[dict[str, torch.Tensor]] = None,
     ) -> None:
+        """Check every target (type, ``k1`` against its shape, a loaded state dict's shapes), then let PEFT inject.
+
+        Checking first means one error names the module and what is wrong, and the model is untouched.
+
+        Args:
+            model: The model to adapt.
+            adapter_name: The adapter's name.
+            autocast_adapter_dtype: Keep the adapter in float32 over a float16/bfloat16 base.
+            low_cpu_mem_usage: Create the adapter on the meta device (PEFT's option).
+            state_dict: The tensors about to be loaded, when loading.
+
+        Raises:
+            ValueError: If a target is of an unsupported type, ``k1`` does not fit its shape, or a tensor in
+                ``state_dict`` does not fit the model.
+        """
         self._check_targets(model, adapter_name, state_dict)
         super().inject_adapter(
             model,
@@ -190,6 +237,17 @@ class KRAdapterModel(DeltaTuner):
 
     # Quantized layers that cannot merge (or need a requantize/copy choice) stop the merge before any layer changes.
     def check_merge(self, adapter_names: Optional[list[str]], safe_merge: bool) -> None:
+        """Refuse a merge before any layer changes: a quantized base needs an explicit choice; safe merges check.
+
+        Args:
+            adapter_names: The adapters to merge (default: the active ones).
+            safe_merge: Check every layer's merged weight for NaN/Inf before touching any weight.
+
+        Raises:
+            ValueError: If a layer sits on a quantized base (use
+                [`merge_requantized`][kradapter.quant.merge_requantized] or
+                [`merge_to_full_precision`][kradapter.quant.merge_to_full_precision]) or a merged weight is not finite.
+        """
         for key, module in self.model.named_modules():
             if isinstance(module, QuantizedLinear) and (reason := module.merge_blocker()) is not None:
                 raise ValueError(f"cannot merge KRAdapter into '{key}': {reason}")

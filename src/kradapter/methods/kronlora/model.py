@@ -19,6 +19,15 @@ class KronLoRAModel(DeltaTuner):
     combinations = COMBINATIONS
 
     def layer_kwargs(self, config: KronLoRAConfig, current_key: str) -> dict:
+        """Settings for the module at ``current_key``: rank_pattern / alpha_pattern entries override r / alpha.
+
+        Args:
+            config: The adapter's config.
+            current_key: The module's name.
+
+        Returns:
+            Keyword arguments for the layer's ``update_layer``.
+        """
         r_key = get_pattern_key(config.rank_pattern.keys(), current_key)
         alpha_key = get_pattern_key(config.alpha_pattern.keys(), current_key)
         return {
