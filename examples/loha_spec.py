@@ -20,7 +20,7 @@ class LoHaSpec(MethodSpec):
     hparams = {"r": 8}  # what the count depends on, with LoHa's default
     knob = "r"  # the budget search varies r; the count grows with it, so the default bisection applies
     conv1d = False  # PEFT's LoHa adapts nn.Linear and nn.Conv2d, not transformers' Conv1D
-    conv2d = True  # with use_effective_conv2d=False (the default) a kernel counts as out x in*kh*kw
+    flattened = True  # conv targets: with use_effective_conv2d=False (the default) a kernel counts as out x in*kh*kw
 
     def count(self, d_out, d_in, r=8):
         return 2 * positive_int(r, "r") * (d_out + d_in)

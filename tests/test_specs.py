@@ -25,7 +25,9 @@ def test_builtin_registry_lists_every_method_in_table_order():
         spec = specs.get_spec(name)
         assert spec.name == name and spec.summary
         assert spec.knob is None or spec.knob in spec.hparams
-    assert [m for m in METHODS if specs.get_spec(m).conv2d] == ["kradapter", "lora", "dora", "full"]
+    assert [m for m in METHODS if specs.get_spec(m).flattened] == ["kradapter", "lora", "dora", "full"]
+    assert [m for m in METHODS if specs.get_spec(m).grouped] == ["kradapter", "full"]
+    assert [m for m in METHODS if specs.get_spec(m).multihead_attention] == ["kradapter", "lora"]
 
 
 def test_unknown_and_duplicate_names_are_one_clear_error():

@@ -60,7 +60,9 @@ class MethodSpec:
     hparams: dict[str, Any] = {}  # the hyperparameters ``count`` depends on, with their defaults
     knob: Optional[str] = None  # the one that sets the size, which ``search`` varies (None: nothing to match)
     conv1d: bool = True  # its PEFT layer adapts transformers Conv1D targets
-    conv2d: bool = False  # its PEFT layer adapts nn.Conv2d, with ``count`` on the flattened kernel
+    flattened: bool = False  # adapts conv (1d/2d/3d) and Embedding targets, ``count`` on the flattened matrix
+    grouped: bool = False  # ... grouped convolutions too
+    multihead_attention: bool = False  # adapts nn.MultiheadAttention (in_proj and out_proj counted)
     trains_base: bool = False  # no adapter: the targets' own weights train (full fine-tuning)
     config_only: tuple[str, ...] = ()  # hparams that, given as config overrides, are not held fixed in matching
     default_lr: float = 1e-3  # `kradapter train`'s learning rate when none is given (tune it: --lr-grid)

@@ -11,7 +11,7 @@ class FullSpec(MethodSpec):
     summary = "full fine-tuning of the targets' weights, d_out d_in parameters (never matched)"
     hparams = {}
     knob = None
-    conv2d = True
+    flattened = grouped = True
     trains_base = True
     default_lr = 1e-4
 

@@ -21,7 +21,7 @@ class KRAdapterSpec(_OwnLayer):
     summary = "Khatri-Rao adapter: alpha (U ⊙ V), n (k1 + k2) parameters (this package)"
     hparams = {"k1": "sqrt"}
     knob = "k1"
-    conv2d = True
+    flattened = grouped = multihead_attention = True
     # at its default alpha 0.1 best at 1e-2 (image) and 3e-2 (text), LoRA at 3e-3 on both (benchmarks/RECIPES.md)
     default_lr = 1e-2
 

@@ -17,7 +17,8 @@ class LoRASpec(MethodSpec):
     summary = "PEFT LoRA: (lora_alpha / r) B A, r (d_out + d_in) parameters"
     hparams = {"r": 8}
     knob = "r"
-    conv2d = True
+    flattened = True  # LoRA's conv factors are in*k and out wide, as the flattened matrix, when groups == 1
+    multihead_attention = True
 
     def count(self, d_out, d_in, r=8):
         return positive_int(r, "r") * (d_out + d_in)
@@ -54,6 +55,7 @@ class LoRASpec(MethodSpec):
 class DoRASpec(LoRASpec):
     name = "dora"
     summary = "PEFT DoRA: LoRA's direction with a learned magnitude per output, r (d_out + d_in) + d_out parameters"
+    multihead_attention = False
 
     def count(self, d_out, d_in, r=8):  # LoRA plus DoRA's magnitude vector, one entry per output feature
         return positive_int(r, "r") * (d_out + d_in) + d_out
