@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
-from recipe_fixtures import text_data, tiny_bert
 
 from kradapter.cli import main
 from kradapter.specs import PLUGINS_ENV, registry
+from recipe_fixtures import text_data, tiny_bert
 
 EXAMPLE = str(Path(__file__).resolve().parents[1] / "examples" / "loha_spec.py")
 
@@ -35,19 +35,60 @@ def test_loha_plugin_through_budget_approx_compare_report(tmp_path, capsys, plug
     assert "r=14" in row and "50,176" in row  # 2 r (d_out + d_in) >= 49,152 at the smallest r
 
     approx_out = tmp_path / "approx"
-    assert main(["--plugin", EXAMPLE, "approx", "--out", str(approx_out), "--size", "24", "16", "--iters", "3",
-                 "--figure5-size", "0", "--targets", "random", "--methods", "lora,loha", "--workers", "1"]) == 0
+    assert (
+        main(
+            [
+                "--plugin",
+                EXAMPLE,
+                "approx",
+                "--out",
+                str(approx_out),
+                "--size",
+                "24",
+                "16",
+                "--iters",
+                "3",
+                "--figure5-size",
+                "0",
+                "--targets",
+                "random",
+                "--methods",
+                "lora,loha",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     doc = json.loads((approx_out / "approx.json").read_text())
     loha = doc["results"]["random"]["loha"]
-    assert loha["trainable"] == 2 * loha["hparams"]["r"] * (24 + 16) >= doc["results"]["random"]["lora"]["trainable"] - 40
+    assert (
+        loha["trainable"] == 2 * loha["hparams"]["r"] * (24 + 16) >= doc["results"]["random"]["lora"]["trainable"] - 40
+    )
     assert loha["hparams"]["alpha"] == loha["hparams"]["r"]  # --scaling unit through the spec's unit_scale
     assert loha["nuclear_error"] > 0 and not loha["diverged"]
     capsys.readouterr()
 
     model, data = tiny_bert(tmp_path), text_data(tmp_path)
     cmp_out = tmp_path / "cmp"
-    argv = ["--plugin", EXAMPLE, "compare", "--task", "text", "--model", model, "--methods", "loha",
-            "--max-steps", "2", "--batch-size", "8", "--output-dir", str(cmp_out), "--quiet"]
+    argv = [
+        "--plugin",
+        EXAMPLE,
+        "compare",
+        "--task",
+        "text",
+        "--model",
+        model,
+        "--methods",
+        "loha",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--output-dir",
+        str(cmp_out),
+        "--quiet",
+    ]
     for d in data:
         argv += ["--data", d]
     assert main(argv) == 0

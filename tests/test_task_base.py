@@ -6,10 +6,9 @@ from __future__ import annotations
 import gc
 import weakref
 
-from recipe_fixtures import text_data, tiny_bert, train_args
-
 from kradapter.train.runner import run
 from kradapter.train.tasks import text
+from recipe_fixtures import text_data, tiny_bert, train_args
 
 
 def test_text_task_loads_once_plus_once_per_seed_one_copy_alive(tmp_path, monkeypatch):

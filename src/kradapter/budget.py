@@ -13,7 +13,8 @@ small run here KRAdapter with alpha 1 matched LoRA only at about 3x LoRA's learn
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any
 
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -68,7 +69,7 @@ def _total(method: str, shapes: list[tuple[int, int]], hparams: dict[str, Any]) 
     return spec.total(Counter(shapes), spec.complete(hparams))
 
 
-def _match(method: str, shapes: list[tuple[int, int]], budget: Optional[int], fixed: dict[str, Any]) -> dict:
+def _match(method: str, shapes: list[tuple[int, int]], budget: int | None, fixed: dict[str, Any]) -> dict:
     spec = get_spec(method)
     spec.complete(fixed)  # reject unknown names early
     if budget is None:
@@ -92,7 +93,7 @@ def _describe(shapes: list[tuple[int, int]]) -> str:
     return f"{len(shapes)} layers"
 
 
-def match_layer(method: str, d_out: int, d_in: int, budget: Optional[int] = None, **fixed: Any) -> dict:
+def match_layer(method: str, d_out: int, d_in: int, budget: int | None = None, **fixed: Any) -> dict:
     """The method's hyperparameters with the smallest trainable count ``>= budget`` on one ``d_out x d_in`` layer.
 
     Search spaces: kradapter ``k1``; lora / dora / sinlora / randlora ``r``; krona LoKr's ``decompose_factor``
@@ -117,8 +118,9 @@ def match_layer(method: str, d_out: int, d_in: int, budget: Optional[int] = None
     return _match(method, [(d_out, d_in)], budget, fixed)
 
 
-def match_all(d_out: int, d_in: int, budget: Optional[int] = None, methods: Optional[Iterable[str]] = None
-              ) -> dict[str, dict]:
+def match_all(
+    d_out: int, d_in: int, budget: int | None = None, methods: Iterable[str] | None = None
+) -> dict[str, dict]:
     """[`match_layer`][kradapter.budget.match_layer] for each method, in order.
 
     Args:
@@ -184,7 +186,9 @@ def target_layers(model: nn.Module, target_modules, task_type=None) -> dict[str,
             )
         found[key] = weight_geometry(module)
         if isinstance(module, nn.MultiheadAttention):  # adapted as two matrices: packed in_proj and out_proj
-            out_proj = module.out_proj.get_base_layer() if isinstance(module.out_proj, BaseTunerLayer) else module.out_proj
+            out_proj = (
+                module.out_proj.get_base_layer() if isinstance(module.out_proj, BaseTunerLayer) else module.out_proj
+            )
             found[key + OUT_PROJ] = weight_geometry(out_proj)
     if not found:
         raise ValueError(f"no module of the model matches target_modules={target_modules!r}")
@@ -210,8 +214,10 @@ def _check_types_for(method: str, model: nn.Module, layers: dict) -> None:
         if isinstance(module, nn.MultiheadAttention):
             if not spec.multihead_attention:
                 able = [m for m in method_names() if get_spec(m).multihead_attention]
-                raise ValueError(f"target module '{key}' is a MultiheadAttention; {method} is not matched on it "
-                                 f"(methods that are: {', '.join(able)})")
+                raise ValueError(
+                    f"target module '{key}' is a MultiheadAttention; {method} is not matched on it "
+                    f"(methods that are: {', '.join(able)})"
+                )
         elif not spec.flattened or (grouped and not spec.grouped):
             able = [m for m in method_names() if get_spec(m).flattened and (get_spec(m).grouped or not grouped)]
             raise ValueError(
@@ -223,7 +229,7 @@ def _check_types_for(method: str, model: nn.Module, layers: dict) -> None:
 
 
 def match_model(
-    method: str, model: nn.Module, target_modules, budget: Optional[int] = None, task_type=None, **fixed: Any
+    method: str, model: nn.Module, target_modules, budget: int | None = None, task_type=None, **fixed: Any
 ) -> dict:
     """Like [`match_layer`][kradapter.budget.match_layer] over every targeted layer, one setting for all of them.
 
@@ -251,7 +257,7 @@ def match_model(
     return result
 
 
-def peft_config_for(method: str, model: nn.Module, target_modules, budget: Optional[int] = None, **overrides: Any):
+def peft_config_for(method: str, model: nn.Module, target_modules, budget: int | None = None, **overrides: Any):
     """A PEFT config for ``method`` on ``target_modules`` of ``model`` at KRAdapter's trainable budget.
 
     The total trainable count over those layers is the smallest ``>=`` KRAdapter's total on the same targets (or

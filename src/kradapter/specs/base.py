@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import fields
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -58,7 +58,7 @@ class MethodSpec:
     name: str = ""
     summary: str = ""  # one line for listings
     hparams: dict[str, Any] = {}  # the hyperparameters ``count`` depends on, with their defaults
-    knob: Optional[str] = None  # the one that sets the size, which ``search`` varies (None: nothing to match)
+    knob: str | None = None  # the one that sets the size, which ``search`` varies (None: nothing to match)
     conv1d: bool = True  # its PEFT layer adapts transformers Conv1D targets
     flattened: bool = False  # adapts conv (1d/2d/3d) and Embedding targets, ``count`` on the flattened matrix
     grouped: bool = False  # ... grouped convolutions too
@@ -75,8 +75,9 @@ class MethodSpec:
         """``given`` over the defaults; unknown names are one error listing the known ones."""
         unknown = set(given) - set(self.hparams)
         if unknown:
-            raise ValueError(f"{self.name} has no hyperparameter(s) {sorted(unknown)}; its count depends on "
-                             f"{sorted(self.hparams)}")
+            raise ValueError(
+                f"{self.name} has no hyperparameter(s) {sorted(unknown)}; its count depends on {sorted(self.hparams)}"
+            )
         return {**self.hparams, **given}
 
     def total(self, shapes: Counter, hparams: dict[str, Any]) -> int:
@@ -110,7 +111,7 @@ class MethodSpec:
         return self.search(shapes, budget, dict(fixed))
 
     # --- PEFT -------------------------------------------------------------------------------------------------
-    def config_class(self) -> Optional[type]:
+    def config_class(self) -> type | None:
         """The PEFT config class (imported on demand); None for a method without one."""
         return None
 

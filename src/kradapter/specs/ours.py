@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-
 from ..ops import kronlora_shapes, resolve_k
 from .base import MethodSpec, OutOfReach, positive_int
 from .search import ceil_div_starts, runs, smallest_affine
@@ -38,8 +37,10 @@ class KRAdapterSpec(_OwnLayer):
         ms = {max(s) for s in shapes}
         starts = {k for m in ms for k in ceil_div_starts(m, k_max)}
         slope = sum(c * min(s) for s, c in shapes.items())
-        pieces = ((lo, hi, slope, sum(c * min(s) * -(-max(s) // lo) for s, c in shapes.items()))
-                  for lo, hi in runs(starts, k_max))
+        pieces = (
+            (lo, hi, slope, sum(c * min(s) * -(-max(s) // lo) for s, c in shapes.items()))
+            for lo, hi in runs(starts, k_max)
+        )
         best, largest = smallest_affine(pieces, budget)
         if best is None:
             raise OutOfReach(largest, fixed)
@@ -115,5 +116,3 @@ class KronLoRASpec(_OwnLayer):
 
     def unit_scale(self, config):
         return {"alpha": config.r}
-
-

@@ -37,14 +37,14 @@ def register_spec(spec: MethodSpec, replace: bool = False) -> MethodSpec:
         raise TypeError(f"register_spec takes a kradapter.specs.MethodSpec, got {type(spec).__name__}")
     name = spec.name
     if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
-        raise ValueError(f"method spec {type(spec).__name__} needs a name of letters, digits, '-' or '_', "
-                         f"got {name!r}")
+        raise ValueError(f"method spec {type(spec).__name__} needs a name of letters, digits, '-' or '_', got {name!r}")
     old = _SPECS.get(name)
     if old is not None and not replace and type(old).__qualname__ != type(spec).__qualname__:
         raise ValueError(f"a method named {name!r} is already registered ({type(old).__name__}); pass replace=True")
     if spec.knob is not None and spec.knob not in spec.hparams:
-        raise ValueError(f"method spec {name!r}: its knob {spec.knob!r} is not one of its hparams "
-                         f"{sorted(spec.hparams)}")
+        raise ValueError(
+            f"method spec {name!r}: its knob {spec.knob!r} is not one of its hparams {sorted(spec.hparams)}"
+        )
     _SPECS[name] = spec
     return spec
 

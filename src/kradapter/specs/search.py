@@ -9,7 +9,7 @@ of ``ceil(m / k1)``). The smallest total at or above a budget is then found run 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 
 def ceil_div_starts(m: int, k_max: int) -> list[int]:
@@ -30,7 +30,7 @@ def runs(starts: Iterable[int], k_max: int) -> list[tuple[int, int]]:
     return [(lo, (cuts[i + 1] - 1) if i + 1 < len(cuts) else k_max) for i, lo in enumerate(cuts)]
 
 
-def smallest_affine(pieces: Iterable[tuple[int, int, int, int]], budget: int) -> tuple[Optional[tuple[int, int]], int]:
+def smallest_affine(pieces: Iterable[tuple[int, int, int, int]], budget: int) -> tuple[tuple[int, int] | None, int]:
     """``((k, total), largest)``: over pieces ``(lo, hi, slope, intercept)`` taken in ascending k, the smallest k of
     the smallest total ``slope * k + intercept >= budget`` (None when no piece reaches it), and the largest total."""
     best, largest = None, 0
@@ -46,7 +46,7 @@ def smallest_affine(pieces: Iterable[tuple[int, int, int, int]], budget: int) ->
     return best, largest
 
 
-def smallest_monotone(total, lo: int, hi: int, budget: int) -> tuple[Optional[tuple[int, int]], int]:
+def smallest_monotone(total, lo: int, hi: int, budget: int) -> tuple[tuple[int, int] | None, int]:
     """Binary search of a total that does not decrease in k on [lo, hi]: ``((k, total), largest)`` as above."""
     largest = total(hi)
     if largest < budget:

@@ -8,8 +8,6 @@ image tasks alike).
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
@@ -23,14 +21,14 @@ def available_methods() -> tuple[str, ...]:
     return method_names()
 
 
-def peft_config(method: str, model: nn.Module, target_modules: list[str], head: Optional[list[str]] = None):
+def peft_config(method: str, model: nn.Module, target_modules: list[str], head: list[str] | None = None):
     """The PeftConfig for `method` on `target_modules` (None for full fine-tuning)."""
     spec = get_spec(method)
     overrides = {"modules_to_save": list(head)} if head and not spec.trains_base else {}
     return peft_config_for(method, model, list(target_modules), **overrides)
 
 
-def apply_method(model: nn.Module, method: str, target_modules: list[str], head: Optional[list[str]] = None):
+def apply_method(model: nn.Module, method: str, target_modules: list[str], head: list[str] | None = None):
     """(model ready to train, reference weights). PEFT methods wrap the model with get_peft_model; full
     fine-tuning trains the targets' weights (budget.full_finetune_) and the head in place, and keeps a copy of the
     targets' initial weights so its update Delta W = W - W0 is analysed like an adapter's."""

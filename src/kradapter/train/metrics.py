@@ -4,7 +4,7 @@ and scipy) and the aggregates of the paper's tables (mean ± std over seeds, ID/
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -3,8 +3,6 @@ QuantizedLinear. Its own module so that quantized.py and bnb.py (which subclasse
 
 from __future__ import annotations
 
-from typing import Optional
-
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
@@ -12,7 +10,7 @@ from . import bnb
 from .quantized import QuantizedLinear, is_plain_float_layer
 
 
-def dispatch_quantized(target: nn.Module, adapter_name: str, quantization_kwargs: dict, **kwargs) -> Optional[nn.Module]:
+def dispatch_quantized(target: nn.Module, adapter_name: str, quantization_kwargs: dict, **kwargs) -> nn.Module | None:
     """A KRAdapter layer for a quantized linear ``target``, or None when the target is not quantized.
 
     bitsandbytes layers get their own classes (bnb.py); any other backend PEFT recognises (torchao, HQQ, GPTQ, ...)
