@@ -116,6 +116,9 @@ def publish_version(staging: str | os.PathLike, dest: str | os.PathLike) -> None
         return
     version = dest / f".result-{uuid.uuid4().hex[:12]}"
     os.rename(staging, version)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(version, 0o777 & ~umask)  # mkdtemp made it 0700; give it the permissions mkdir would have
     names = sorted(p.name for p in version.iterdir())
     for name in names:  # new names: links that dangle (read as absent) until the switch
         if not os.path.lexists(dest / name):

@@ -116,6 +116,8 @@ def train_seed(prepared: Prepared, args, method: str, lr: float, seed: int, seed
     if result_path.exists():
         done = read_json(result_path)
         if done.get("learning_rate") == lr:
+            if not args.keep_checkpoints and is_main_process():  # a kill after the publish left them
+                shutil.rmtree(seed_dir / f"checkpoints-lr-{lr:g}", ignore_errors=True)
             return done
     set_seed(seed)
     model = prepared.build_model()
@@ -156,8 +158,16 @@ def train_seed(prepared: Prepared, args, method: str, lr: float, seed: int, seed
     start_step = _checkpoint_step(last)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    with interrupt:
-        trainer.train(resume_from_checkpoint=str(last) if last else None)
+    saved_state = read_json(last / "trainer_state.json") if last is not None else {}
+    if saved_state and start_step >= saved_state.get("max_steps", float("inf")):
+        # Training had finished (a Ctrl-C during evaluation): load its weights; Trainer would run one more step.
+        from transformers import TrainerState
+
+        trainer._load_from_checkpoint(str(last))
+        trainer.state = TrainerState.load_from_json(str(last / "trainer_state.json"))
+    else:
+        with interrupt:
+            trainer.train(resume_from_checkpoint=str(last) if last else None)
     steps = trainer.state.global_step
     if interrupt.requested:
         saved, _ = latest_complete_checkpoint(ckpt_root)
@@ -190,6 +200,8 @@ def training_size(args, defaults: dict) -> tuple[int, int | None, float]:
 def _evaluate_and_save(prepared, args, method, lr, seed, seed_dir, eval_sets, save_adapter, model, reference,
                        trainer, timer, rank_cb, trainable, total, batch_size, resumed_from) -> dict:
     peak_mb, memory_kind = _peak_memory_mb()
+    if not rank_cb.history:  # no step ran in this session (resumed after training had finished)
+        rank_cb.measure(trainer.state.global_step)
     scores = {"validation": prepared.evaluate(model, prepared.validation)}
     for name, ds in eval_sets.items():
         scores[name] = prepared.evaluate(model, ds)
