@@ -13,7 +13,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
 
 from kradapter import KRAdapterConfig, KronLoRAConfig
-from kradapter._load_guard import AdapterLoadError
+from kradapter._peft_guards import AdapterLoadError
 
 CONFIGS = {
     "kradapter": lambda: KRAdapterConfig(target_modules=["fc1", "fc2"], k1=2, init_weights=False),

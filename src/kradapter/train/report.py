@@ -28,7 +28,7 @@ CANDIDATE_CLASSES = ("AutoModel", "AutoModelForSequenceClassification", "AutoMod
 
 def _saved_keys(directory: Path) -> list[str]:
     """The tensor names in the adapter's weights file (what the loaded model must hold, every one)."""
-    from .._load_guard import weights_file
+    from .._peft_guards import weights_file
 
     path, problem = weights_file(directory)
     if problem:
@@ -116,7 +116,7 @@ def _check_all_loaded(directory: Path, peft_model, keys: list[str]) -> None:
     """Refuse to analyse an adapter whose saved tensors did not all land in the model, with their values."""
     from peft.utils import get_peft_model_state_dict
 
-    from .._load_guard import weights_file
+    from .._peft_guards import weights_file
 
     loaded = get_peft_model_state_dict(peft_model)
     missing = [k for k in keys if k not in loaded]

@@ -1,5 +1,7 @@
 """PEFT's load and save, made whole-or-nothing for every method (installed once by ``import kradapter``).
 
+Also: a PeftModel whose only adapter was deleted says what to do, not KeyError, when next used.
+
 PEFT injects an adapter's layers into the user's model before it reads the weights file, so a missing, empty or
 truncated file raises (a SafetensorError, or a Hub repo-id error that names no file) with the layers left in. The
 wrappers here snapshot the model's module tree first and, on any failure, put it back and raise one error that
@@ -135,10 +137,43 @@ def install() -> None:
         _refuse_meta(self, kwargs.get("selected_adapters"), save_directory)
         return save_pretrained(self, save_directory, *args, **kwargs)
 
+    active_config = PeftModel.active_peft_config.fget
+
+    @functools.wraps(active_config)
+    def guarded_active_config(self):
+        if not self.peft_config:
+            _no_adapter_left(self, ())
+        return active_config(self)
+
+    delete_adapter, add_adapter = PeftModel.delete_adapter, PeftModel.add_adapter
+
+    @functools.wraps(delete_adapter)
+    def guarded_delete_adapter(self, adapter_name):
+        delete_adapter(self, adapter_name)
+        if not self.peft_config and getattr(self, "_kradapter_empty_hook", None) is None:
+            self._kradapter_empty_hook = self.register_forward_pre_hook(_no_adapter_left)
+
+    @functools.wraps(add_adapter)
+    def guarded_add_adapter(self, *args, **kwargs):
+        result = add_adapter(self, *args, **kwargs)
+        hook = getattr(self, "_kradapter_empty_hook", None)
+        if hook is not None and self.peft_config:
+            hook.remove()
+            self._kradapter_empty_hook = None
+        return result
+
+    PeftModel.active_peft_config = property(guarded_active_config)
+    PeftModel.delete_adapter = guarded_delete_adapter
+    PeftModel.add_adapter = guarded_add_adapter
     PeftModel.from_pretrained = classmethod(guarded_from_pretrained)
     PeftModel.load_adapter = guarded_load_adapter
     PeftModel.save_pretrained = guarded_save_pretrained
     PeftModel._kradapter_guarded = True
+
+
+def _no_adapter_left(module, args) -> None:
+    raise ValueError("this PeftModel has no adapter left (its only adapter was deleted): add one with "
+                     "add_adapter() or load_adapter(), or take the base model back with unload()")
 
 
 def _forget_adapter(peft_model, adapter_name: str) -> None:
