@@ -124,6 +124,8 @@ def _args(out, model, data, lr):
 def _check_whole(out: Path, old: dict) -> str:
     """The published files are all the old ones, or all from one finished new run: 'old' or 'new'."""
     now = {name: (out / name).read_bytes() for name in PUBLISHED}  # every name readable: none missing or dangling
+    seed = json.loads((out / "seeds" / "seed-0" / "result.json").read_text())  # the seed's results are kept too
+    assert seed["learning_rate"] in (OLD_LR, NEW_LR)
     if now == old:
         return "old"
     metrics = json.loads(now["metrics.json"])

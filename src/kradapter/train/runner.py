@@ -3,11 +3,14 @@ split, train each seed with transformers' Trainer (resumable, Ctrl-C safe), eval
 every adapted layer's update, and write the results atomically.
 
 Layout of --output-dir DIR:
-  DIR/metrics.json, DIR/summary.txt        written last, only when every seed finished
+  DIR/metrics.json, DIR/summary.txt        the run's results, only when every seed finished
   DIR/adapter_config.json + weights         the first seed's adapter (PEFT save_pretrained), for `report`
   DIR/kradapter_run.json                    how to rebuild the base model
   DIR/seeds/seed-S/                         each seed's adapter, result.json and (while running) checkpoints-lr-X/
   DIR/lr-grid/lr-X/result.json              learning-rate selection runs (--lr-grid)
+  DIR/run.json, DIR/.lock                   what run this directory holds; the lock of the run working in it
+The results of DIR and of each seed directory are published as one set (kradapter.outdir): the names above are
+links into DIR/.published -> .result-*, replaced in one step, so a kill never leaves a mix of old and new files.
 """
 
 from __future__ import annotations
