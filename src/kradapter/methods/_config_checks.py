@@ -96,4 +96,5 @@ def _describe(tp) -> str:
         return f"a list of {getattr(args[0], '__name__', args[0])}" if args else "a list"
     if origin is dict or tp is dict:
         return "a dict"
-    return {bool: "True or False", int: "an int", float: "a number", str: "a str"}.get(tp, getattr(tp, "__name__", str(tp)))
+    words = {bool: "True or False", int: "an int", float: "a number", str: "a str"}
+    return words.get(tp, getattr(tp, "__name__", str(tp)))

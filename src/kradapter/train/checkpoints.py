@@ -38,8 +38,11 @@ def incomplete_reason(checkpoint: Path) -> str | None:
                 pass
         except Exception:  # safetensors raises its own error types for truncated or corrupt files
             return f"{weights[0].name} is unreadable"
-    if not any(p.name.startswith("optimizer") for p in checkpoint.iterdir()):
-        return "no optimizer state"
+    try:
+        if not any(p.name.startswith("optimizer") for p in checkpoint.iterdir()):
+            return "no optimizer state"
+    except OSError:  # being deleted (another rank dropping partial checkpoints)
+        return "unreadable"
     return None
 
 

@@ -21,7 +21,6 @@ import logging
 import resource
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -182,10 +181,10 @@ def train_seed(prepared: Prepared, args, method: str, lr: float, seed: int, seed
                                     reference, trainer, timer, rank_cb, trainable, total, batch_size, last)
     except KeyboardInterrupt:
         saved, _ = latest_complete_checkpoint(ckpt_root)
-        raise TrainingInterrupted(
-            f"interrupted while evaluating seed {seed} after its {steps} training steps; no result of this seed "
-            f"was written, its trained weights are in checkpoint {saved}; run the same command again to evaluate "
-            "them (without training again)") from None
+        where = (f"its trained weights are in checkpoint {saved}; run the same command again to evaluate them "
+                 "(without training again)" if saved else "no checkpoint of it is left; a rerun trains it again")
+        raise TrainingInterrupted(f"interrupted while evaluating seed {seed} after its {steps} training steps; no "
+                                  f"result of this seed was written; {where}") from None
     if not args.keep_checkpoints and is_main_process():
         shutil.rmtree(ckpt_root, ignore_errors=True)
     del trainer, model
@@ -223,7 +222,8 @@ def _evaluate_and_save(prepared, args, method, lr, seed, seed_dir, eval_sets, sa
         "seconds_per_epoch": timer.seconds / epochs_timed if epochs_timed > 0 else None,
         "peak_memory_mb": peak_mb, "memory_kind": memory_kind,
         "spectral": spectral, "effective_rank_history": rank_cb.history,
-        "train_loss_history": [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h],
+        "train_loss_history": [{"step": h["step"], "loss": h["loss"]}
+                               for h in trainer.state.log_history if "loss" in h],
         "processes": world_size(),
         # Under torchrun: how far any rank's trained weights are from rank 0's (0.0: the replicas stayed in sync).
         "max_weight_difference_across_ranks": max_difference_across_ranks(model),
@@ -361,7 +361,7 @@ def _run_locked(args, task, seeds, grid, out: Path, extra_callbacks) -> dict:
     # previous ones stay readable until then.
     staging = staging_dir(out)
     first = out / "seeds" / f"seed-{seeds[0]}"
-    for item in first.iterdir():
+    for item in first.iterdir() if is_main_process() else ():  # other ranks' staging is dropped unread
         if item.is_file() and not item.name.startswith(".") and item.name != "result.json":
             shutil.copy2(item, staging / item.name)
     write_json(staging / "metrics.json", metrics)
