@@ -6,15 +6,28 @@ from __future__ import annotations
 import argparse
 
 import pytest
-from recipe_fixtures import train_args
 
 from kradapter.cli import main
 from kradapter.train.runner import run
+from recipe_fixtures import train_args
 
-BAD = [("--max-steps", "0"), ("--max-steps", "-3"), ("--batch-size", "0"), ("--epochs", "-1"), ("--epochs", "0"),
-       ("--lr", "-1"), ("--lr", "0"), ("--lr", "nan"), ("--eval-batch-size", "0"), ("--logging-steps", "0"),
-       ("--save-steps", "-2"), ("--warmup-ratio", "1.5"), ("--threads", "0"), ("--max-train-examples", "0"),
-       ("--max-steps", "2.5")]
+BAD = [
+    ("--max-steps", "0"),
+    ("--max-steps", "-3"),
+    ("--batch-size", "0"),
+    ("--epochs", "-1"),
+    ("--epochs", "0"),
+    ("--lr", "-1"),
+    ("--lr", "0"),
+    ("--lr", "nan"),
+    ("--eval-batch-size", "0"),
+    ("--logging-steps", "0"),
+    ("--save-steps", "-2"),
+    ("--warmup-ratio", "1.5"),
+    ("--threads", "0"),
+    ("--max-train-examples", "0"),
+    ("--max-steps", "2.5"),
+]
 
 
 @pytest.mark.parametrize("flag,value", BAD)
@@ -28,8 +41,17 @@ def test_bad_numeric_option_is_refused_by_the_cli(tmp_path, capsys, flag, value)
     assert not out.exists()
 
 
-@pytest.mark.parametrize("name,value", [("max_steps", 0), ("batch_size", 0), ("epochs", -1.0), ("lr", -1.0),
-                                        ("max_steps", True), ("warmup_ratio", float("inf"))])
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("max_steps", 0),
+        ("batch_size", 0),
+        ("epochs", -1.0),
+        ("lr", -1.0),
+        ("max_steps", True),
+        ("warmup_ratio", float("inf")),
+    ],
+)
 def test_bad_numeric_option_is_refused_by_the_library_before_any_work(tmp_path, name, value):
     out = tmp_path / "run"
     args = train_args("text", out, model=str(tmp_path / "no-model"), **{name: value})

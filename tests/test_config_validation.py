@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _tiny import fresh
 from peft import LoraConfig, get_peft_model
 
+from _tiny import fresh
 from kradapter import KRAdapterConfig, KronLoRAConfig, SinLoRAConfig
 
-WRONG = [(KRAdapterConfig, "dropout", "0.1", "a number"),
-         (KRAdapterConfig, "target_modules", 5, "list of str"),
-         (KRAdapterConfig, "init_weights", "yes", "True or False"),
-         (KRAdapterConfig, "alpha_pattern", ["x"], "a dict"),
-         (KRAdapterConfig, "layers_to_transform", "0", "list of int"),
-         (KronLoRAConfig, "r", "4", "an int"), (KronLoRAConfig, "dropout", "0.1", "a number"),
-         (KronLoRAConfig, "init_weights", 1, "True or False"),
-         (SinLoRAConfig, "freq", "20", "a number"), (SinLoRAConfig, "target_modules", [1, 2], "list of str")]
+WRONG = [
+    (KRAdapterConfig, "dropout", "0.1", "a number"),
+    (KRAdapterConfig, "target_modules", 5, "list of str"),
+    (KRAdapterConfig, "init_weights", "yes", "True or False"),
+    (KRAdapterConfig, "alpha_pattern", ["x"], "a dict"),
+    (KRAdapterConfig, "layers_to_transform", "0", "list of int"),
+    (KronLoRAConfig, "r", "4", "an int"),
+    (KronLoRAConfig, "dropout", "0.1", "a number"),
+    (KronLoRAConfig, "init_weights", 1, "True or False"),
+    (SinLoRAConfig, "freq", "20", "a number"),
+    (SinLoRAConfig, "target_modules", [1, 2], "list of str"),
+]
 
 
 @pytest.mark.parametrize("cls,field,value,message", WRONG, ids=[f"{c.__name__}.{f}" for c, f, _, _ in WRONG])
@@ -28,8 +32,15 @@ def test_field_of_the_wrong_type_is_one_error_naming_it(cls, field, value, messa
 
 
 def test_fields_of_the_right_types_pass():
-    KRAdapterConfig(target_modules=["a"], k1="sqrt", alpha=1, dropout=0, layers_to_transform=[0],
-                    layers_pattern="layers", alpha_pattern={"a": 0.5})
+    KRAdapterConfig(
+        target_modules=["a"],
+        k1="sqrt",
+        alpha=1,
+        dropout=0,
+        layers_to_transform=[0],
+        layers_pattern="layers",
+        alpha_pattern={"a": 0.5},
+    )
     KronLoRAConfig(kron_shape=(2, 2), r=2)
     SinLoRAConfig(scale=None, target_modules="all-linear")
 
@@ -42,9 +53,15 @@ def test_kronlora_names_kron_shape_when_it_leaves_no_room_for_r():
         get_peft_model(fresh(), KronLoRAConfig(target_modules=["fc1"], kron_shape=2, r=40))
 
 
-@pytest.mark.parametrize("config", [lambda: KRAdapterConfig(target_modules=["fc1"], k1=2),
-                                    lambda: KronLoRAConfig(target_modules=["fc1"], r=2, kron_shape=2),
-                                    lambda: LoraConfig(target_modules=["fc1"])], ids=["kradapter", "kronlora", "lora"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        lambda: KRAdapterConfig(target_modules=["fc1"], k1=2),
+        lambda: KronLoRAConfig(target_modules=["fc1"], r=2, kron_shape=2),
+        lambda: LoraConfig(target_modules=["fc1"]),
+    ],
+    ids=["kradapter", "kronlora", "lora"],
+)
 def test_model_whose_only_adapter_was_deleted_says_what_to_do(config):
     model = get_peft_model(fresh(), config())
     model.delete_adapter("default")

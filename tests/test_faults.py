@@ -12,28 +12,28 @@ import signal
 from pathlib import Path
 
 import pytest
-from recipe_fixtures import text_data, tiny_bert, train_args
 
 from kradapter.train.runner import run
+from recipe_fixtures import text_data, tiny_bert, train_args
 
 PUBLISHED = ("metrics.json", "summary.txt", "adapter_config.json", "adapter_model.safetensors", "kradapter_run.json")
 OLD_LR, NEW_LR = 1e-2, 3e-2
 
 # (what is written, which occurrence): each a distinct step of a run; checkpoints at steps 2 and 4.
 POINTS = [
-    ("checkpoint weights", 2),        # checkpoint-4's adapter file, left half-written
+    ("checkpoint weights", 2),  # checkpoint-4's adapter file, left half-written
     ("checkpoint optimizer", 2),
     ("checkpoint trainer_state", 2),  # written last by Trainer, left half-written
-    ("rmtree checkpoint-", 1),        # the Trainer deleting checkpoint-2 after checkpoint-4 is saved
+    ("rmtree checkpoint-", 1),  # the Trainer deleting checkpoint-2 after checkpoint-4 is saved
     ("replace run.json", 1),
-    ("replace result.json", 1),       # the seed's result, in its staging directory
-    ("rename .staging-", 1),          # the seed's staging directory becomes a result set
-    ("replace .published", 1),        # the seed's switch
-    ("rmtree .result-", 1),           # the seed's old result set, deleted after the switch
-    ("rmtree checkpoints-lr-", 1),    # the seed's checkpoints, deleted once it has finished
-    ("replace metrics.json", 1),      # the run's metrics, in its staging directory
+    ("replace result.json", 1),  # the seed's result, in its staging directory
+    ("rename .staging-", 1),  # the seed's staging directory becomes a result set
+    ("replace .published", 1),  # the seed's switch
+    ("rmtree .result-", 1),  # the seed's old result set, deleted after the switch
+    ("rmtree checkpoints-lr-", 1),  # the seed's checkpoints, deleted once it has finished
+    ("replace metrics.json", 1),  # the run's metrics, in its staging directory
     ("rename .staging-", 2),
-    ("replace .published", 2),        # the run's switch
+    ("replace .published", 2),  # the run's switch
     ("rmtree .result-", 2),
 ]
 
@@ -60,14 +60,20 @@ def install(injector: Injector, setattr) -> None:
     def name_of(path) -> str:
         return Path(path).name
 
-    setattr(os, "replace", lambda src, dst, **k: (injector.hit(f"replace {name_of(dst)}", dst),
-                                                  replace(src, dst, **k))[1])
-    setattr(os, "rename", lambda src, dst, **k: (injector.hit(f"rename {name_of(src)}", src),
-                                                 rename(src, dst, **k))[1])
-    setattr(shutil, "rmtree", lambda path, *a, **k: (injector.hit(f"rmtree {name_of(path)}", path),
-                                                     rmtree(path, *a, **k))[1])
-    save_model, save_optimizer, save_json = Trainer.save_model, Trainer._save_optimizer_and_scheduler, \
-        TrainerState.save_to_json
+    setattr(
+        os, "replace", lambda src, dst, **k: (injector.hit(f"replace {name_of(dst)}", dst), replace(src, dst, **k))[1]
+    )
+    setattr(os, "rename", lambda src, dst, **k: (injector.hit(f"rename {name_of(src)}", src), rename(src, dst, **k))[1])
+    setattr(
+        shutil,
+        "rmtree",
+        lambda path, *a, **k: (injector.hit(f"rmtree {name_of(path)}", path), rmtree(path, *a, **k))[1],
+    )
+    save_model, save_optimizer, save_json = (
+        Trainer.save_model,
+        Trainer._save_optimizer_and_scheduler,
+        TrainerState.save_to_json,
+    )
 
     def saving_model(self, output_dir=None, _internal_call=False):
         save_model(self, output_dir, _internal_call)
@@ -117,8 +123,9 @@ def finished(tmp_path_factory):
 
 
 def _args(out, model, data, lr):
-    return train_args("text", out, model=model, data=data, lr=lr, max_steps=4, save_steps=2,
-                      logging_steps=2, max_eval_examples=6)
+    return train_args(
+        "text", out, model=model, data=data, lr=lr, max_steps=4, save_steps=2, logging_steps=2, max_eval_examples=6
+    )
 
 
 def _check_whole(out: Path, old: dict) -> str:
@@ -161,16 +168,17 @@ def test_kill_at_each_write_keeps_results_whole_and_a_rerun_completes(finished, 
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, \
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (
         f"the child was not killed at {label}#{nth} (exit status {os.waitstatus_to_exitcode(status)})"
+    )
     _check_whole(out, old)
     _rerun_completes(out, model, data)
 
 
-@pytest.mark.parametrize("label,nth", [("checkpoint weights", 2), ("replace result.json", 1),
-                                       ("replace .published", 2)])
-def test_full_disk_at_a_write_keeps_results_whole_and_a_rerun_completes(finished, tmp_path, monkeypatch,
-                                                                        label, nth):
+@pytest.mark.parametrize(
+    "label,nth", [("checkpoint weights", 2), ("replace result.json", 1), ("replace .published", 2)]
+)
+def test_full_disk_at_a_write_keeps_results_whole_and_a_rerun_completes(finished, tmp_path, monkeypatch, label, nth):
     model, data, done, old = finished
     out = tmp_path / "run"
     shutil.copytree(done, out, symlinks=True)

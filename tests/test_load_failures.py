@@ -7,11 +7,11 @@ import warnings
 
 import pytest
 import torch
-from _tiny import fresh
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
 
+from _tiny import fresh
 from kradapter import KRAdapterConfig, KronLoRAConfig
 from kradapter._peft_guards import AdapterLoadError
 
@@ -30,9 +30,12 @@ def _saved(tmp_path, method="kradapter", seed=1):
 
 def _state(model):
     """Everything a failed load must leave alone: module tree, values, trainability, attributes."""
-    return ([(n, type(m).__name__) for n, m in model.named_modules()],
-            {k: v.clone() for k, v in model.state_dict().items()},
-            [(n, p.requires_grad) for n, p in model.named_parameters()], sorted(vars(model)))
+    return (
+        [(n, type(m).__name__) for n, m in model.named_modules()],
+        {k: v.clone() for k, v in model.state_dict().items()},
+        [(n, p.requires_grad) for n, p in model.named_parameters()],
+        sorted(vars(model)),
+    )
 
 
 def _same(a, b):

@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 
 import pytest
-from recipe_fixtures import text_data, tiny_bert, train_args
 from transformers import TrainerCallback
 
 from kradapter.outdir import LOCK, OutputDirBusy, OutputLock
 from kradapter.train.runner import run
+from recipe_fixtures import text_data, tiny_bert, train_args
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +35,23 @@ class _SecondRunAt(TrainerCallback):
 def test_second_run_on_the_same_output_dir_is_refused_naming_dir_and_pid(bert, tmp_path, capsys):
     model, data = bert
     out = tmp_path / "run"
-    second = _SecondRunAt(["train", "--task", "text", "--model", model, "--output-dir", str(out), "--quiet",
-                           "--max-steps", "1", "--lr", "0.5", *sum((["--data", d] for d in data), [])])
+    second = _SecondRunAt(
+        [
+            "train",
+            "--task",
+            "text",
+            "--model",
+            model,
+            "--output-dir",
+            str(out),
+            "--quiet",
+            "--max-steps",
+            "1",
+            "--lr",
+            "0.5",
+            *sum((["--data", d] for d in data), []),
+        ]
+    )
     first = run(train_args("text", out, model=model, data=data, max_steps=2), extra_callbacks=[second])
     assert second.code == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("kradapter")]

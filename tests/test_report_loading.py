@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from recipe_fixtures import tiny_bert
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSequenceClassification
 
 from kradapter import KRAdapterConfig
 from kradapter.train.deltas import adapter_deltas, short_name
 from kradapter.train.report import spectral_report
+from recipe_fixtures import tiny_bert
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +30,11 @@ def _saved_from_classifier(bert, directory, config):
 
 @pytest.mark.parametrize("method", ["kradapter", "lora"])
 def test_adapter_of_a_classifier_without_task_type_reports_its_own_weights(bert, tmp_path, method):
-    config = (KRAdapterConfig(target_modules=["key", "value"], k1=2, init_weights=False) if method == "kradapter"
-              else LoraConfig(r=2, target_modules=["query"], init_lora_weights=False))
+    config = (
+        KRAdapterConfig(target_modules=["key", "value"], k1=2, init_weights=False)
+        if method == "kradapter"
+        else LoraConfig(r=2, target_modules=["query"], init_lora_weights=False)
+    )
     norms = _saved_from_classifier(bert, tmp_path / "a", config)
     report = spectral_report(tmp_path / "a")
     got = {k: row["frobenius_norm"] for k, row in report["spectral"].items()}

@@ -10,11 +10,11 @@ import shutil
 import signal
 
 import pytest
-from recipe_fixtures import text_data, tiny_bert, train_args
 from transformers import TrainerCallback
 
 from kradapter.train import runner
 from kradapter.train.runner import TrainingInterrupted, run
+from recipe_fixtures import text_data, tiny_bert, train_args
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,8 @@ def test_ctrl_c_at_the_last_step_then_resume_reports_the_real_steps_and_time(ber
 
 
 def test_ctrl_c_during_final_evaluation_says_the_checkpoint_exists_and_resume_does_not_retrain(
-        bert, tmp_path, monkeypatch, capsys):
+    bert, tmp_path, monkeypatch, capsys
+):
     from kradapter.cli import main
 
     model, data = bert
@@ -87,8 +88,23 @@ def test_ctrl_c_during_final_evaluation_says_the_checkpoint_exists_and_resume_do
         return real(model)
 
     monkeypatch.setattr(runner, "adapter_deltas", ctrl_c_once)
-    argv = ["train", "--task", "text", "--model", model, "--output-dir", str(out), "--quiet", "--max-steps", "4",
-            "--save-steps", "100", "--logging-steps", "2", *sum((["--data", d] for d in data), [])]
+    argv = [
+        "train",
+        "--task",
+        "text",
+        "--model",
+        model,
+        "--output-dir",
+        str(out),
+        "--quiet",
+        "--max-steps",
+        "4",
+        "--save-steps",
+        "100",
+        "--logging-steps",
+        "2",
+        *sum((["--data", d] for d in data), []),
+    ]
     assert main(argv) == 130
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("kradapter train")]
     (checkpoint,) = _checkpoints(out)

@@ -76,20 +76,24 @@ def _non_finite(peft_model, adapter_name: str) -> list[str]:
     from peft.utils import get_peft_model_state_dict
 
     state = get_peft_model_state_dict(peft_model, adapter_name=adapter_name)
-    return [name for name, t in state.items()
-            if t.is_floating_point() and not t.is_meta and not torch.isfinite(t).all()]
+    return [
+        name for name, t in state.items() if t.is_floating_point() and not t.is_meta and not torch.isfinite(t).all()
+    ]
 
 
 def _check_loaded(peft_model, model_id, subfolder, adapter_name: str, load_result) -> None:
     bad = _non_finite(peft_model, adapter_name)
     path, _ = weights_file(model_id, subfolder)
     if bad:
-        raise AdapterLoadError(f"cannot load adapter {path}: tensors hold NaN or Inf values: {', '.join(bad)}; "
-                               "the model is as it was before")
+        raise AdapterLoadError(
+            f"cannot load adapter {path}: tensors hold NaN or Inf values: {', '.join(bad)}; "
+            "the model is as it was before"
+        )
     missing = list(getattr(load_result, "missing_keys", []) or [])
     if missing and not _inside_from_pretrained.get():  # from_pretrained warns about them itself
-        warnings.warn(f"adapter {path} lacks these tensors, which keep their initial values: {', '.join(missing)}",
-                      stacklevel=3)
+        warnings.warn(
+            f"adapter {path} lacks these tensors, which keep their initial values: {', '.join(missing)}", stacklevel=3
+        )
 
 
 def install() -> None:
@@ -172,8 +176,10 @@ def install() -> None:
 
 
 def _no_adapter_left(module, args) -> None:
-    raise ValueError("this PeftModel has no adapter left (its only adapter was deleted): add one with "
-                     "add_adapter() or load_adapter(), or take the base model back with unload()")
+    raise ValueError(
+        "this PeftModel has no adapter left (its only adapter was deleted): add one with "
+        "add_adapter() or load_adapter(), or take the base model back with unload()"
+    )
 
 
 def _forget_adapter(peft_model, adapter_name: str) -> None:
@@ -197,6 +203,8 @@ def _refuse_meta(peft_model, selected, save_directory) -> None:
             continue  # PEFT's own error for an unknown adapter name
         meta = [k for k, t in get_peft_model_state_dict(peft_model, adapter_name=name).items() if t.is_meta]
         if meta:
-            raise ValueError(f"cannot save adapter '{name}' to {save_directory}: tensors are on the meta device "
-                             f"(no values): {', '.join(meta[:5])}{' ...' if len(meta) > 5 else ''}; load or "
-                             "initialise the model's weights first; nothing was written")
+            raise ValueError(
+                f"cannot save adapter '{name}' to {save_directory}: tensors are on the meta device "
+                f"(no values): {', '.join(meta[:5])}{' ...' if len(meta) > 5 else ''}; load or "
+                "initialise the model's weights first; nothing was written"
+            )

@@ -35,7 +35,7 @@ class OutputLock:
         self.path = self.directory / LOCK
         self._fd: int | None = None
 
-    def __enter__(self) -> "OutputLock":
+    def __enter__(self) -> OutputLock:
         if not is_main_process():  # under torchrun rank 0 holds it for all ranks
             return self
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -43,8 +43,10 @@ class OutputLock:
         try:
             if not _try_flock(fd):
                 holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-                raise OutputDirBusy(f"output dir {self.directory} is in use by another kradapter run (pid {holder}); "
-                                    "wait for it to finish or use another --output-dir")
+                raise OutputDirBusy(
+                    f"output dir {self.directory} is in use by another kradapter run (pid {holder}); "
+                    "wait for it to finish or use another --output-dir"
+                )
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         except BaseException:
@@ -151,9 +153,15 @@ def clean_interrupted(root: str | os.PathLike) -> list[Path]:
         live = current_version(here)
         for name in list(dirnames) + filenames:
             path = here / name
-            stale = (name.startswith(".staging-") or name.endswith(".tmp") and name.startswith(".")
-                     or name.startswith(".result-") and (live is None or path.resolve() != live.resolve())
-                     or _is_stable_link(path) and not path.exists())
+            stale = (
+                name.startswith(".staging-")
+                or name.endswith(".tmp")
+                and name.startswith(".")
+                or name.startswith(".result-")
+                and (live is None or path.resolve() != live.resolve())
+                or _is_stable_link(path)
+                and not path.exists()
+            )
             if not stale:
                 continue
             if path.is_dir() and not path.is_symlink():
@@ -161,6 +169,9 @@ def clean_interrupted(root: str | os.PathLike) -> list[Path]:
             else:
                 path.unlink(missing_ok=True)
             removed.append(path)
-        dirnames[:] = [d for d in dirnames if not d.startswith((".result-", ".staging-")) and (here / d).exists()
-                       and not (here / d).is_symlink()]
+        dirnames[:] = [
+            d
+            for d in dirnames
+            if not d.startswith((".result-", ".staging-")) and (here / d).exists() and not (here / d).is_symlink()
+        ]
     return removed

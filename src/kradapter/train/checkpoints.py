@@ -16,8 +16,13 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-WEIGHTS = ("adapter_model.safetensors", "model.safetensors", "adapter_model.bin", "pytorch_model.bin",
-           "model.safetensors.index.json")
+WEIGHTS = (
+    "adapter_model.safetensors",
+    "model.safetensors",
+    "adapter_model.bin",
+    "pytorch_model.bin",
+    "model.safetensors.index.json",
+)
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -50,8 +55,9 @@ def latest_complete_checkpoint(root: Path) -> tuple[Path | None, list[tuple[Path
     """(the newest complete checkpoint-N under `root` or None, [(partial checkpoint, reason)] newer than it)."""
     if not root.is_dir():
         return None, []
-    found = sorted(((int(m.group(1)), p) for p in root.iterdir()
-                    if p.is_dir() and (m := _CHECKPOINT.match(p.name))), reverse=True)
+    found = sorted(
+        ((int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))), reverse=True
+    )
     skipped = []
     for _, path in found:
         reason = incomplete_reason(path)

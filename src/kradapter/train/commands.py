@@ -153,8 +153,8 @@ def _report_arguments(p: argparse.ArgumentParser) -> None:
 @command("report", "spectral report (effective rank, nuclear and Frobenius norms) of every adapted layer of a "
          "saved adapter", _report_arguments)
 def run_report(args: argparse.Namespace) -> int:
-    from .deltas import format_spectral_table
     from ..io import write_json
+    from .deltas import format_spectral_table
     from .report import spectral_report
 
     _quiet_libraries()

@@ -9,10 +9,20 @@ import math
 
 # option attribute -> (kind, minimum); None values mean "use the default" and are not checked.
 OPTIONS = {
-    "max_steps": ("int", 1), "batch_size": ("int", 1), "eval_batch_size": ("int", 1), "logging_steps": ("int", 1),
-    "save_steps": ("int", 1), "rank_every": ("int", 1), "max_train_examples": ("int", 1),
-    "max_eval_examples": ("int", 1), "val_size": ("int", 1), "threads": ("int", 1), "data_seed": ("int", 0),
-    "epochs": ("positive", None), "lr": ("positive", None), "warmup_ratio": ("ratio", None),
+    "max_steps": ("int", 1),
+    "batch_size": ("int", 1),
+    "eval_batch_size": ("int", 1),
+    "logging_steps": ("int", 1),
+    "save_steps": ("int", 1),
+    "rank_every": ("int", 1),
+    "max_train_examples": ("int", 1),
+    "max_eval_examples": ("int", 1),
+    "val_size": ("int", 1),
+    "threads": ("int", 1),
+    "data_seed": ("int", 0),
+    "epochs": ("positive", None),
+    "lr": ("positive", None),
+    "warmup_ratio": ("ratio", None),
 }
 
 
@@ -50,8 +60,9 @@ def option_type(name: str):
         try:
             value = int(text) if kind == "int" else float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{'an integer' if kind == 'int' else 'a number'} expected, "
-                                             f"got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"{'an integer' if kind == 'int' else 'a number'} expected, got {text!r}"
+            ) from None
         try:
             check_value(name, value)
         except ValueError as err:

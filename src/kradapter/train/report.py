@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .deltas import adapter_deltas, spectral_means, spectral_table
 from ..io import read_json
+from .deltas import adapter_deltas, spectral_means, spectral_table
 from .runner import FULL_DELTA, RUN_INFO
 
 AUTO_CLASSES = {

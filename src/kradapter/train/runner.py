@@ -26,14 +26,14 @@ from pathlib import Path
 import torch
 
 from ..dist import is_main_process, local_batch_size, max_difference_across_ranks, world_size
-from .callbacks import EffectiveRankCallback, GracefulInterrupt
-from .deltas import adapter_deltas, spectral_means, spectral_table
 from ..io import check_writable_dir, read_json, staging_dir, write_json, write_text
 from ..outdir import OutputLock, clean_interrupted, publish_version
+from .callbacks import EffectiveRankCallback, GracefulInterrupt
 from .checkpoints import StepTimer, drop_partial, latest_complete_checkpoint
-from .options import check_options
+from .deltas import adapter_deltas, spectral_means, spectral_table
 from .methods import apply_method, check_method, full_deltas, trainable_parameters
 from .metrics import group_means, mean_std, r_gen
+from .options import check_options
 from .tasks import task_module
 from .tasks.base import Prepared
 
@@ -426,7 +426,8 @@ def _pm(block: dict | None, digits: int = 3) -> str:
 def format_summary(m: dict) -> str:
     n = len(m["seeds"])
     lines = [
-        f"kradapter train --task {m['task']} --method {m['method']}: {n} seed(s) {m['seeds']}, lr {m['learning_rate']:g}, "
+        f"kradapter train --task {m['task']} --method {m['method']}: {n} seed(s) {m['seeds']}, "
+        f"lr {m['learning_rate']:g}, "
         f"{m['training']['steps']} steps of batch {m['training']['batch_size']}",
         f"model {m['model']}; trainable parameters {m['trainable_params']:,} of {m['total_params']:,} "
         f"({100 * m['trainable_params'] / max(1, m['total_params']):.2f}%) on {len(m['targets'])} target modules",
