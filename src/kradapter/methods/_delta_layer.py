@@ -110,10 +110,16 @@ class DeltaLayer(BaseTunerLayer):
         if self.merged:
             return result
         for name in self.active_adapters:
-            if not self.has_adapter(name) or self._adapter_skipped(name):
+            if not self.has_adapter(name):
+                continue
+            compiled_skip = self.training and self.module_dropout[name] > 0 and torch.compiler.is_compiling()
+            if not compiled_skip and self._adapter_skipped(name):
                 continue
             h = getattr(self, self.dropout_attr)[name](x.to(self.adapter_dtype(name)))
-            result = result + self.adapter_output(h, name).to(result.dtype)
+            out = self.adapter_output(h, name).to(result.dtype)
+            if compiled_skip:  # under torch.compile the skip is a 0/1 factor: a Python branch would break the graph
+                out = out * (torch.rand(()) >= self.module_dropout[name]).to(out.dtype)
+            result = result + out
         return result
 
     forward = adapted_forward

@@ -43,26 +43,27 @@ def _khatri_rao_rows(t: torch.Tensor, k2: int) -> tuple[torch.Tensor, torch.Tens
 def fused_weight(
     weight: torch.Tensor, U: torch.Tensor, V: torch.Tensor, alpha: float, conv1d: bool, dtype: torch.dtype
 ) -> torch.Tensor:
-    """W0 + alpha * Delta W in `dtype`, returned in nn.Linear layout (d_out x d_in) and stored like W0.
+    """W0 + alpha * Delta W in `dtype`, returned in nn.Linear layout (d_out x d_in).
 
     Delta W is the one of ops.kradapter_delta (the tests hold the two equal); here it is written straight into
     the sum by addcmul, one pass over W0 and no temporary. addcmul computes in the widest input dtype (float32
-    for a float32 adapter) and rounds once on writing, so the sum is exact before the cast to `dtype`.
+    for a float32 adapter) and rounds once on writing, so the sum is exact before the cast to `dtype`. The sum is
+    stored contiguous in the Khatri-Rao layout (m x n) and returned as a (transposed, when d_out < d_in) view:
+    F.linear reads either layout without a copy, and torch.compile traces `out=` only into contiguous tensors.
     """
-    out = torch.empty(weight.shape, dtype=dtype, device=weight.device)
-    w_lin, out_lin = (weight.T, out.T) if conv1d else (weight, out)  # Conv1D stores (d_in, d_out)
+    w_lin = weight.T if conv1d else weight  # Conv1D stores (d_in, d_out)
     d_out, d_in = w_lin.shape
-    # views in the Khatri-Rao layout (m x n): Delta W itself, or its transpose when d_out < d_in
-    w_kr, out_kr = (w_lin, out_lin) if d_out >= d_in else (w_lin.T, out_lin.T)
+    w_kr = w_lin if d_out >= d_in else w_lin.T  # Delta W itself, or its transpose when d_out < d_in (m x n)
     k1, k2 = U.shape[0], V.shape[0]
     if k1 * k2 < w_kr.shape[0] or U.shape[1] != w_kr.shape[1] or V.shape[1] != w_kr.shape[1]:
         raise ValueError(f"U {tuple(U.shape)} and V {tuple(V.shape)} cannot build a {d_out} x {d_in} update")
+    out_kr = torch.empty(w_kr.shape, dtype=dtype, device=weight.device)
     (w_blocks, w_tail), (out_blocks, out_tail) = _khatri_rao_rows(w_kr, k2), _khatri_rao_rows(out_kr, k2)
     q, r = w_blocks.shape[0], w_tail.shape[0]
     torch.addcmul(w_blocks, U[:q, None, :], V[None], value=alpha, out=out_blocks)
     if r:  # truncation to m rows: the last rows all use U[q]
         torch.addcmul(w_tail, U[q], V[:r], value=alpha, out=out_tail)
-    return out_lin
+    return out_kr if d_out >= d_in else out_kr.T
 
 
 def khatri_rao_grad(G: torch.Tensor, U: torch.Tensor, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,7 +160,7 @@ def fused_adapter_name(layer, x: torch.Tensor, args: tuple, kwargs: dict) -> Opt
     """The one adapter the fused path can run on `layer` for input x, or None for the plain path.
 
     Plain path: fused disabled, extra forward arguments, adapters disabled or merged, not exactly one active
-    adapter, adapter dropout active, a base layer with its own forward or hooks (quantized, offloaded, stacked
+    adapter, adapter dropout active, module dropout under torch.compile, a base layer with its own forward or hooks (quantized, offloaded, stacked
     tuners), a base weight that is not a plain float tensor or that is being trained, mixed input dtypes.
     """
     if args or kwargs or layer.disable_adapters or layer.merged:
@@ -170,6 +171,8 @@ def fused_adapter_name(layer, x: torch.Tensor, args: tuple, kwargs: dict) -> Opt
     name = names[0]
     if not layer.fused_path.get(name, True):  # this adapter's own `fused` setting
         return None
+    if layer.training and layer.module_dropout[name] > 0 and torch.compiler.is_compiling():
+        return None  # the plain path draws the skip as a factor, without breaking the graph
     dropout = layer.kradapter_dropout[name]
     if dropout.training and not isinstance(dropout, nn.Identity) and getattr(dropout, "p", 1.0) > 0:
         return None
