@@ -43,13 +43,13 @@ def _khatri_rao_rows(t: torch.Tensor, k2: int) -> tuple[torch.Tensor, torch.Tens
 def fused_weight(
     weight: torch.Tensor, U: torch.Tensor, V: torch.Tensor, alpha: float, conv1d: bool, dtype: torch.dtype
 ) -> torch.Tensor:
-    """W0 + alpha * Delta W in `dtype`, returned in nn.Linear layout (d_out x d_in).
+    """W0 + alpha * Delta W in `dtype`, returned in nn.Linear layout (d_out x d_in) and stored like W0.
 
     Delta W is the one of ops.kradapter_delta (the tests hold the two equal); here it is written straight into
     the sum by addcmul, one pass over W0 and no temporary. addcmul computes in the widest input dtype (float32
-    for a float32 adapter) and rounds once on writing, so the sum is exact before the cast to `dtype`. The sum is
-    stored contiguous in the Khatri-Rao layout (m x n) and returned as a (transposed, when d_out < d_in) view:
-    F.linear reads either layout without a copy, and torch.compile traces `out=` only into contiguous tensors.
+    for a float32 adapter) and rounds once on writing, so the sum is exact before the cast to `dtype`. Under
+    torch.compile, which traces `out=` only into contiguous tensors, the sum is stored contiguous in the Khatri-Rao
+    layout (m x n) instead and returned as a view (F.linear reads either layout without a copy).
     """
     w_lin = weight.T if conv1d else weight  # Conv1D stores (d_in, d_out)
     d_out, d_in = w_lin.shape
@@ -57,13 +57,19 @@ def fused_weight(
     k1, k2 = U.shape[0], V.shape[0]
     if k1 * k2 < w_kr.shape[0] or U.shape[1] != w_kr.shape[1] or V.shape[1] != w_kr.shape[1]:
         raise ValueError(f"U {tuple(U.shape)} and V {tuple(V.shape)} cannot build a {d_out} x {d_in} update")
-    out_kr = torch.empty(w_kr.shape, dtype=dtype, device=weight.device)
+    if torch.compiler.is_compiling():
+        out_kr = torch.empty(w_kr.shape, dtype=dtype, device=weight.device)
+        out_lin = out_kr if d_out >= d_in else out_kr.T
+    else:  # stored like W0, so the GEMM reads it exactly as the base layer reads W0
+        out = torch.empty(weight.shape, dtype=dtype, device=weight.device)
+        out_lin = out.T if conv1d else out
+        out_kr = out_lin if d_out >= d_in else out_lin.T
     (w_blocks, w_tail), (out_blocks, out_tail) = _khatri_rao_rows(w_kr, k2), _khatri_rao_rows(out_kr, k2)
     q, r = w_blocks.shape[0], w_tail.shape[0]
     torch.addcmul(w_blocks, U[:q, None, :], V[None], value=alpha, out=out_blocks)
     if r:  # truncation to m rows: the last rows all use U[q]
         torch.addcmul(w_tail, U[q], V[:r], value=alpha, out=out_tail)
-    return out_kr if d_out >= d_in else out_kr.T
+    return out_lin
 
 
 def khatri_rao_grad(G: torch.Tensor, U: torch.Tensor, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,7 +203,7 @@ def fused_linear(layer, x: torch.Tensor, name: str) -> torch.Tensor:
         base.bias,
         layer.kradapter_U[name],
         layer.kradapter_V[name],
-        layer.alpha[name],
+        layer.scaled_alpha(name),
         isinstance(base, Conv1D),
         gemm_dtype(x, base.weight),
     )

@@ -31,7 +31,7 @@ def init_kronlora_(A: torch.Tensor, B1: torch.Tensor, B2: torch.Tensor, init_wei
 
 class KronLoRALayer(DeltaLayer):
     adapter_layer_names = ("kronlora_A", "kronlora_B1", "kronlora_B2")
-    other_param_names = ("r", "alpha", "kronlora_dropout", "module_dropout")
+    other_param_names = ("r", "alpha", "kronlora_dropout", "module_dropout", "update_scale")
     method_name = "KronLoRA"
     dropout_attr = "kronlora_dropout"
 
@@ -71,7 +71,7 @@ class KronLoRALayer(DeltaLayer):
     def delta_matrix(self, adapter_name: str) -> torch.Tensor:
         return kronlora_delta(
             self.kronlora_A[adapter_name], self.kronlora_B1[adapter_name], self.kronlora_B2[adapter_name],
-            self.alpha[adapter_name] / self.r[adapter_name],
+            self.alpha[adapter_name] / self.r[adapter_name] * self.update_scale[adapter_name],
         )
 
 

@@ -29,7 +29,7 @@ def init_sinlora_(A: torch.Tensor, B: torch.Tensor, init_weights: bool = True) -
 
 class SinLoRALayer(DeltaLayer):
     adapter_layer_names = ("sinlora_A", "sinlora_B")
-    other_param_names = ("r", "lora_alpha", "freq", "scale", "sinlora_dropout", "module_dropout")
+    other_param_names = ("r", "lora_alpha", "freq", "scale", "sinlora_dropout", "module_dropout", "update_scale")
     method_name = "SinLoRA"
     dropout_attr = "sinlora_dropout"
 
@@ -69,7 +69,7 @@ class SinLoRALayer(DeltaLayer):
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
 
     def delta_matrix(self, adapter_name: str) -> torch.Tensor:
-        scaling = self.lora_alpha[adapter_name] / self.r[adapter_name]
+        scaling = self.lora_alpha[adapter_name] / self.r[adapter_name] * self.update_scale[adapter_name]
         return sinlora_delta(
             self.sinlora_A[adapter_name], self.sinlora_B[adapter_name], self.freq[adapter_name],
             self.scale[adapter_name], scaling,
