@@ -21,6 +21,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .methods.kradapter.bnb import dequantize_cpu_packed, is_cpu_packed
 from .methods.kradapter.quantized import MergeError, QuantizedLinear, dequantized_linear, is_plain_float_layer
 
 QUANTIZE_CHOICES = ("4bit", "8bit")
@@ -143,7 +144,8 @@ def _dequantize_remaining_(model: nn.Module, dtype: torch.dtype) -> None:
         if backend is None or not backend.supports_merge:
             raise ValueError(f"cannot dequantize '{name}' ({type(module).__name__}) for a full-precision copy")
         parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, dequantized_linear(module, backend.get_base_weight(module), dtype))
+        weight = dequantize_cpu_packed(module.weight) if is_cpu_packed(module.weight) else backend.get_base_weight(module)
+        setattr(model.get_submodule(parent_name), child, dequantized_linear(module, weight, dtype))
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:
         quantizer.remove_quantization_config(model)

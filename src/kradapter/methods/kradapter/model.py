@@ -27,6 +27,7 @@ from .config import KRAdapterConfig, check_alpha, check_k1
 from .._delta_model import DeltaTuner
 from .._geometry import weight_geometry
 from .layer import Conv2d, KRAdapterLayer, Linear
+from . import bnb
 from .quantized import QuantizedLinear, dispatch_quantized
 
 # The paper adapts attention key and value (sections 4.3 and H); used when target_modules is not given.
@@ -129,6 +130,7 @@ class KRAdapterModel(DeltaTuner):
             low_cpu_mem_usage=low_cpu_mem_usage,
             state_dict=state_dict,
         )
+        bnb.watch_cpu_layouts(model)  # 4-bit layers repacked for CPU inference must still pass gradients (bnb.py)
 
     def _check_targets(self, model: nn.Module, adapter_name: str, state_dict=None) -> None:
         """Raise on the first target PEFT would fail on halfway: unsupported type or k1 out of range for its shape.
