@@ -344,3 +344,26 @@ def test_train_quantize_bad_input_is_one_clear_error(tmp_path, monkeypatch, caps
     err = capsys.readouterr().err.strip()
     assert err.startswith("kradapter train: error: 4bit quantization needs the 'bitsandbytes' package") and "\n" not in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("kind", ["4bit", "4bit-packed"])
+def test_kradapter_train_quantize_4bit_in_either_cpu_layout(tmp_path, kind):
+    """`kradapter train --quantize 4bit` evaluates the base before training (zero-shot): on AVX512-BF16 CPUs that
+    made bitsandbytes repack the tiny model's 4-bit weights, and its repack crashes on layers with fewer inputs than
+    a quantization block ("shape '[32, 0]' is invalid for input of size 16", the CI failure). kradapter keeps such
+    layers from the repack (bnb.watch_cpu_layout); training after a repack is test_qlora_training_...[4bit-packed]."""
+    import json
+
+    from recipe_fixtures import commonsense_data, tiny_llama
+
+    from kradapter.cli import main
+
+    args = ["train", "--task", "commonsense", "--model", tiny_llama(tmp_path), "--output-dir", str(tmp_path / "run"),
+            "--max-steps", "3", "--batch-size", "4", "--logging-steps", "1", "--eval-batch-size", "16",
+            "--max-new-tokens", "4", "--quiet", "--quantize", "4bit"]
+    for d in commonsense_data(tmp_path):
+        args += ["--data", d]
+    assert main(args) == 0
+    result = json.loads((tmp_path / "run" / "seeds" / "seed-0" / "result.json").read_text())
+    losses = [h["loss"] for h in result["train_loss_history"]]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))

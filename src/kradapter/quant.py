@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .methods.kradapter.bnb import dequantize_cpu_packed, is_cpu_packed
+from .methods.kradapter.bnb import dequantize_cpu_packed, is_cpu_packed, watch_cpu_layouts  # noqa: F401 (API)
 from .methods.kradapter.quantized import MergeError, QuantizedLinear, dequantized_linear, is_plain_float_layer
 
 QUANTIZE_CHOICES = ("4bit", "8bit")

@@ -77,8 +77,21 @@ def _standard_layout_for_backward(base: nn.Module, args: tuple) -> None:
         restore_standard_layout_(base)
 
 
+def packable(module: nn.Module) -> bool:
+    """Whether bitsandbytes' repack can handle this layer: whole tiles of 32 rows and whole blocks per row. It crashes
+    otherwise ("shape '[32, 0]' is invalid ..." for in_features < blocksize), e.g. on tiny test models."""
+    state = getattr(module.weight, "quant_state", None)
+    if state is None:
+        return True
+    n, k = state.shape
+    return n % _PACK_BLOCK_N == 0 and k % state.blocksize == 0
+
+
 def watch_cpu_layout(module: nn.Module) -> None:
-    """Make a bnb Linear4bit switch back to the standard layout before any forward that may backpropagate (once)."""
+    """Make a bnb Linear4bit switch back to the standard layout before any forward that may backpropagate (once),
+    and keep bitsandbytes from repacking a layer its repack would crash on."""
+    if not packable(module):
+        module.support_avx512bf16_for_cpu = False  # bitsandbytes' own switch for the repack (Linear4bit.__init__)
     if not getattr(module, "_kradapter_watches_layout", False):
         module.register_forward_pre_hook(_standard_layout_for_backward)
         module._kradapter_watches_layout = True
