@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..budget import METHODS, check_method, full_finetune_, peft_config_for, trainable_count
+from ..budget import METHODS, check_method, full_finetune_, peft_config_for, target_layers, trainable_count
 
 CONV_METHODS = ("kradapter", "lora", "dora", "full")
 
@@ -32,7 +32,23 @@ def _conv_geometry(model: nn.Module, target_modules: list[str]) -> list[tuple[in
     return [weight_geometry(modules[n]) for n in target_modules]
 
 
-def _conv_config(method: str, shapes: list[tuple[int, int]], target_modules: list[str], **overrides):
+# `kradapter compare --budgets`: the paper's Figure 3 budgets, KRAdapter's k1 = m^(1/2), m^(1/3), m^(1/4). A
+# smaller k1 means a larger k2 = m / k1 and so more parameters, n (k1 + k2): low (the default) is the fewest.
+BUDGETS = {"low": "sqrt", "medium": "cbrt", "high": "qdrt"}
+
+
+def budget_k1(word: str | None) -> str:
+    """KRAdapter's k1 for a budget word (None: the default, low = sqrt); one error naming the valid words."""
+    if word is None:
+        return BUDGETS["low"]
+    if word not in BUDGETS:
+        raise ValueError(f"unknown budget {word!r}; valid budgets: {', '.join(BUDGETS)} "
+                         "(KRAdapter's k1 = m^(1/2), m^(1/3), m^(1/4); comparators matched to it)")
+    return BUDGETS[word]
+
+
+def _conv_config(method: str, shapes: list[tuple[int, int]], target_modules: list[str], k1: str = "sqrt",
+                 **overrides):
     from peft import LoraConfig
 
     from .. import KRAdapterConfig
@@ -41,8 +57,8 @@ def _conv_config(method: str, shapes: list[tuple[int, int]], target_modules: lis
         raise ValueError(f"method {method!r} cannot adapt Conv2d targets here; for convolutions use one of "
                          f"{', '.join(CONV_METHODS)}")
     if method == "kradapter":
-        return KRAdapterConfig(target_modules=list(target_modules), **overrides)
-    budget = sum(trainable_count("kradapter", o, i) for o, i in shapes)
+        return KRAdapterConfig(target_modules=list(target_modules), k1=k1, **overrides)
+    budget = sum(trainable_count("kradapter", o, i, k1=k1) for o, i in shapes)
     r = 1
     while sum(trainable_count(method, o, i, r=r) for o, i in shapes) < budget:
         r += 1
@@ -50,23 +66,30 @@ def _conv_config(method: str, shapes: list[tuple[int, int]], target_modules: lis
                       **overrides)
 
 
-def peft_config(method: str, model: nn.Module, target_modules: list[str], head: Optional[list[str]] = None):
-    """The PeftConfig for `method` on `target_modules` (None for full fine-tuning)."""
+def peft_config(method: str, model: nn.Module, target_modules: list[str], head: Optional[list[str]] = None,
+                k1: str = "sqrt"):
+    """The PeftConfig for `method` on `target_modules` (None for full fine-tuning), at the budget of KRAdapter
+    with this `k1`."""
     check_method(method)
     overrides = {"modules_to_save": list(head)} if head else {}
     shapes = _conv_geometry(model, target_modules)
     if shapes is not None:
-        return None if method == "full" else _conv_config(method, shapes, target_modules, **overrides)
-    return peft_config_for(method, model, list(target_modules), **({} if method == "full" else overrides))
+        return None if method == "full" else _conv_config(method, shapes, target_modules, k1, **overrides)
+    if method == "kradapter":
+        return peft_config_for(method, model, list(target_modules), k1=k1, **overrides)
+    budget = None if k1 == "sqrt" else sum(trainable_count("kradapter", o, i, k1=k1)
+                                           for o, i in target_layers(model, list(target_modules)).values())
+    return peft_config_for(method, model, list(target_modules), budget, **({} if method == "full" else overrides))
 
 
-def apply_method(model: nn.Module, method: str, target_modules: list[str], head: Optional[list[str]] = None):
+def apply_method(model: nn.Module, method: str, target_modules: list[str], head: Optional[list[str]] = None,
+                 k1: str = "sqrt"):
     """(model ready to train, reference weights). PEFT methods wrap the model with get_peft_model; full
     fine-tuning trains the targets' weights (as budget.full_finetune_ does) and the head in place, and keeps a copy
     of the targets' initial weights so its update Delta W = W - W0 is analysed like an adapter's."""
     from peft import get_peft_model
 
-    config = peft_config(method, model, target_modules, head)
+    config = peft_config(method, model, target_modules, head, k1)
     if config is not None:
         return get_peft_model(model, config), None
     modules = dict(model.named_modules())
