@@ -383,6 +383,9 @@ def plot_budgets(runs: dict[str, dict[str, dict]], path: Path) -> None:
                               100 * (by[method]["groups"][group]["std"] or 0)) for by in runs.values()})
             ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], marker="o",
                         capsize=3, label=method)
+        major = ((first.get("baselines") or {}).get("groups") or {}).get(group, {}).get("majority")
+        if major is not None:
+            ax.axhline(100 * major, color="k", linestyle="dashed", linewidth=1, label="majority class")
         ax.set_xscale("log")
         ax.set_xlabel("trainable parameters")
         ax.set_ylabel(f"{first['metric']} (%)")
