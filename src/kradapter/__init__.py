@@ -6,7 +6,7 @@ Importing this package registers every method it defines with PEFT, so ``peft.ge
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import _registry
+from . import _peft_guards, _registry
 from .methods.kradapter import KRAdapterConfig, KRAdapterLayer, KRAdapterModel
 from .methods.kronlora import KronLoRAConfig, KronLoRAModel, quantize_kronlora_
 from .methods.sinlora import SinLoRAConfig, SinLoRAModel
@@ -21,6 +21,7 @@ except PackageNotFoundError:  # running from a source tree without installation
 _registry.register("kradapter", KRAdapterConfig, KRAdapterModel)
 _registry.register("sinlora", SinLoRAConfig, SinLoRAModel)
 _registry.register("kronlora", KronLoRAConfig, KronLoRAModel)
+_peft_guards.install()  # PeftModel.from_pretrained / load_adapter leave the model unchanged when they fail
 
 __all__ = [
     "KRAdapterConfig",
