@@ -31,13 +31,8 @@ from ..outdir import OutputLock, clean_interrupted, publish_version
 from .callbacks import EffectiveRankCallback, GracefulInterrupt
 from .checkpoints import StepTimer, drop_partial, latest_complete_checkpoint
 from .deltas import adapter_deltas, spectral_means, spectral_table
-<<<<<<< HEAD
-from ..io import publish_dir, read_json, staging_dir, write_json, write_text
-from .methods import apply_method, budget_k1, check_method, full_deltas, trainable_parameters
 from .baselines import BALANCED, group_baselines, not_above_majority
-=======
-from .methods import apply_method, check_method, full_deltas, trainable_parameters
->>>>>>> main
+from .methods import apply_method, budget_k1, check_method, full_deltas, trainable_parameters
 from .metrics import group_means, mean_std, r_gen
 from .options import check_options
 from .tasks import task_module
@@ -172,9 +167,6 @@ def train_seed(prepared: Prepared, args, method: str, lr: float, seed: int, seed
         # Training had finished (a Ctrl-C during evaluation): load its weights; Trainer would run one more step.
         from transformers import TrainerState
 
-<<<<<<< HEAD
-    scores, extra = evaluate_sets(prepared, model, {"validation": prepared.validation, **eval_sets})
-=======
         trainer._load_from_checkpoint(str(last))
         trainer.state = TrainerState.load_from_json(str(last / "trainer_state.json"))
     else:
@@ -214,10 +206,7 @@ def _evaluate_and_save(prepared, args, method, lr, seed, seed_dir, eval_sets, sa
     peak_mb, memory_kind = _peak_memory_mb()
     if not rank_cb.history:  # no step ran in this session (resumed after training had finished)
         rank_cb.measure(trainer.state.global_step)
-    scores = {"validation": prepared.evaluate(model, prepared.validation)}
-    for name, ds in eval_sets.items():
-        scores[name] = prepared.evaluate(model, ds)
->>>>>>> main
+    scores, extra = evaluate_sets(prepared, model, {"validation": prepared.validation, **eval_sets})
     deltas = full_deltas(model, reference) if reference is not None else adapter_deltas(model)
     if not deltas:
         raise RuntimeError(f"method {method} left no adapted layer to analyse")  # a bug, not bad input
@@ -226,7 +215,8 @@ def _evaluate_and_save(prepared, args, method, lr, seed, seed_dir, eval_sets, sa
     # includes loading a checkpoint.
     epochs_timed = timer.steps * batch_size / max(1, len(prepared.train))
     result = {
-        "seed": seed, "learning_rate": lr, "scores": scores, "extra_scores": extra, "trainable_params": trainable, "total_params": total,
+        "seed": seed, "learning_rate": lr, "scores": scores, "extra_scores": extra, "trainable_params": trainable,
+        "total_params": total,
         "steps": trainer.state.global_step, "batch_size": batch_size,
         "resumed_from": str(resumed_from.name) if resumed_from else None,
         "train_seconds": timer.seconds, "steps_timed": timer.steps, "epochs_timed": epochs_timed,
@@ -317,11 +307,8 @@ def _check_output_dir(out: Path, key: dict) -> None:
 def run(args: argparse.Namespace, extra_callbacks=()) -> dict:
     """Everything `kradapter train` does; returns the metrics dict also written to DIR/metrics.json."""
     check_method(args.method)
-<<<<<<< HEAD
     budget_k1(getattr(args, "budget", None))  # an unknown budget word fails here, before anything loads
-=======
     check_options(args)
->>>>>>> main
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     task = task_module(args.task)
@@ -331,13 +318,7 @@ def run(args: argparse.Namespace, extra_callbacks=()) -> dict:
         raise ValueError("give --lr or --lr-grid, not both")
     if getattr(args, "quantize", None):
         _check_quantize(args)
-<<<<<<< HEAD
     _check_scoring(args, task)
-    prepared = task.prepare(args)
-    local_batch_size(args.batch_size or prepared.defaults.get("batch_size", 16), world_size())  # splits evenly?
-    method = args.method
-=======
->>>>>>> main
     out = Path(args.output_dir)
     check_writable_dir(out)
     with OutputLock(out):
