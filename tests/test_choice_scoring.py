@@ -99,6 +99,6 @@ def test_loglik_needs_choices_and_fails_before_training(llama, tmp_path, capsys)
         argv += ["--data", d]
     assert main(argv) == 2
     assert f"{bad}: row 2 has no choices to score by log-likelihood" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out" / "run.json").exists() and not list((tmp_path / "out").glob("seeds/*"))
     assert main(argv + ["--scoring", "exact"]) == 2
     assert "--scoring 'exact': task 'commonsense' supports loglik, generate" in capsys.readouterr().err
