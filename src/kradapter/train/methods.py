@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..budget import check_method, full_finetune_, peft_config_for
+from ..budget import check_method, full_finetune_, peft_config_for, target_layers, trainable_count
 from ..specs import get_spec, method_names
 
 __all__ = ["apply_method", "available_methods", "check_method", "full_deltas", "peft_config", "trainable_parameters"]
@@ -21,20 +21,45 @@ def available_methods() -> tuple[str, ...]:
     return method_names()
 
 
-def peft_config(method: str, model: nn.Module, target_modules: list[str], head: list[str] | None = None):
-    """The PeftConfig for `method` on `target_modules` (None for full fine-tuning)."""
+# `kradapter compare --budgets`: the paper's Figure 3 budgets, KRAdapter's k1 = m^(1/2), m^(1/3), m^(1/4). A
+# smaller k1 means a larger k2 = m / k1 and so more parameters, n (k1 + k2): low (the default) is the fewest.
+BUDGETS = {"low": "sqrt", "medium": "cbrt", "high": "qdrt"}
+
+
+def budget_k1(word: str | None) -> str:
+    """KRAdapter's k1 for a budget word (None: the default, low = sqrt); one error naming the valid words."""
+    if word is None:
+        return BUDGETS["low"]
+    if word not in BUDGETS:
+        raise ValueError(f"unknown budget {word!r}; valid budgets: {', '.join(BUDGETS)} "
+                         "(KRAdapter's k1 = m^(1/2), m^(1/3), m^(1/4); comparators matched to it)")
+    return BUDGETS[word]
+
+
+def peft_config(method: str, model: nn.Module, target_modules: list[str], head: list[str] | None = None,
+                k1: str = "sqrt"):
+    """The PeftConfig for `method` on `target_modules` (None for full fine-tuning), at the trainable count of
+    KRAdapter with this `k1` on the same targets."""
     spec = get_spec(method)
     overrides = {"modules_to_save": list(head)} if head and not spec.trains_base else {}
-    return peft_config_for(method, model, list(target_modules), **overrides)
+    budget = None
+    if k1 != "sqrt":
+        if method == "kradapter":  # the reference method: its own k1, not a count to match
+            overrides["k1"] = k1
+        else:
+            budget = sum(trainable_count("kradapter", o, i, k1=k1)
+                         for o, i in target_layers(model, list(target_modules)).values())
+    return peft_config_for(method, model, list(target_modules), budget, **overrides)
 
 
-def apply_method(model: nn.Module, method: str, target_modules: list[str], head: list[str] | None = None):
+def apply_method(model: nn.Module, method: str, target_modules: list[str], head: list[str] | None = None,
+                 k1: str = "sqrt"):
     """(model ready to train, reference weights). PEFT methods wrap the model with get_peft_model; full
     fine-tuning trains the targets' weights (budget.full_finetune_) and the head in place, and keeps a copy of the
     targets' initial weights so its update Delta W = W - W0 is analysed like an adapter's."""
     from peft import get_peft_model
 
-    config = peft_config(method, model, target_modules, head)
+    config = peft_config(method, model, target_modules, head, k1)
     if config is not None:
         return get_peft_model(model, config), None
     modules = dict(model.named_modules())

@@ -22,7 +22,9 @@ class Prepared:
     tests: dict[str, Any]
     groups: dict[str, str]  # test name -> "ID" | "NID" | "OOD"
     collator: Callable
-    evaluate: Callable[[nn.Module, Any], float]  # primary metric of a model on one prepared set
+    # Primary metric of a model on one prepared set: a number, or a dict of named scores holding `metric`
+    # (e.g. also "balanced_accuracy", "acc_norm").
+    evaluate: Callable[[nn.Module, Any], float | dict]
     metric: str
     targets: list[str]  # full module names to adapt
     head: list[str] = field(default_factory=list)  # module names trained and saved besides the adapters
@@ -31,6 +33,8 @@ class Prepared:
     sizes: dict = field(default_factory=dict)  # rows per split, for the summary
     defaults: dict = field(default_factory=dict)  # task defaults: max_steps, epochs, batch_size, lr per method
     data_args: list = field(default_factory=list)  # the --data entries this run used (defaults spelled out)
+    # test name -> {"majority", "chance", "majority_balanced"} (train/baselines.py), for accuracy-scored sets
+    baselines: dict = field(default_factory=dict)
     loaded: Optional[nn.Module] = field(default=None, repr=False)  # the untouched model prepare read targets from
 
     def take_model(self) -> nn.Module:

@@ -17,6 +17,7 @@ from torch import nn
 
 from .base import Prepared, load_or_explain, resolve_targets, split_csv
 from ..data import spec_args
+from ..baselines import set_baselines
 from .image import evaluate_logits, load_image_sets, pixel_transform, split_image_sets, stack_collate
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -111,6 +112,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
         sizes={"train": len(train), "validation": len(validation), **{n: len(d) for n, d in tests.items()}},
         defaults={"max_steps": None, "epochs": 10, "batch_size": 32},
         data_args=spec_args(specs),
+        baselines={n: set_baselines(d["labels"], len(classes)) for n, d in tests.items()},
     )
 
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import load_file, parse_data_args, require_columns, spec_args, split_off, subsample
+from ..baselines import BALANCED, balanced_accuracy, set_baselines
 from ..metrics import accuracy
 from .base import Prepared, batched, load_or_explain, resolve_targets, split_csv
 
@@ -145,7 +146,8 @@ def evaluate_logits(args):
             return list(zip(logits.argmax(-1).cpu().tolist(), batch["labels"].cpu().tolist()))
 
         pairs = batched(model, ds, stack_collate, args.eval_batch_size, step, desc="evaluating")
-        return accuracy([p for p, _ in pairs], [g for _, g in pairs])
+        pred, gold = [p for p, _ in pairs], [g for _, g in pairs]
+        return {"accuracy": accuracy(pred, gold), BALANCED: balanced_accuracy(pred, gold)}
 
     return evaluate
 
@@ -242,6 +244,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
         sizes={"train": len(train), "validation": len(validation), **{n: len(d) for n, d in tests.items()}},
         defaults={"max_steps": 200 if using_default else None, "epochs": 10, "batch_size": 32},
         data_args=spec_args(specs),
+        baselines={n: set_baselines(d["labels"], len(classes)) for n, d in tests.items()},
     )
 
 
