@@ -12,6 +12,7 @@ from peft import get_peft_model
 from torch import nn
 
 from .. import budget
+from .._quiet import peft_deprecations_silenced
 from .options import BenchOptions
 
 TARGETS = ["k_proj", "v_proj"]
@@ -56,7 +57,8 @@ def prepare(method: str, base: nn.Module, opts: BenchOptions, kradapter_init_wei
         config = budget.peft_config_for("kradapter", base, TARGETS, k1=opts.k1, init_weights=kradapter_init_weights)
     else:
         config = budget.peft_config_for("lora", base, TARGETS, budget=kr_total)
-    return get_peft_model(base, config)
+    with peft_deprecations_silenced():
+        return get_peft_model(base, config)
 
 
 def make_batch(opts: BenchOptions) -> torch.Tensor:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 
 from ..cli import command
 from ..quant import QUANTIZE_CHOICES
@@ -21,8 +20,9 @@ def add_train_arguments(p: argparse.ArgumentParser, compare: bool = False) -> No
     if not compare:
         p.add_argument("--method", default="kradapter", help="kradapter (default), lora, dora, randlora, krona, "
                        "sinlora, kronlora or full; budgets matched to KRAdapter")
-        p.add_argument("--lr", type=float, default=None, help="learning rate (default per method: kradapter 1e-2, "
-                       "full 1e-4, others 1e-3)")
+        p.add_argument("--lr", type=float, default=None, help="learning rate (default per method, from the validation "
+                       "grids of benchmarks/RECIPES.md: kradapter 3e-2 at alpha 0.1, lora 3e-3, full 3e-4, "
+                       "randlora 3e-4; others 1e-3, not measured)")
         p.add_argument("--output-dir", default=None, help="where results go (default runs/TASK-METHOD)")
     p.add_argument("--lr-grid", default=None, metavar="LR,LR,...",
                    help="try these learning rates on the validation split (first seed) and keep the best" +
@@ -45,7 +45,7 @@ def add_train_arguments(p: argparse.ArgumentParser, compare: bool = False) -> No
     p.add_argument("--logging-steps", type=int, default=25)
     p.add_argument("--save-steps", type=int, default=None, help="checkpoint every N steps (default: 4 per run)")
     p.add_argument("--rank-every", type=int, default=None,
-                   help="log the effective rank of the updates every N steps (default: every logging step)")
+                   help="measure the effective rank of the updates every N steps (default: 20 points per run)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep Trainer checkpoints after a seed ends")
     p.add_argument("--zero-shot-cache", default=None, help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=None,
@@ -95,7 +95,6 @@ def _quiet_libraries() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # per-file "Loading weights" bars; training and evaluation keep theirs
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     datasets.logging.set_verbosity_error()
     datasets.disable_progress_bars()
 

@@ -55,9 +55,12 @@ def spectral_report(directory: str | Path, base: str | None = None) -> dict:
     elif (directory / "adapter_config.json").exists():
         from peft import PeftConfig, PeftModel
 
+        from .._quiet import peft_deprecations_silenced
+
         config = PeftConfig.from_pretrained(str(directory))
         model, method = _base_model(directory, base, config)
-        model = PeftModel.from_pretrained(model, str(directory))
+        with peft_deprecations_silenced():
+            model = PeftModel.from_pretrained(model, str(directory))
         deltas = adapter_deltas(model)
         method = method or str(config.peft_type).split(".")[-1].lower()
     else:

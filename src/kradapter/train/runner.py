@@ -25,26 +25,21 @@ import torch
 from ..dist import is_main_process, local_batch_size, max_difference_across_ranks, world_size
 from .callbacks import EffectiveRankCallback, GracefulInterrupt
 from .deltas import adapter_deltas, spectral_means, spectral_table
+from ..learning_rates import default_lr
 from ..io import publish_dir, read_json, staging_dir, write_json, write_text
 from .methods import apply_method, check_method, full_deltas, trainable_parameters
 from .metrics import group_means, mean_std, r_gen
 from .tasks import task_module
 from .tasks.base import Prepared
 
-# Other methods: 1e-3. Methods want different rates: tune them (--lr-grid). KRAdapter at its default alpha 0.1 was
-# best at 1e-2 (image) and 3e-2 (text) where LoRA was best at 3e-3 on both (benchmarks/RECIPES.md).
-DEFAULT_LR = {"kradapter": 1e-2, "full": 1e-4}
 RUN_INFO = "kradapter_run.json"
+RANK_POINTS = 20
 FULL_DELTA = "full_delta.safetensors"
 FULL_HEAD = "full_head.safetensors"
 
 
 class TrainingInterrupted(Exception):
     """Ctrl-C during training: a checkpoint was saved; rerunning the same command resumes from it."""
-
-
-def default_lr(method: str) -> float:
-    return DEFAULT_LR.get(method, 1e-3)
 
 
 def parse_seeds(value: str) -> list[int]:
@@ -139,7 +134,8 @@ def train_seed(prepared: Prepared, args, method: str, lr: float, seed: int, seed
         use_cpu=not torch.cuda.is_available(), report_to="none", remove_unused_columns=False,
         label_names=["labels"], dataloader_num_workers=0, disable_tqdm=args.quiet,
     )
-    rank_cb = EffectiveRankCallback(model, args.rank_every or log_every, reference)
+    # ~20 points by default: enough for the effective rank to read as a curve (one SVD per layer each, cheap).
+    rank_cb = EffectiveRankCallback(model, args.rank_every or max(1, steps_planned // RANK_POINTS), reference)
     interrupt = GracefulInterrupt()
     trainer = Trainer(model=model, args=targs, train_dataset=prepared.train, data_collator=prepared.collator,
                       callbacks=[rank_cb, interrupt, *extra_callbacks])
