@@ -71,6 +71,9 @@ def run_train(args: argparse.Namespace) -> int:
     _quiet_libraries()
     from ..dist import finish, is_main_process
 
+    if args.model:
+        args.model = _trainable_model_path(args.model, is_main_process())
+
     try:
         metrics = run(args)
     except TrainingInterrupted as err:
@@ -86,6 +89,22 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"results: {args.output_dir}/metrics.json, summary.txt; adapter: {args.output_dir}")
     finish()  # torchrun: barrier, then leave the process group
     return 0
+
+
+def _trainable_model_path(model: str, speak: bool) -> str:
+    """A GGUF file (or a directory holding one) is dequantized once to a plain checkpoint the Trainer can train."""
+    from ..gguf import dequantize_gguf, dequantized_dir, find_gguf, is_dequantized
+
+    source = find_gguf(model)
+    if source is None:
+        return model
+    out = dequantized_dir(source)
+    if speak:
+        done = is_dequantized(out)
+        print(f"--model {model}: {source.name} is a GGUF file, which the Trainer cannot train; "
+              + (f"using its float32 copy in {out}" if done else f"dequantizing it once to float32 in {out} "
+                 "(later runs reuse it)"), flush=True)
+    return dequantize_gguf(source, out=out)
 
 
 def _quiet_libraries() -> None:
