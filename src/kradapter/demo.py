@@ -217,9 +217,9 @@ def format_report(results: dict, args, path: str, n_train: int, n_test: int, maj
         f"accuracy: on the {n_test} held-out tweets, before -> after training; always answering the training set's "
         f"most frequent label ({majority}) scores {majority_acc:.3f}.",
         f"eff. rank: how many directions a layer's update Delta W really uses (Roy & Vetterli; mean of "
-        f"{kr['layers']} layers, at most {side}). LoRA's update can use at most its rank "
-        f"{lora['hparam'].split()[-1]}; KRAdapter's, with the same number of parameters, is full rank "
-        f"({kr['rank_min']:.0f}-{kr['rank_max']:.0f} per layer here).",
+        f"{kr['layers']} layers, at most {side}). LoRA's update can never use more than its rank "
+        f"{lora['hparam'].split()[-1]}; KRAdapter's, from the same number of parameters, is full rank and spreads "
+        f"over {kr['rank_min']:.0f}-{kr['rank_max']:.0f} directions per layer here.",
         "Learning rates: each method's default (kradapter.learning_rates, picked on the validation grids of "
         "benchmarks/RECIPES.md); one seed, so differences of a point or two are noise.",
     ]

@@ -26,7 +26,14 @@ DONE = "kradapter_gguf.txt"  # written last: its presence means the directory is
 
 def find_gguf(path: str | os.PathLike) -> Path | None:
     """The GGUF file `path` stands for: the path itself if it is a .gguf file, else the one .gguf file in a
-    directory that holds no ordinary weights; None when `path` is an ordinary checkpoint (or not local)."""
+    directory that holds no ordinary weights; None when `path` is an ordinary checkpoint (or not local).
+
+    Args:
+        path: a model directory, a file, or a hub name (which is never a GGUF file here).
+
+    Raises:
+        ValueError: the directory holds several GGUF files and no ordinary weights (name the file instead).
+    """
     path = Path(path)
     if path.is_file():
         return path if path.suffix == ".gguf" else None
@@ -56,7 +63,21 @@ def dequantize_gguf(path: str | os.PathLike, gguf_file: str | None = None, out: 
     """A plain float32 checkpoint directory (config, model.safetensors, tokenizer) for the GGUF model at `path`
     (a .gguf file, or a directory holding one; `gguf_file` names it inside a directory holding several). Built
     once under `out` (default: `dequantized_dir`), returned at once afterwards. Safe to call from several
-    processes at the same time (one converts, the others wait for it)."""
+    processes at the same time (one converts, the others wait for it).
+
+    Args:
+        path: a .gguf file, or a directory holding one.
+        gguf_file: the file's name inside `path`, when `path` is a directory holding several.
+        out: where the checkpoint goes (default: `dequantized_dir(file)`, under the kradapter cache).
+
+    Returns:
+        The checkpoint directory, for `from_pretrained` or `kradapter train --model`.
+
+    Raises:
+        FileNotFoundError: no GGUF file at `path`.
+        ImportError: the gguf package is missing.
+        ValueError: the dequantized weights do not fit the architecture the file declares.
+    """
     from filelock import FileLock
 
     path = Path(path)
