@@ -23,7 +23,7 @@ def test_compare_two_methods_per_method_lr(tmp_path, capsys):
     assert "eff. rank" in printed and "r_gen" in printed and "test (ID)" in printed
     table = json.loads((out / "comparison.json").read_text())["table"]
     assert [r[0] for r in table["rows"]] == ["kradapter", "lora"]
-    assert [r[2] for r in table["rows"]] == ["0.005", "0.002"]
+    assert [r[2] for r in table["rows"]] == ["0.005 (set, untuned)", "0.002 (set, untuned)"]
     assert table["rows"][0][table["header"].index("time x")] == "1.00"
     for name in ("comparison.md", "comparison.txt", "comparison.png"):
         assert (out / name).stat().st_size > 0
