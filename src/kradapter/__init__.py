@@ -10,7 +10,7 @@ from . import _quiet
 
 _quiet.install_bitsandbytes_filter()  # before PEFT imports bitsandbytes (see _quiet)
 
-from . import _registry  # noqa: E402
+from . import _peft_guards, _registry  # noqa: E402
 from .methods.kradapter import KRAdapterConfig, KRAdapterLayer, KRAdapterModel
 from .methods.kronlora import KronLoRAConfig, KronLoRAModel, quantize_kronlora_
 from .methods.sinlora import SinLoRAConfig, SinLoRAModel
@@ -25,6 +25,7 @@ except PackageNotFoundError:  # running from a source tree without installation
 _registry.register("kradapter", KRAdapterConfig, KRAdapterModel)
 _registry.register("sinlora", SinLoRAConfig, SinLoRAModel)
 _registry.register("kronlora", KronLoRAConfig, KronLoRAModel)
+_peft_guards.install()  # PeftModel.from_pretrained / load_adapter leave the model unchanged when they fail
 
 __all__ = [
     "KRAdapterConfig",
