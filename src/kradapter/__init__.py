@@ -6,7 +6,11 @@ Importing this package registers every method it defines with PEFT, so ``peft.ge
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import _peft_guards, _registry
+from . import _quiet
+
+_quiet.install_bitsandbytes_filter()  # before PEFT imports bitsandbytes (see _quiet)
+
+from . import _peft_guards, _registry  # noqa: E402
 from .methods.kradapter import KRAdapterConfig, KRAdapterLayer, KRAdapterModel
 from .methods.kronlora import KronLoRAConfig, KronLoRAModel, quantize_kronlora_
 from .methods.sinlora import SinLoRAConfig, SinLoRAModel

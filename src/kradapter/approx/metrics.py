@@ -41,9 +41,11 @@ def summarize(target: torch.Tensor, delta: torch.Tensor, s_target: torch.Tensor)
 
 
 def add_pct_of_lora(by_method: dict[str, dict]) -> None:
-    """sq_nuclear_pct_of_lora = 100 * nuclear_error^2 / LoRA's nuclear_error^2 (None without a LoRA run)."""
-    lora = by_method.get("lora", {}).get("nuclear_error")
-    for row in by_method.values():
-        nuc = row.get("nuclear_error")
-        ok = lora is not None and nuc is not None and lora > 0 and math.isfinite(nuc)
-        row["sq_nuclear_pct_of_lora"] = 100.0 * nuc**2 / lora**2 if ok else None
+    """sq_nuclear_pct_of_lora = 100 * nuclear_error^2 / LoRA's nuclear_error^2, and sq_frobenius_pct_of_lora the
+    same for the Frobenius error (None without a LoRA run)."""
+    for key, pct_key in (("nuclear_error", "sq_nuclear_pct_of_lora"), ("frobenius_error", "sq_frobenius_pct_of_lora")):
+        lora = by_method.get("lora", {}).get(key)
+        for row in by_method.values():
+            err = row.get(key)
+            ok = lora is not None and err is not None and lora > 0 and math.isfinite(err)
+            row[pct_key] = 100.0 * err**2 / lora**2 if ok else None

@@ -42,8 +42,9 @@ def _sqrt_axis(ax) -> None:
 
 
 def figure1(doc: dict, previews: dict[str, np.ndarray], path: str | os.PathLike) -> None:
-    """Row 1 the targets, row 2 squared nuclear error as % of LoRA's (absolute error over each bar), row 3 the
-    singular value spectra of target and reconstructions on a square-root scale."""
+    """Row 1 the targets, row 2 squared nuclear error as % of LoRA's (bars, the number over each bar is the bar's
+    value) with the squared Frobenius error as % of LoRA's (black diamonds), row 3 the singular value spectra of
+    target and reconstructions on a square-root scale."""
     targets = list(doc["results"])
     methods = list(doc["config"]["methods"])
     colors = _colors(methods)
@@ -61,14 +62,19 @@ def figure1(doc: dict, previews: dict[str, np.ndarray], path: str | os.PathLike)
         shown = [m for m in methods if rows[m]["sq_nuclear_pct_of_lora"] is not None]
         pct = [rows[m]["sq_nuclear_pct_of_lora"] for m in shown]
         bars = ax.bar(range(len(shown)), pct, color=[colors[m] for m in shown])
-        for bar, m in zip(bars, shown):
-            ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{rows[m]['nuclear_error']:.3g}",
-                    ha="center", va="bottom", fontsize=6, rotation=90)
-        ax.set_xticks(range(len(shown)), shown, rotation=90, fontsize=7)
+        for bar, value in zip(bars, pct):
+            ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{value:.0f}",
+                    ha="center", va="bottom", fontsize=7)
+        frob = [rows[m].get("sq_frobenius_pct_of_lora") for m in shown]
+        ax.plot([i for i, f in enumerate(frob) if f is not None], [f for f in frob if f is not None], "kD", ms=4,
+                label="sq. Frobenius error, % of LoRA")
+        ax.axhline(100.0, color="gray", lw=0.6, ls=":")
+        ax.set_xticks(range(len(shown)), shown, rotation=90, fontsize=8)
         ax.tick_params(axis="y", labelsize=7)
-        ax.set_ylim(0, max(pct + [100.0]) * 1.35)
+        ax.set_ylim(0, max(pct + [f for f in frob if f is not None] + [100.0]) * 1.3)
         if col == 0:
-            ax.set_ylabel("sq. nuclear error, % of LoRA", fontsize=8)
+            ax.set_ylabel("sq. nuclear error (bars), % of LoRA", fontsize=8)
+            ax.legend(fontsize=6, loc="upper left", handletextpad=0.2, borderpad=0.3)
 
         ax = axes[2, col]
         spectra = doc["spectra"][target]
@@ -84,35 +90,49 @@ def figure1(doc: dict, previews: dict[str, np.ndarray], path: str | os.PathLike)
     axes[2, -1].legend(fontsize=6, loc="upper right")
     d_out, d_in = doc["config"]["size"]
     fig.suptitle(f"Approximating {d_out} x {d_in} targets at KRAdapter's parameter budget "
-                 f"({doc['config']['iters']} AdamW steps, seed {doc['seed']})", fontsize=11)
+                 f"({doc['config']['iters']} AdamW steps, seed {doc['seed']})\nbars: squared nuclear error (singular "
+                 "values only), diamonds: squared Frobenius error (entries), both as % of LoRA's; a full-rank\n"
+                 "update can match a target's spectrum without matching its entries", fontsize=10)
     _save(fig, path)
 
 
 def figure5(targets: dict[str, np.ndarray], recons: dict[str, dict[str, np.ndarray]], methods: list[str],
             path: str | os.PathLike) -> None:
-    """Per target (row): the target, then for each method its reconstruction and the |error| map."""
-    ncols = 1 + 2 * len(methods)
-    fig = _figure(1.05 * ncols, 1.15 * len(targets) + 0.6, dpi=80)
-    axes = fig.subplots(len(targets), ncols, squeeze=False)
-    for row, (name, t) in enumerate(targets.items()):
-        lim = float(np.abs(t).max()) or 1.0
-        cells = [("target", t, "RdBu_r", -lim, lim)]
-        for m in methods:
+    """Per target, two rows: the target and each method's reconstruction, then each method's |error| map. Every
+    panel has its own colour scale and colour bar: reconstructions are often much smaller than the target (high
+    Frobenius error), and on the target's scale they would be blank."""
+    ncols = 1 + len(methods)
+    fig = _figure(1.75 * ncols, 3.4 * len(targets) + 0.5, dpi=100)
+    axes = fig.subplots(2 * len(targets), ncols, squeeze=False)
+    for t_index, (name, t) in enumerate(targets.items()):
+        top, bottom = axes[2 * t_index], axes[2 * t_index + 1]
+        _panel(fig, top[0], t, "RdBu_r", f"{name}: target", symmetric=True)
+        bottom[0].axis("off")
+        bottom[0].text(0.5, 0.5, f"{name}\n|target - reconstruction|\nper method (right)", ha="center",
+                       va="center", fontsize=8, transform=bottom[0].transAxes)
+        for col, m in enumerate(methods, start=1):
             r = recons[name][m]
-            cells.append((m, r, "RdBu_r", -lim, lim))
-            cells.append((f"|err| {m}", np.abs(t - r), "magma", 0.0, lim))
-        for col, (title, img, cmap, lo, hi) in enumerate(cells):
-            ax = axes[row, col]
-            ax.imshow(img, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(title, fontsize=6)
-        axes[row, 0].set_ylabel(name, fontsize=7)
+            _panel(fig, top[col], r, "RdBu_r", m, symmetric=True)
+            _panel(fig, bottom[col], np.abs(t - r), "magma", f"|err| {m}", symmetric=False)
     size = next(iter(targets.values())).shape
-    fig.suptitle(f"{size[0]} x {size[1]} reconstructions and |error| maps (error colour scale = target's max)",
-                 fontsize=9)
+    fig.suptitle(f"{size[0]} x {size[1]} targets, reconstructions and |error| maps (each panel on its own colour "
+                 "scale, shown by its bar)", fontsize=11)
     _save(fig, path)
+
+
+def _panel(fig, ax, img: np.ndarray, cmap: str, title: str, symmetric: bool) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    # The 99.5th percentile, not the max, sets the scale: one outlier would otherwise wash the panel out.
+    hi = float(np.percentile(np.abs(img), 99.5)) or float(np.abs(img).max()) or 1.0
+    shown = ax.imshow(img, cmap=cmap, vmin=-hi if symmetric else 0.0, vmax=hi, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=8)
+    bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+    bar.ax.tick_params(labelsize=6)
+    bar.locator = MaxNLocator(3)
+    bar.update_ticks()
 
 
 def figure4(doc: dict, path: str | os.PathLike) -> None:

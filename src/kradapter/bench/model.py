@@ -13,6 +13,7 @@ from torch import nn
 
 from .. import budget
 from ..specs import get_spec
+from .._quiet import peft_deprecations_silenced
 from .options import BenchOptions
 
 TARGETS = ["k_proj", "v_proj"]
@@ -60,7 +61,8 @@ def prepare(method: str, base: nn.Module, opts: BenchOptions, kradapter_init_wei
     else:
         kr_total = budget.match_model(REFERENCE, base, TARGETS, k1=opts.k1)["trainable"]
         config = budget.peft_config_for(method, base, TARGETS, budget=kr_total)
-    return get_peft_model(base, config)
+    with peft_deprecations_silenced():
+        return get_peft_model(base, config)
 
 
 def make_batch(opts: BenchOptions) -> torch.Tensor:

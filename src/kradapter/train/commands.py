@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 
 from ..cli import command
 from ..quant import QUANTIZE_CHOICES
@@ -23,7 +22,8 @@ def add_train_arguments(p: argparse.ArgumentParser, compare: bool = False) -> No
         p.add_argument("--method", default="kradapter", help="kradapter (default), lora, dora, randlora, krona, "
                        "sinlora, kronlora or full; budgets matched to KRAdapter")
         p.add_argument("--lr", type=option_type("lr"), default=None,
-                       help="learning rate (default per method: kradapter 1e-2, full 1e-4, others 1e-3)")
+                       help="learning rate (default per method, from the validation grids of benchmarks/RECIPES.md: "
+                       "kradapter 3e-2 at alpha 0.1, lora 3e-3, full 3e-4, randlora 3e-4; others 1e-3, not measured)")
         p.add_argument("--output-dir", default=None, help="where results go (default runs/TASK-METHOD)")
         p.add_argument("--budget", default=None, metavar="WORD",
                        help="trainable budget: low (default, KRAdapter's k1 = m^(1/2)), medium (m^(1/3)) or high "
@@ -56,7 +56,7 @@ def add_train_arguments(p: argparse.ArgumentParser, compare: bool = False) -> No
     p.add_argument("--save-steps", type=option_type("save_steps"), default=None,
                    help="checkpoint every N steps (default: 4 per run)")
     p.add_argument("--rank-every", type=option_type("rank_every"), default=None,
-                   help="log the effective rank of the updates every N steps (default: every logging step)")
+                   help="measure the effective rank of the updates every N steps (default: 20 points per run)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep Trainer checkpoints after a seed ends")
     p.add_argument("--zero-shot-cache", default=None, help=argparse.SUPPRESS)
     p.add_argument("--threads", type=option_type("threads"), default=None,
@@ -83,6 +83,9 @@ def run_train(args: argparse.Namespace) -> int:
     _show_run_notes()
     from ..dist import finish, is_main_process
 
+    if args.model:
+        args.model = _trainable_model_path(args.model, is_main_process())
+
     try:
         metrics = run(args)
     except TrainingInterrupted as err:
@@ -98,6 +101,22 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"results: {args.output_dir}/metrics.json, summary.txt; adapter: {args.output_dir}")
     finish()  # torchrun: barrier, then leave the process group
     return 0
+
+
+def _trainable_model_path(model: str, speak: bool) -> str:
+    """A GGUF file (or a directory holding one) is dequantized once to a plain checkpoint the Trainer can train."""
+    from ..gguf import dequantize_gguf, dequantized_dir, find_gguf, is_dequantized
+
+    source = find_gguf(model)
+    if source is None:
+        return model
+    out = dequantized_dir(source)
+    if speak:
+        done = is_dequantized(out)
+        print(f"--model {model}: {source.name} is a GGUF file, which the Trainer cannot train; "
+              + (f"using its float32 copy in {out}" if done else f"dequantizing it once to float32 in {out} "
+                 "(later runs reuse it)"), flush=True)
+    return dequantize_gguf(source, out=out)
 
 
 def _show_run_notes() -> None:
@@ -119,7 +138,6 @@ def _quiet_libraries() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # per-file "Loading weights" bars; training and evaluation keep theirs
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     datasets.logging.set_verbosity_error()
     datasets.disable_progress_bars()
 

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 from ..io import read_json, save_figure, write_json, write_text
+from ..learning_rates import default_lr
 from .baselines import BALANCED
 from .methods import budget_k1, check_method
-from .runner import default_lr
 
 
 def parse_methods(value: str) -> list[str]:
@@ -162,6 +162,11 @@ def baseline_rows(first: dict, n_cols: int, bal: list[str]) -> list[list[str]]:
     return rows
 
 
+def _untuned(method: str, lr: float) -> str:
+    """A rate not picked on validation says so, and whether it is the method's documented default."""
+    return " (default, untuned)" if lr == default_lr(method) else " (set, untuned)"
+
+
 def comparison_rows(metrics: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
     bal = _balanced_groups(metrics)
     header = ["method", "trainable", "lr", "ID", "NID", "OOD", *[f"{g} bal." for g in bal], "r_gen", "eff. rank",
@@ -180,7 +185,7 @@ def comparison_rows(metrics: dict[str, dict]) -> tuple[list[str], list[list[str]
         spe = m["efficiency"]["seconds_per_epoch"]["mean"]
         base_time = base_time or spe
         s = m["spectral_summary"]
-        lr = f"{m['learning_rate']:g}" + ("*" if m.get("lr_selection") else "")
+        lr = f"{m['learning_rate']:g}" + ("*" if m.get("lr_selection") else _untuned(method, m["learning_rate"]))
         rows.append([
             method, f"{m['trainable_params']:,}", lr,
             *[_flagged(m["groups"].get(k), group_major.get(k)) for k in GROUPS],
@@ -254,6 +259,15 @@ def majority_flags(metrics: dict[str, dict]) -> list[str]:
     return lines
 
 
+def _seed_caption(metrics: dict[str, dict]) -> str:
+    """Say what the bars are: a mean ± std needs two seeds or more, and methods may have run different counts."""
+    counts = sorted({len(m["seeds"]) for m in metrics.values()})
+    if counts == [1]:
+        return "test-set groups (1 seed: no error bars)"
+    n = str(counts[0]) if len(counts) == 1 else "-".join(map(str, (counts[0], counts[-1])))
+    return f"test-set groups (mean ± std over {n} seeds)"
+
+
 def plot(metrics: dict[str, dict], path: Path) -> None:
     import matplotlib
 
@@ -268,7 +282,9 @@ def plot(metrics: dict[str, dict], path: Path) -> None:
     for i, (method, m) in enumerate(metrics.items()):
         means = [100 * (m["groups"].get(g, {}).get("mean") or 0) for g in groups]
         stds = [100 * (m["groups"].get(g, {}).get("std") or 0) for g in groups]
-        ax1.bar(x + i * width, means, width, yerr=stds, label=method, capsize=3)
+        label = method if len(m["seeds"]) == len(next(iter(metrics.values()))["seeds"]) else \
+            f"{method} ({len(m['seeds'])} seed(s))"
+        ax1.bar(x + i * width, means, width, yerr=stds if len(m["seeds"]) > 1 else None, label=label, capsize=3)
     zero = next(iter(metrics.values())).get("zero_shot")
     if zero:
         for j, g in enumerate(groups):
@@ -277,7 +293,7 @@ def plot(metrics: dict[str, dict], path: Path) -> None:
                            label="zero-shot" if j == 0 else None)
     ax1.set_xticks(x + width * (len(metrics) - 1) / 2, groups)
     ax1.set_ylabel(f"{next(iter(metrics.values()))['metric']} (%)")
-    ax1.set_title("test-set groups (mean ± std over seeds)")
+    ax1.set_title(_seed_caption(metrics))
     ax1.legend(fontsize=8)
     for method, m in metrics.items():
         hist = m.get("effective_rank_history") or []

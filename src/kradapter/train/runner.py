@@ -31,6 +31,7 @@ from ..outdir import OutputLock, clean_interrupted, publish_version
 from .callbacks import EffectiveRankCallback, GracefulInterrupt
 from .checkpoints import StepTimer, drop_partial, latest_complete_checkpoint
 from .deltas import adapter_deltas, spectral_means, spectral_table
+from ..learning_rates import default_lr
 from .baselines import BALANCED, group_baselines, not_above_majority
 from .methods import apply_method, budget_k1, check_method, full_deltas, peft_config, trainable_parameters
 from .metrics import group_means, mean_std, r_gen
@@ -39,6 +40,7 @@ from .tasks import task_module
 from .tasks.base import Prepared
 
 RUN_INFO = "kradapter_run.json"
+RANK_POINTS = 20
 FULL_DELTA = "full_delta.safetensors"
 FULL_HEAD = "full_head.safetensors"
 log = logging.getLogger(__name__)  # resume and clean-up notes; `kradapter train` shows them
@@ -47,13 +49,6 @@ log.addHandler(logging.NullHandler())  # a library: silent unless the applicatio
 
 class TrainingInterrupted(Exception):
     """Ctrl-C during training: a checkpoint was saved; rerunning the same command resumes from it."""
-
-
-def default_lr(method: str) -> float:
-    """The method spec's default rate (methods want different rates: tune them with --lr-grid)."""
-    from ..specs import get_spec
-
-    return get_spec(method).default_lr
 
 
 def parse_seeds(value: str) -> list[int]:
@@ -147,7 +142,8 @@ def train_seed(prepared: Prepared, args, method: str, lr: float, seed: int, seed
         label_names=["labels"], dataloader_num_workers=0, disable_tqdm=args.quiet,
     )
     timer = StepTimer()  # first: its step time excludes the other callbacks' work
-    rank_cb = EffectiveRankCallback(model, args.rank_every or log_every, reference)
+    # ~20 points by default: enough for the effective rank to read as a curve (one SVD per layer each, cheap).
+    rank_cb = EffectiveRankCallback(model, args.rank_every or max(1, steps_planned // RANK_POINTS), reference)
     interrupt = GracefulInterrupt()
     trainer = Trainer(model=model, args=targs, train_dataset=prepared.train, data_collator=prepared.collator,
                       callbacks=[timer, rank_cb, interrupt, *extra_callbacks])
