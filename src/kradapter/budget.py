@@ -18,8 +18,8 @@ from dataclasses import fields
 from typing import Any, Iterable, Optional
 
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
+from ._compat import Conv1D
 from .ops import kronlora_shapes, resolve_k
 
 METHODS = ("kradapter", "lora", "dora", "randlora", "krona", "sinlora", "kronlora", "full")
@@ -65,7 +65,7 @@ def _positive_int(value, where: str) -> int:
 
 def krona_factors(d_out: int, d_in: int, decompose_factor: int = -1) -> tuple[tuple[int, int], tuple[int, int]]:
     """Shapes (w1, w2) PEFT's LoKr builds for a Linear: w1 (out_l x in_m) ⊗ w2 (out_k x in_n)."""
-    from peft.tuners.lokr.layer import factorization
+    from ._compat import factorization
 
     out_l, out_k = factorization(d_out, decompose_factor)
     in_m, in_n = factorization(d_in, decompose_factor)
@@ -226,7 +226,9 @@ def target_layers(model: nn.Module, target_modules, task_type=None) -> dict[str,
     """``{module name: (d_out, d_in)}`` of the modules PEFT would adapt for ``target_modules`` (names, a regex, or
     "all-linear", which like PEFT leaves out the output head, and for task_type "SEQ_CLS" the classifier); every one
     must be nn.Linear or transformers' Conv1D."""
-    from peft.tuners.tuners_utils import BaseTunerLayer, _maybe_include_all_linear_layers, check_target_module_exists
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from ._compat import _maybe_include_all_linear_layers, check_target_module_exists
 
     from .methods.kradapter.config import KRAdapterConfig
     from .methods.kradapter.layer import weight_geometry

@@ -13,9 +13,10 @@ from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
-from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
-from transformers.pytorch_utils import Conv1D
+
+from .._compat import Conv1D, check_adapters_to_merge
 
 from .kradapter.layer import weight_geometry
 

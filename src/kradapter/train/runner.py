@@ -104,7 +104,9 @@ def train_seed(prepared: Prepared, args, method: str, lr: float, seed: int, seed
                eval_sets: dict, save_adapter: bool = True, extra_callbacks=()) -> dict:
     """Train one seed (resuming from its last checkpoint), evaluate, analyse, save. Returns its result dict."""
     from transformers import Trainer, TrainingArguments, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
+
+    from .._compat import get_last_checkpoint
+    from ..bench.timing import synchronize
 
     result_path = seed_dir / "result.json"
     if result_path.exists():
@@ -147,9 +149,11 @@ def train_seed(prepared: Prepared, args, method: str, lr: float, seed: int, seed
     start_step = _checkpoint_step(last)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    synchronize()  # CUDA runs asynchronously: the clock must cover the kernels, not just their launch
     t0 = time.perf_counter()
     with interrupt:
         trainer.train(resume_from_checkpoint=last)
+    synchronize()
     train_seconds = time.perf_counter() - t0
     if interrupt.requested:
         saved = get_last_checkpoint(str(ckpt_root))

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
-from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from ..._compat import check_adapters_to_merge
 from .layer import Linear
 
 
@@ -188,7 +189,7 @@ def dispatch_quantized(target: nn.Module, adapter_name: str, quantization_kwargs
     base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
     if not isinstance(base, nn.Linear) or is_plain_float_layer(base):
         return None
-    from peft.utils import resolve_quantization_backend
+    from ..._compat import resolve_quantization_backend
 
     from . import bnb
 
@@ -199,7 +200,7 @@ def dispatch_quantized(target: nn.Module, adapter_name: str, quantization_kwargs
     if backend is None:
         if base.weight.is_floating_point():  # e.g. a DTensor shard under FSDP: an ordinary float weight
             return None
-        from peft.utils.quantization_utils import ForwardOnlyQuantizationBackend
+        from ..._compat import ForwardOnlyQuantizationBackend
 
         # An nn.Linear subclass with a non-float weight that PEFT does not know: train on it, never merge into it.
         backend = ForwardOnlyQuantizationBackend(f"unrecognised {type(base).__name__}")
