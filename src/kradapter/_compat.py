@@ -130,6 +130,13 @@ def bnb_4bit_repacked_for_cpu(weight) -> bool:
     return bool(getattr(getattr(weight, "quant_state", None), "packing_format_for_cpu", False))
 
 
+def bnb_unpack_4bit_for_cpu(weight):
+    """``(data, quant_state)`` of a Params4bit that bitsandbytes repacked for AVX512-BF16, back in its standard
+    layout (the one dequantize_4bit reads), through bitsandbytes' private inverse of the repacking."""
+    unpack = _internal("bitsandbytes.functional", "_convert_weight_packed_for_cpu_inverse")
+    return unpack(weight.data, weight.quant_state)
+
+
 def bnb_int8_state(layer):
     """A Linear8bitLt's MatmulLtState: ``has_fp16_weights``, and ``CB`` / ``SCB`` (the int8 matrix and row scales,
     moved there from the parameter at the first forward)."""
