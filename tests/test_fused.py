@@ -225,6 +225,35 @@ def test_fallbacks_to_the_plain_path():
     assert path_of(layer, x) == FUSED_NODE
 
 
+def test_fused_setting_is_per_adapter():
+    """A second adapter with another `fused` setting leaves the first adapter's path as it was."""
+    from _tiny import fresh
+
+    x = torch.randn(4, 16, requires_grad=True)
+    model = get_peft_model(fresh(), KRAdapterConfig(target_modules=["fc1"], init_weights=False))
+    model.add_adapter("plain", KRAdapterConfig(target_modules=["fc1"], init_weights=False, fused=False))
+    layer = model.base_model.model.fc1
+    assert layer.fused_path == {"default": True, "plain": False}
+    assert path_of(layer, x) == FUSED_NODE  # "default" is active and still fused
+    model.set_adapter("plain")
+    assert path_of(layer, x) != FUSED_NODE
+    model.set_adapter("default")
+    assert path_of(layer, x) == FUSED_NODE
+    model.delete_adapter("plain")
+    assert layer.fused_path == {"default": True}
+
+    # the other order: a fused adapter added after a plain one does not switch the plain one to fused
+    model = get_peft_model(fresh(), KRAdapterConfig(target_modules=["fc1"], init_weights=False, fused=False))
+    model.add_adapter("fast", KRAdapterConfig(target_modules=["fc1"], init_weights=False))
+    layer = model.base_model.model.fc1
+    assert path_of(layer, x) != FUSED_NODE and not layer.fused
+    model.set_adapter("fast")
+    assert path_of(layer, x) == FUSED_NODE
+    layer.fused = False  # the per-layer switch sets every adapter on the layer
+    assert layer.fused_path == {"default": False, "fast": False}
+    assert path_of(layer, x) != FUSED_NODE
+
+
 def test_fused_and_plain_paths_agree_in_a_peft_model():
     from transformers import LlamaConfig, LlamaForCausalLM
 

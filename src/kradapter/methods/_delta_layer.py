@@ -1,9 +1,13 @@
 """What every additive-update layer of ours shares: merge / unmerge / forward on top of one ``delta_matrix``.
 
-A method's layer subclasses ``DeltaLayer``, creates its parameters in ``update_layer`` and defines
-``delta_matrix(name)`` (the (d_out x d_in) update, scaling included) by calling its one function in ops.py. The
-rest -- base-weight layout (Conv1D stores W transposed), merging in float32 or better, module dropout, disabling
--- lives here once. Used by SinLoRA and Kron-LoRA; targets nn.Linear and transformers' Conv1D.
+    h = W0 x + Delta W x,   Delta W = delta_matrix(name)   (d_out x d_in, scaling included)
+
+A method's layer subclasses ``DeltaLayer``, creates its parameters in ``update_layer`` (calling ``_set_dropouts``) and
+defines ``delta_matrix(name)`` by calling its one function in ops.py. The rest lives here once: the base weight's
+layout (_geometry.py: Conv1D stores W transposed, Conv2d as a kernel), merging and unmerging in float32 or better
+(also for quantized bases, through PEFT's get_base_weight / set_base_weight), safe merges, module dropout,
+disabling. A layer with a faster training path (KRAdapter's fused one) runs it from its own ``forward`` and falls
+back to ``adapted_forward``, the plain path; a Conv2d layer overrides ``adapter_output``.
 """
 
 from __future__ import annotations
@@ -16,9 +20,8 @@ import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from .._compat import Conv1D, check_adapters_to_merge
-
-from .kradapter.layer import weight_geometry
+from .._compat import check_adapters_to_merge
+from ._geometry import summed_in_float32, to_weight_layout, weight_geometry
 
 
 class DeltaLayer(BaseTunerLayer):
@@ -54,15 +57,14 @@ class DeltaLayer(BaseTunerLayer):
 
     # --- the update in the base weight's layout -------------------------------------------------------------------
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
-        delta = self.delta_matrix(adapter_name)
-        return delta.T if isinstance(self.get_base_layer(), Conv1D) else delta
+        """The update in the base weight's layout (Conv1D transposed, Conv2d kernel shape), adapter dtype."""
+        return to_weight_layout(self.get_base_layer(), self.delta_matrix(adapter_name))
 
     def merged_weight(self, adapter_name: str, weight: Optional[torch.Tensor] = None, sign: float = 1.0) -> torch.Tensor:
-        """W +/- Delta W computed in float32 or better, returned in W's dtype (W untouched)."""
-        weight = self.get_base_layer().weight.data if weight is None else weight
-        delta = self.get_delta_weight(adapter_name).detach()
-        compute = torch.promote_types(torch.promote_types(weight.dtype, delta.dtype), torch.float32)
-        return (weight.to(compute) + sign * delta.to(device=weight.device, dtype=compute)).to(weight.dtype)
+        """W +/- Delta W computed in float32 or better, returned in W's dtype (W untouched). W defaults to the base
+        weight, dequantized for a quantized base."""
+        weight = self.get_base_weight() if weight is None else weight
+        return summed_in_float32(weight, self.get_delta_weight(adapter_name).detach(), sign)
 
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
         adapter_names = [n for n in check_adapters_to_merge(self, adapter_names) if self.has_adapter(n)]
@@ -92,7 +94,12 @@ class DeltaLayer(BaseTunerLayer):
         p = self.module_dropout[adapter_name]
         return self.training and p > 0 and bool(torch.rand(1) < p)
 
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def adapter_output(self, h: torch.Tensor, adapter_name: str) -> torch.Tensor:
+        """Delta W applied to the (dropped-out, adapter-dtype) input h; a Conv2d layer convolves instead."""
+        return F.linear(h, self.delta_matrix(adapter_name))
+
+    def adapted_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The plain path: base output plus every active, unmerged adapter's output."""
         if kwargs.pop("adapter_names", None) is not None:
             raise ValueError(f"{self.method_name} does not support mixed-adapter batches (adapter_names=...)")
         base = self.base_layer
@@ -107,8 +114,10 @@ class DeltaLayer(BaseTunerLayer):
             if not self.has_adapter(name) or self._adapter_skipped(name):
                 continue
             h = getattr(self, self.dropout_attr)[name](x.to(self.adapter_dtype(name)))
-            result = result + F.linear(h, self.delta_matrix(name)).to(result.dtype)
+            result = result + self.adapter_output(h, name).to(result.dtype)
         return result
+
+    forward = adapted_forward
 
     def __repr__(self) -> str:
         return f"{self.method_name.lower()}." + super().__repr__()

@@ -1,7 +1,9 @@
-"""What the models of DeltaLayer methods share: wrap nn.Linear / Conv1D targets, check merges model-wide first.
+"""What the models of DeltaLayer methods share: create and replace layers, check merges model-wide first.
 
 Injection, saving, loading and several named adapters are PEFT's (BaseTuner). A subclass sets ``prefix``,
-``tuner_layer_cls``, ``layer_cls`` (the concrete nn.Module layer) and ``layer_kwargs(config, key)``.
+``tuner_layer_cls``, ``layer_cls`` (the concrete nn.Module layer) and ``layer_kwargs(config, key)``; one that adapts
+more module types than nn.Linear / Conv1D overrides ``new_layer``, one with more reasons to refuse a merge extends
+``check_merge``.
 """
 
 from __future__ import annotations
@@ -26,37 +28,45 @@ class DeltaTuner(BaseTuner):
     def layer_kwargs(self, config, current_key: str) -> dict[str, Any]:
         raise NotImplementedError
 
-    def _create_and_replace(self, config, adapter_name, target, target_name, parent, current_key) -> None:
-        if current_key is None:
-            raise ValueError("current_key must not be None")
-        kwargs = self.layer_kwargs(config, current_key)
-        if isinstance(target, self.tuner_layer_cls):
-            try:
-                target.update_layer(adapter_name, inference_mode=config.inference_mode, **kwargs)
-            except ValueError as err:
-                raise ValueError(f"{self.tuner_layer_cls.method_name} on module '{current_key}': {err}") from None
-            return
+    def new_layer(self, target: nn.Module, adapter_name: str, current_key: str, **kwargs) -> nn.Module:
+        """A new adapter layer wrapping ``target`` (nn.Linear or transformers' Conv1D here)."""
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
         if not isinstance(base, (nn.Linear, Conv1D)):
             raise TypeError(
                 f"{self.tuner_layer_cls.method_name} cannot adapt module '{current_key}' of type "
                 f"{type(base).__module__}.{type(base).__name__}; supported: torch.nn.Linear, transformers Conv1D"
             )
+        return self.layer_cls(target, adapter_name, **kwargs)
+
+    def _create_and_replace(self, config, adapter_name, target, target_name, parent, current_key) -> None:
+        if current_key is None:
+            raise ValueError("current_key must not be None")
+        kwargs = self.layer_kwargs(config, current_key)
         try:
-            new_module = self.layer_cls(target, adapter_name, **kwargs)
+            if isinstance(target, self.tuner_layer_cls):
+                target.update_layer(adapter_name, inference_mode=config.inference_mode, **kwargs)
+                return
+            new_module = self.new_layer(target, adapter_name, current_key, **kwargs)
         except ValueError as err:  # shape errors name the layer they happened on
+            if f"'{current_key}'" in str(err):
+                raise
             raise ValueError(f"{self.tuner_layer_cls.method_name} on module '{current_key}': {err}") from None
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)  # an added, inactive adapter stays frozen until set_adapter
         self._replace_module(parent, target_name, new_module, target)
 
-    # safe_merge checks every layer before touching any, so a bad adapter leaves the whole model unchanged.
+    # --- merges: every layer is checked before any is touched, so a refused merge leaves the model unchanged --------
+    def check_merge(self, adapter_names: Optional[list[str]], safe_merge: bool) -> None:
+        """Raise if merging must not start; with safe_merge, also if any layer would get NaN/Inf weights."""
+        if safe_merge:
+            self._check_merge_finite(adapter_names)
+
     def _check_merge_finite(self, adapter_names: Optional[list[str]]) -> None:
         for key, module in self.model.named_modules():
             if not isinstance(module, self.tuner_layer_cls):
                 continue
             names = module.active_adapters if adapter_names is None else adapter_names
-            weight = module.get_base_layer().weight.data
+            weight = module.get_base_weight()  # dequantized for quantized bases
             for name in names:
                 if module.has_adapter(name) and name not in module.merged_adapters:
                     weight = module.merged_weight(name, weight)
@@ -66,13 +76,12 @@ class DeltaTuner(BaseTuner):
                         )
 
     def merge_adapter(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
-        if safe_merge:
-            self._check_merge_finite(adapter_names)
+        self.check_merge(adapter_names, safe_merge)
         super().merge_adapter(adapter_names=adapter_names, safe_merge=safe_merge)
 
     def _unload_and_optionally_merge(self, merge=True, progressbar=False, safe_merge=False, adapter_names=None):
-        if merge and safe_merge:
-            self._check_merge_finite(adapter_names)
+        if merge:
+            self.check_merge(adapter_names, safe_merge)
         return super()._unload_and_optionally_merge(
             merge=merge, progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names
         )

@@ -82,7 +82,8 @@ class KRAdapterConfig(PeftConfig):
             "nothing of size d_out x d_in kept for backward; Conv2d layers as one convolution with that kernel. "
             "Layers fall back to the plain path by themselves when it does not apply (adapter dropout in "
             "training, several active adapters, quantized or trained base weights). False always uses the plain "
-            "path. Per layer: `layer.fused = False`."
+            "path. Per adapter: a second adapter with another setting keeps its own; `layer.fused = False` "
+            "switches every adapter on one layer."
         },
     )
     modules_to_save: Optional[list[str]] = field(

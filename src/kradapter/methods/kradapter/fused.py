@@ -13,7 +13,7 @@ Precision: W0 + alpha * Delta W is summed in float32 or better, then cast to the
 under autocast, else W0's), so the forward equals that of the merged layer; dU and dV are reduced in the
 adapter's precision (>= float32 when the adapter is float32) from G in the GEMM dtype, as the plain path does.
 
-`fused_adapter_name` decides when this path applies; everything else takes the plain path in layer.py. Conv2d layers
+`fused_adapter_name` decides when this path applies; everything else takes the plain path (DeltaLayer's). Conv2d layers
 use the same conditions for a simpler form (merged_kernel_conv2d): one convolution with the summed kernel under plain
 autograd, since a kernel is small next to a convolution's activations.
 """
@@ -28,6 +28,8 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from ..._compat import Conv1D
+
+from .._geometry import summed_in_float32
 
 _HALF_OR_SINGLE = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -161,12 +163,14 @@ def fused_adapter_name(layer, x: torch.Tensor, args: tuple, kwargs: dict) -> Opt
     adapter, adapter dropout active, a base layer with its own forward or hooks (quantized, offloaded, stacked
     tuners), a base weight that is not a plain float tensor or that is being trained, mixed input dtypes.
     """
-    if not getattr(layer, "fused", True) or args or kwargs or layer.disable_adapters or layer.merged:
+    if args or kwargs or layer.disable_adapters or layer.merged:
         return None
-    names = [name for name in layer.active_adapters if name in layer.kradapter_U]
+    names = [name for name in layer.active_adapters if layer.has_adapter(name)]
     if len(names) != 1:
         return None
     name = names[0]
+    if not layer.fused_path.get(name, True):  # this adapter's own `fused` setting
+        return None
     dropout = layer.kradapter_dropout[name]
     if dropout.training and not isinstance(dropout, nn.Identity) and getattr(dropout, "p", 1.0) > 0:
         return None
@@ -203,12 +207,10 @@ def merged_kernel_conv2d(layer, x: torch.Tensor, name: str) -> torch.Tensor:
     The plain path runs a second full-size convolution with Delta W (5 convolutions per training step); here plain
     autograd runs one (3 per step: forward, dX, dW), and saves x, the summed kernel (the size of W0: small next to a
     convolution's activations) and U, V. The kernel is summed in float32 or better and cast once to the
-    convolution's dtype, as a merge (KRAdapterLayer.merged_weight) would.
+    convolution's dtype, as a merge (DeltaLayer.merged_weight) would.
     """
     base = layer.base_layer
-    delta = layer.get_delta_weight(name)
-    compute = torch.promote_types(torch.promote_types(base.weight.dtype, delta.dtype), torch.float32)
-    weight = base.weight.to(compute) + delta.to(compute)
-    if not torch.is_autocast_enabled(x.device.type):
-        weight = weight.to(base.weight.dtype)  # under autocast the convolution casts for itself
+    # under autocast the convolution casts for itself
+    autocast = torch.is_autocast_enabled(x.device.type)
+    weight = summed_in_float32(base.weight, layer.get_delta_weight(name), cast=not autocast)
     return base._conv_forward(x, weight, base.bias)

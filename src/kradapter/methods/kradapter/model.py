@@ -1,5 +1,5 @@
 """KRAdapterModel: which module types get a KRAdapter layer. Injection, saving, loading and the handling of
-several named adapters are PEFT's (BaseTuner).
+several named adapters are PEFT's (BaseTuner); creating layers and model-wide merge checks are DeltaTuner's.
 
 Two additions make bad input fail cleanly. PEFT injects layer by layer, so a bad target found halfway would leave
 the model half-adapted: `inject_adapter` first checks every target (type, k1 against its shape) and only then lets
@@ -15,14 +15,16 @@ from contextlib import contextmanager
 from typing import Optional
 
 import torch
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from ..._compat import (DUMMY_TARGET_MODULES, AuxiliaryTrainingWrapper, Conv1D, _get_submodules,
                         _maybe_include_all_linear_layers, get_pattern_key, get_quantization_kwargs)
 from ...ops import resolve_k
 from .config import KRAdapterConfig, check_alpha, check_k1
-from .layer import Conv2d, KRAdapterLayer, Linear, weight_geometry
+from .._delta_model import DeltaTuner
+from .._geometry import weight_geometry
+from .layer import Conv2d, KRAdapterLayer, Linear
 from .quantized import QuantizedLinear, dispatch_quantized
 
 # The paper adapts attention key and value (sections 4.3 and H); used when target_modules is not given.
@@ -68,40 +70,21 @@ def unwrapped_name(name: str) -> str:
     return name.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "")
 
 
-class KRAdapterModel(BaseTuner):
+class KRAdapterModel(DeltaTuner):
     """Injects KRAdapter layers into a model (use through ``peft.get_peft_model`` with a ``KRAdapterConfig``)."""
 
     prefix: str = "kradapter_"
     tuner_layer_cls = KRAdapterLayer
     target_module_mapping = DEFAULT_TARGET_MODULES
 
-    def _create_and_replace(
-        self,
-        config: KRAdapterConfig,
-        adapter_name: str,
-        target: nn.Module,
-        target_name: str,
-        parent: nn.Module,
-        current_key: str,
-    ) -> None:
-        if current_key is None:
-            raise ValueError("current_key must not be None")
-        kwargs = {
+    def layer_kwargs(self, config: KRAdapterConfig, current_key: str) -> dict:
+        return {
             **self._layer_settings(config, current_key),
             "dropout": config.dropout,
             "module_dropout": config.module_dropout,
             "init_weights": config.init_weights,
             "fused": config.fused,
         }
-        if isinstance(target, KRAdapterLayer):
-            target.update_layer(adapter_name, inference_mode=config.inference_mode, **kwargs)
-            return
-        # torchao needs the model's quantization config to requantize after a merge.
-        kwargs["quantization_kwargs"] = get_quantization_kwargs(self.model)
-        new_module = self._create_new_module(adapter_name, target, current_key, **kwargs)
-        if adapter_name not in self.active_adapters:
-            new_module.requires_grad_(False)  # an added, inactive adapter stays frozen until set_adapter
-        self._replace_module(parent, target_name, new_module, target)
 
     @staticmethod
     def _layer_settings(config: KRAdapterConfig, key: str) -> dict:
@@ -113,11 +96,11 @@ class KRAdapterModel(BaseTuner):
             "alpha": config.alpha_pattern.get(alpha_key, config.alpha),
         }
 
-    @staticmethod
-    def _create_new_module(adapter_name: str, target: nn.Module, current_key: str, **kwargs) -> nn.Module:
+    def new_layer(self, target: nn.Module, adapter_name: str, current_key: str, **kwargs) -> nn.Module:
         # One branch per supported base type. Quantized linears (bitsandbytes, torchao, ...) subclass nn.Linear,
-        # so they are caught first (quantized.py, bnb.py).
-        quantized = dispatch_quantized(target, adapter_name, kwargs.pop("quantization_kwargs", {}), **kwargs)
+        # so they are caught first (quantized.py, bnb.py); torchao needs the model's quantization config to
+        # requantize after a merge.
+        quantized = dispatch_quantized(target, adapter_name, get_quantization_kwargs(self.model), **kwargs)
         if quantized is not None:
             return quantized
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
@@ -190,41 +173,12 @@ class KRAdapterModel(BaseTuner):
             raise ValueError("KRAdapter does not support mixed-adapter batches (adapter_names=...); use set_adapter")
         yield
 
-    # safe_merge checks every layer before touching any, so a bad adapter leaves the whole model unchanged.
-    def _check_merge_finite(self, adapter_names: Optional[list[str]]) -> None:
-        for key, module in self.model.named_modules():
-            if not isinstance(module, KRAdapterLayer):
-                continue
-            names = module.active_adapters if adapter_names is None else adapter_names
-            weight = module.get_base_weight()  # dequantized for quantized bases
-            for name in names:
-                if name in module.kradapter_U and name not in module.merged_adapters:
-                    weight = module.merged_weight(name, weight)
-                    if not torch.isfinite(weight).all():
-                        raise ValueError(
-                            f"merging adapter '{name}' into '{key}' gives NaN/Inf weights; nothing was merged"
-                        )
-
     # Quantized layers that cannot merge (or need a requantize/copy choice) stop the merge before any layer changes.
-    def _check_quantized_merge(self) -> None:
+    def check_merge(self, adapter_names: Optional[list[str]], safe_merge: bool) -> None:
         for key, module in self.model.named_modules():
             if isinstance(module, QuantizedLinear) and (reason := module.merge_blocker()) is not None:
                 raise ValueError(f"cannot merge KRAdapter into '{key}': {reason}")
-
-    def merge_adapter(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
-        self._check_quantized_merge()
-        if safe_merge:
-            self._check_merge_finite(adapter_names)
-        super().merge_adapter(adapter_names=adapter_names, safe_merge=safe_merge)
-
-    def _unload_and_optionally_merge(self, merge=True, progressbar=False, safe_merge=False, adapter_names=None):
-        if merge:
-            self._check_quantized_merge()
-        if merge and safe_merge:
-            self._check_merge_finite(adapter_names)
-        return super()._unload_and_optionally_merge(
-            merge=merge, progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names
-        )
+        super().check_merge(adapter_names, safe_merge)
 
     # --- saving under FSDP1 ----------------------------------------------------------------------------------------
     @classmethod

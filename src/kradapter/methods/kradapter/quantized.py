@@ -101,7 +101,7 @@ class QuantizedLinear(Linear):
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
         if self.quantization_backend is None:
             return super().merge(safe_merge=safe_merge, adapter_names=adapter_names)
-        adapter_names = [n for n in check_adapters_to_merge(self, adapter_names) if n in self.kradapter_U]
+        adapter_names = [n for n in check_adapters_to_merge(self, adapter_names) if self.has_adapter(n)]
         if not adapter_names:
             return
         reason = self.merge_blocker()

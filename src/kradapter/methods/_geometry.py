@@ -1,0 +1,46 @@
+"""How an update matrix sits in a base layer's weight: the shapes every adapter method of ours shares.
+
+A method computes its update as a (d_out x d_in) matrix; nn.Linear stores its weight that way, transformers' Conv1D
+(GPT-2 style) stores the transpose, and a Conv2d kernel (out, in/groups, kh, kw) is that matrix reshaped. Budget,
+train and the layers all read shapes from here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .._compat import Conv1D
+
+
+def weight_geometry(base_layer: nn.Module) -> tuple[int, int]:
+    """(d_out, d_in) of the matrix the update acts on; a Conv2d kernel is flattened to out x (in/groups * kh * kw)."""
+    w = base_layer.weight
+    if isinstance(base_layer, Conv1D):  # GPT-2 style: weight stored as (d_in, d_out)
+        return w.shape[1], w.shape[0]
+    if isinstance(base_layer, nn.Conv2d):
+        return w.shape[0], math.prod(w.shape[1:])
+    if isinstance(base_layer, nn.Linear):
+        return base_layer.out_features, base_layer.in_features
+    raise TypeError(f"no KRAdapter geometry for {type(base_layer).__name__}")
+
+
+def to_weight_layout(base_layer: nn.Module, delta: torch.Tensor) -> torch.Tensor:
+    """A (d_out x d_in) update laid out like ``base_layer.weight``: transposed for Conv1D, a kernel for Conv2d."""
+    if isinstance(base_layer, Conv1D):
+        return delta.T
+    if isinstance(base_layer, nn.Conv2d):
+        return delta.reshape(base_layer.weight.shape)
+    return delta
+
+
+def summed_in_float32(weight: torch.Tensor, delta: torch.Tensor, sign: float = 1.0, cast: bool = True) -> torch.Tensor:
+    """W +/- Delta summed in float32 or better (so a low-precision update never rounds W), in W's dtype when cast.
+
+    The one accumulation every merge, unmerge and summed-kernel forward uses; differentiable in delta.
+    """
+    compute = torch.promote_types(torch.promote_types(weight.dtype, delta.dtype), torch.float32)
+    total = torch.add(weight.to(compute), delta.to(device=weight.device, dtype=compute), alpha=sign)
+    return total.to(weight.dtype) if cast else total
