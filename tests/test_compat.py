@@ -216,9 +216,9 @@ def test_installed_versions_are_tested_ones():
 
 @pytest.mark.parametrize("fake, expected", [
     ({"peft": "0.22.1"}, ["peft 0.22.1 (tested: >=0.21.0,<0.22)"]),
-    ({"transformers": "4.50.0"}, ["transformers 4.50.0 (tested: >=4.56.2,<5.24)"]),
+    ({"transformers": "4.50.0"}, ["transformers 4.50.0 (tested: >=5.0.0,<5.24)"]),
     ({"peft": "0.20.0", "transformers": "5.24.0"},
-     ["peft 0.20.0 (tested: >=0.21.0,<0.22)", "transformers 5.24.0 (tested: >=4.56.2,<5.24)"]),
+     ["peft 0.20.0 (tested: >=0.21.0,<0.22)", "transformers 5.24.0 (tested: >=5.0.0,<5.24)"]),
 ])
 def test_an_untested_version_gets_one_warning_naming_it(monkeypatch, fake, expected):
     real = _compat.version

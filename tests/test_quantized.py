@@ -100,7 +100,8 @@ def test_qlora_training_with_gradient_checkpointing_and_adapter_only_save_load(t
         load_quantized(tiny_llama_dir, kind), use_gradient_checkpointing=True, **checkpointing
     )
     model = get_peft_model(base, KRAdapterConfig(target_modules=["k_proj", "v_proj"], alpha=1.0))
-    assert model.get_base_model().is_activation_checkpointing
+    # what transformers' is_activation_checkpointing (is_gradient_checkpointing before 5.23) reports
+    assert any(getattr(m, "gradient_checkpointing", False) for m in model.get_base_model().modules())
     before = packed_bytes(model)
     x = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(2))
 

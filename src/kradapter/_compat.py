@@ -19,7 +19,7 @@ from importlib.metadata import PackageNotFoundError, version
 # Kept equal to pyproject.toml's dependency ranges (tests/test_compat.py compares them): (lowest, first untested).
 TESTED_RANGES = {
     "peft": ("0.21.0", "0.22"),
-    "transformers": ("4.56.2", "5.24"),
+    "transformers": ("5.0.0", "5.24"),
 }
 
 
