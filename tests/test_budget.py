@@ -195,7 +195,9 @@ def test_overrides_pass_through():
         (lambda: peft_config_for("bogus", one_layer(4, 4), ["fc"]), "unknown method 'bogus'"),
         (lambda: peft_config_for("lora", one_layer(4, 4), ["nothere"]), "no module of the model matches"),
         (lambda: peft_config_for("lora", one_layer(4, 4), ["fc"], lora_alfa=2), r"LoraConfig has no field\(s\) \['lora_alfa'\]"),
-        (lambda: peft_config_for("lora", nn.Sequential(nn.Conv2d(3, 3, 3)), ["0"]), "target module '0' is a Conv2d"),
+        (lambda: peft_config_for("sinlora", nn.Sequential(nn.Conv2d(3, 3, 3)), ["0"]), "target module '0' is a Conv2d"),
+        (lambda: peft_config_for("lora", nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)), ["0"]),
+         "'0' is a Conv2d with groups > 1; lora is matched on"),
     ],
 )
 def test_bad_input_one_clear_error(call, message):

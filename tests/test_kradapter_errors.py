@@ -17,7 +17,8 @@ class Mixed(nn.Module):
     def __init__(self):
         super().__init__()
         self.first = nn.Linear(8, 8)
-        self.block = nn.ModuleDict({"emb": nn.Embedding(10, 8), "conv1d": nn.Conv1d(8, 8, 3), "norm": nn.LayerNorm(8)})
+        self.block = nn.ModuleDict({"emb": nn.Embedding(10, 8), "conv1d": nn.Conv1d(8, 8, 3), "norm": nn.LayerNorm(8),
+                                     "convt": nn.ConvTranspose1d(8, 8, 3)})
         self.last = nn.Linear(8, 30)
 
 
@@ -38,8 +39,7 @@ def test_layers_to_transform_matching_no_layer():
 
 
 @pytest.mark.parametrize("target,path,type_name", [
-    ("emb", "block.emb", "torch.nn.modules.sparse.Embedding"),
-    ("conv1d", "block.conv1d", "torch.nn.modules.conv.Conv1d"),
+    ("convt", "block.convt", "torch.nn.modules.conv.ConvTranspose1d"),
     ("norm", "block.norm", "torch.nn.modules.normalization.LayerNorm"),
 ])
 def test_unsupported_layer_type_names_module_and_type(target, path, type_name):
@@ -48,7 +48,7 @@ def test_unsupported_layer_type_names_module_and_type(target, path, type_name):
 
 
 def test_regex_target_reaching_an_unsupported_module():
-    assert_rejected(Mixed(), KRAdapterConfig(target_modules=r".*(first|emb|last)"), r"'block\.emb' of type")
+    assert_rejected(Mixed(), KRAdapterConfig(target_modules=r".*(first|norm|last)"), r"'block\.norm' of type")
 
 
 @pytest.mark.parametrize("k1", [0, -3])
@@ -136,15 +136,3 @@ def test_bad_second_adapter_leaves_the_first_untouched():
     torch.testing.assert_close(model(x), out)
     # the name is free again: a good config under the same name works
     model.add_adapter("other", KRAdapterConfig(target_modules=["lin0", "lin1", "head"]))
-
-
-def test_mixed_adapter_batches_are_refused():
-    model = get_peft_model(MLP(), KRAdapterConfig(target_modules=["lin0"]))
-    with pytest.raises(ValueError, match="mixed-adapter batches"):
-        model(torch.randn(2, 12), adapter_names=["default", "default"])
-
-
-def test_mixed_adapter_batches_are_refused_in_generate_too():
-    model = get_peft_model(tiny_llama(), KRAdapterConfig())
-    with pytest.raises(ValueError, match="mixed-adapter batches"):
-        model.generate(input_ids=torch.zeros(2, 3, dtype=torch.long), max_new_tokens=1, adapter_names=["default"] * 2)

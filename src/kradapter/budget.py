@@ -38,6 +38,14 @@ HPARAMS: dict[str, dict[str, Any]] = {
 
 
 def check_method(method: str) -> None:
+    """Refuse a method name the budget matcher does not know.
+
+    Args:
+        method: One of ``METHODS``.
+
+    Raises:
+        ValueError: If ``method`` is unknown; the message lists the valid ones.
+    """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
 
@@ -64,7 +72,16 @@ def _positive_int(value, where: str) -> int:
 
 
 def krona_factors(d_out: int, d_in: int, decompose_factor: int = -1) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Shapes (w1, w2) PEFT's LoKr builds for a Linear: w1 (out_l x in_m) ⊗ w2 (out_k x in_n)."""
+    """Shapes ``(w1, w2)`` PEFT's LoKr builds for a Linear: ``w1 (out_l x in_m) ⊗ w2 (out_k x in_n)``.
+
+    Args:
+        d_out: The layer's output size.
+        d_in: The layer's input size.
+        decompose_factor: LoKr's ``decompose_factor`` (-1: the most balanced split).
+
+    Returns:
+        ``((out_l, in_m), (out_k, in_n))``.
+    """
     from ._compat import factorization
 
     out_l, out_k = factorization(d_out, decompose_factor)
@@ -73,7 +90,20 @@ def krona_factors(d_out: int, d_in: int, decompose_factor: int = -1) -> tuple[tu
 
 
 def trainable_count(method: str, d_out: int, d_in: int, **hparams: Any) -> int:
-    """Trainable parameters ``method`` adds to one d_out x d_in layer (missing hyperparameters: HPARAMS defaults)."""
+    """Trainable parameters ``method`` adds to one ``d_out x d_in`` layer.
+
+    Args:
+        method: One of ``METHODS``.
+        d_out: The layer's output size.
+        d_in: The layer's input size.
+        **hparams: The method's size hyperparameters (``HPARAMS[method]``); missing ones take its defaults.
+
+    Returns:
+        The count, as PEFT creates it (tests check it on real layers).
+
+    Raises:
+        ValueError: If the method, the shape or a hyperparameter is invalid, or a hyperparameter is unknown.
+    """
     check_method(method)
     _check_shape(d_out, d_in)
     h = _hparams(method, hparams)
@@ -200,18 +230,44 @@ def _describe(shapes: list[tuple[int, int]]) -> str:
 
 
 def match_layer(method: str, d_out: int, d_in: int, budget: Optional[int] = None, **fixed: Any) -> dict:
-    """``{"hparams", "trainable", "budget"}``: the method's hyperparameters with the smallest trainable count >=
-    ``budget`` (default: KRAdapter's count at k1 = sqrt) on one d_out x d_in layer. ``fixed`` hyperparameters are
-    held (e.g. ``kron_shape=[2, 2]`` for kronlora) and the rest searched. "full" is never matched: it reports
-    d_out * d_in. Search spaces: kradapter k1, lora/dora/sinlora/randlora r, krona LoKr's decompose_factor (with r
-    large enough that both Kronecker factors are full matrices), kronlora r at kron_shape 4 (then 2, 1 if the budget
-    is out of reach)."""
+    """The method's hyperparameters with the smallest trainable count ``>= budget`` on one ``d_out x d_in`` layer.
+
+    Search spaces: kradapter ``k1``; lora / dora / sinlora / randlora ``r``; krona LoKr's ``decompose_factor``
+    (with r large enough that both Kronecker factors are full matrices); kronlora ``r`` at ``kron_shape`` 4 (then
+    2, 1 if the budget is out of reach). "full" is never matched: it reports ``d_out * d_in``.
+
+    Args:
+        method: One of ``METHODS``.
+        d_out: The layer's output size.
+        d_in: The layer's input size.
+        budget: The count to reach; default KRAdapter's count at ``k1="sqrt"``.
+        **fixed: Hyperparameters held fixed (e.g. ``kron_shape=[2, 2]`` for kronlora); the rest are searched.
+
+    Returns:
+        ``{"hparams", "trainable", "budget"}``.
+
+    Raises:
+        ValueError: If the method, shape or a fixed hyperparameter is invalid, or no setting reaches the budget.
+    """
     _check_shape(d_out, d_in)
     return _match(method, [(d_out, d_in)], budget, fixed)
 
 
 def match_all(d_out: int, d_in: int, budget: Optional[int] = None, methods: Iterable[str] = METHODS) -> dict[str, dict]:
-    """``match_layer`` for each method, in order."""
+    """[`match_layer`][kradapter.budget.match_layer] for each method, in order.
+
+    Args:
+        d_out: The layer's output size.
+        d_in: The layer's input size.
+        budget: As in ``match_layer``.
+        methods: The methods to match (default: all of ``METHODS``).
+
+    Returns:
+        Method -> ``match_layer``'s result.
+
+    Raises:
+        ValueError: If a method or the shape is invalid.
+    """
     methods = list(methods)
     for method in methods:
         check_method(method)
@@ -223,15 +279,29 @@ def match_all(d_out: int, d_in: int, budget: Optional[int] = None, methods: Iter
 
 
 def target_layers(model: nn.Module, target_modules, task_type=None) -> dict[str, tuple[int, int]]:
-    """``{module name: (d_out, d_in)}`` of the modules PEFT would adapt for ``target_modules`` (names, a regex, or
-    "all-linear", which like PEFT leaves out the output head, and for task_type "SEQ_CLS" the classifier); every one
-    must be nn.Linear or transformers' Conv1D."""
+    """The modules PEFT would adapt for ``target_modules``, with the shapes their update acts on.
+
+    Args:
+        model: The model to inspect.
+        target_modules: Module names, a regex, or ``"all-linear"`` (which, like PEFT, leaves out the output head,
+            and for ``task_type="SEQ_CLS"`` the classifier).
+        task_type: PEFT's task type, when it changes the targets.
+
+    Returns:
+        Module name -> ``(d_out, d_in)``. Conv1d/2d/3d kernels count flattened, Embedding as its matrix, and
+        MultiheadAttention as its in_proj under its name and its out_proj under name + ``OUT_PROJ``.
+
+    Raises:
+        ValueError: If ``target_modules`` is empty, matches nothing, or matches a module of a type KRAdapter
+            does not adapt.
+    """
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     from ._compat import _maybe_include_all_linear_layers, check_target_module_exists
 
     from .methods.kradapter.config import KRAdapterConfig
     from .methods.kradapter.layer import weight_geometry
+    from .methods.kradapter.model import SUPPORTED_BASE_TYPES
 
     if not target_modules:
         raise ValueError("target_modules must name at least one module (a list of names, a regex, or 'all-linear')")
@@ -244,12 +314,15 @@ def target_layers(model: nn.Module, target_modules, task_type=None) -> dict[str,
             continue
         if isinstance(module, BaseTunerLayer):  # already adapted: count on the layer underneath
             module = module.get_base_layer()
-        if not isinstance(module, (nn.Linear, Conv1D)):
+        if not isinstance(module, SUPPORTED_BASE_TYPES):  # counted on the matrix the update acts on
             raise ValueError(
-                f"target module '{key}' is a {type(module).__name__}; the budget matcher handles torch.nn.Linear "
-                "and transformers Conv1D"
+                f"target module '{key}' is a {type(module).__name__}; the budget matcher handles torch.nn.Linear, "
+                "transformers Conv1D, torch.nn.Conv1d / Conv2d / Conv3d (kernel flattened) and torch.nn.Embedding"
             )
         found[key] = weight_geometry(module)
+        if isinstance(module, nn.MultiheadAttention):  # adapted as two matrices: packed in_proj and out_proj
+            out_proj = module.out_proj.get_base_layer() if isinstance(module.out_proj, BaseTunerLayer) else module.out_proj
+            found[key + OUT_PROJ] = weight_geometry(out_proj)
     if not found:
         raise ValueError(f"no module of the model matches target_modules={target_modules!r}")
     return found
@@ -258,13 +331,56 @@ def target_layers(model: nn.Module, target_modules, task_type=None) -> dict[str,
 def match_model(
     method: str, model: nn.Module, target_modules, budget: Optional[int] = None, task_type=None, **fixed: Any
 ) -> dict:
-    """Like ``match_layer`` over every targeted layer of ``model`` with one hyperparameter setting for all of them:
-    the smallest TOTAL count >= ``budget`` (default: KRAdapter's total on the same targets). Adds ``"layers"``."""
+    """Like [`match_layer`][kradapter.budget.match_layer] over every targeted layer, one setting for all of them.
+
+    Finds the smallest TOTAL count ``>= budget`` (default: KRAdapter's total on the same targets).
+
+    Args:
+        method: One of ``METHODS``.
+        model: The model whose layers are targeted.
+        target_modules: As in [`target_layers`][kradapter.budget.target_layers].
+        budget: The total count to reach.
+        task_type: PEFT's task type, when it changes the targets.
+        **fixed: Hyperparameters held fixed.
+
+    Returns:
+        ``match_layer``'s result plus ``"layers"`` (module name -> shape).
+
+    Raises:
+        ValueError: As ``target_layers`` and ``match_layer`` do.
+    """
     check_method(method)
     layers = target_layers(model, target_modules, task_type)
+    _check_types_for(method, model, layers)
     result = _match(method, list(layers.values()), budget, fixed)
     result["layers"] = layers
     return result
+
+
+OUT_PROJ = ":out_proj"  # target_layers' key for the out_proj of an nn.MultiheadAttention target (not a module name)
+
+# Methods whose count on a conv / embedding target is the formula on its flattened matrix (LoRA's conv factors are
+# in*k and out wide, as the flattened d_in and d_out, when groups == 1); the others adapt Linear and Conv1D only.
+_FLATTENED_OK = {"kradapter": True, "full": True, "lora": False, "dora": False}
+
+
+def _check_types_for(method: str, model: nn.Module, layers: dict) -> None:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for key, module in model.named_modules():
+        if isinstance(module, BaseTunerLayer):
+            module = module.get_base_layer()
+        if key not in layers or isinstance(module, (nn.Linear, Conv1D)):
+            continue
+        grouped = getattr(module, "groups", 1) > 1
+        if isinstance(module, nn.MultiheadAttention):  # KRAdapter and LoRA adapt in_proj and out_proj
+            if method not in ("kradapter", "lora"):
+                raise ValueError(f"target module '{key}' is a MultiheadAttention; {method} is not matched on it")
+        elif method not in _FLATTENED_OK or (grouped and not _FLATTENED_OK[method]):
+            raise ValueError(
+                f"target module '{key}' is a {type(module).__name__}{' with groups > 1' if grouped else ''}; "
+                f"{method} is matched on torch.nn.Linear and transformers Conv1D targets only"
+            )
 
 
 def _config_fields(cls) -> set[str]:
@@ -272,11 +388,26 @@ def _config_fields(cls) -> set[str]:
 
 
 def peft_config_for(method: str, model: nn.Module, target_modules, budget: Optional[int] = None, **overrides: Any):
-    """A PEFT config for ``method`` on ``target_modules`` of ``model``, matched so the total trainable count over
-    those layers is the smallest >= KRAdapter's total on the same targets (or ``budget``). ``None`` for "full" (the
-    caller unfreezes the targets' weights). ``overrides`` pass through to the config (alpha / lora_alpha, dropout,
-    freq, ...); an override of a matched hyperparameter (r, k1, kron_shape, decompose_factor) is held fixed and the
-    rest is matched around it. Methods want different learning rates: tune it per method.
+    """A PEFT config for ``method`` on ``target_modules`` of ``model`` at KRAdapter's trainable budget.
+
+    The total trainable count over those layers is the smallest ``>=`` KRAdapter's total on the same targets (or
+    ``budget``). Methods want different learning rates: tune it per method.
+
+    Args:
+        method: One of ``METHODS``.
+        model: The model to adapt.
+        target_modules: As in [`target_layers`][kradapter.budget.target_layers].
+        budget: The total count to reach, instead of KRAdapter's.
+        **overrides: Config fields passed through (alpha / lora_alpha, dropout, freq, ...); an override of a matched
+            hyperparameter (r, k1, kron_shape, decompose_factor) is held fixed and the rest matched around it.
+
+    Returns:
+        The config, or None for "full" (the caller unfreezes the targets' weights, e.g. with
+        [`full_finetune_`][kradapter.budget.full_finetune_]).
+
+    Raises:
+        ValueError: If the method is unknown, an override names no field of the config, the targets are invalid, or
+            krona is asked to adapt transformers ``Conv1D`` modules (PEFT's LoKr cannot).
     """
     from peft import LoKrConfig, LoraConfig, RandLoraConfig
 
@@ -300,7 +431,7 @@ def peft_config_for(method: str, model: nn.Module, target_modules, budget: Optio
     matched = match_model(method, model, target_modules, budget, overrides.get("task_type"), **fixed)
     if method == "full":
         return None
-    targets = list(matched["layers"])
+    targets = [k for k in matched["layers"] if not k.endswith(OUT_PROJ)]
     conv1d = [k for k, m in model.named_modules() if k in matched["layers"] and isinstance(m, Conv1D)]
     h = {**matched["hparams"], **overrides}
     if method == "kradapter":
@@ -323,8 +454,21 @@ def peft_config_for(method: str, model: nn.Module, target_modules, budget: Optio
 
 
 def full_finetune_(model: nn.Module, target_modules, task_type=None) -> int:
-    """The "full" comparator: freeze every parameter of ``model`` except the weights of the targeted layers (their
-    biases stay frozen, as no adapter trains them either). Returns the trainable count, ``match_model("full", ...)``."""
+    """The "full" comparator: freeze every parameter of ``model`` except the weights of the targeted layers.
+
+    Their biases stay frozen, as no adapter trains them either.
+
+    Args:
+        model: The model, changed in place.
+        target_modules: As in [`target_layers`][kradapter.budget.target_layers].
+        task_type: PEFT's task type, when it changes the targets.
+
+    Returns:
+        The trainable count (``match_model("full", ...)``'s).
+
+    Raises:
+        ValueError: As ``target_layers`` does.
+    """
     layers = target_layers(model, target_modules, task_type)
     for p in model.parameters():
         p.requires_grad_(False)

@@ -9,8 +9,10 @@ from .cli import command
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("d_out", type=int, help="output features of the layer")
-    parser.add_argument("d_in", type=int, help="input features of the layer")
+    parser.add_argument("d_out", type=int, help="output features of the layer (a convolution: out_channels; an "
+                        "embedding: the vocabulary size; an attention module: 3E for in_proj, E for out_proj)")
+    parser.add_argument("d_in", type=int, help="input features of the layer (a convolution: in_channels/groups * "
+                        "prod(kernel_size); an embedding: its dimension; an attention module: E)")
     parser.add_argument("--budget", type=int, default=None,
                         help="trainable parameters to reach (default: KRAdapter's count for this shape)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD",

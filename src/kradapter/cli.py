@@ -9,7 +9,7 @@ from typing import Callable
 
 # Modules that define subcommands; each registers itself with @command when imported.
 COMMAND_MODULES = ("kradapter.demo", "kradapter.budget_command", "kradapter.approx.cli", "kradapter.bench.command",
-                   "kradapter.train.commands")
+                   "kradapter.train.commands", "kradapter.merge_command")
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 

@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -21,30 +21,58 @@ from torch import nn
 
 
 def launched_by_torchrun() -> bool:
+    """Whether this process was started by torchrun or ``accelerate launch`` (``RANK`` and ``WORLD_SIZE`` are set).
+
+    Returns:
+        True when both environment variables are present.
+    """
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
 def rank() -> int:
-    """This process's rank: from the process group once joined, else from torchrun's environment (0 alone)."""
+    """This process's rank: from the process group once joined, else from torchrun's environment (0 alone).
+
+    Returns:
+        The rank, 0 in a single process.
+    """
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else int(os.environ.get("RANK", 0))
 
 
 def world_size() -> int:
+    """The number of processes: from the process group once joined, else from ``WORLD_SIZE`` (1 alone).
+
+    Returns:
+        The world size, 1 in a single process.
+    """
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size()
     return int(os.environ.get("WORLD_SIZE", 1))
 
 
 def is_main_process() -> bool:
-    """Rank 0 (or the only process): the one that writes files and prints."""
+    """Rank 0 (or the only process): the one that writes files and prints.
+
+    Returns:
+        True on rank 0 or outside a distributed run.
+    """
     return rank() == 0
 
 
-def init_process_group(expected_world_size: Optional[int] = None) -> tuple[int, int]:
-    """Join the process group torchrun describes (gloo on CPU, nccl on CUDA); return (rank, world_size).
+def init_process_group(expected_world_size: int | None = None) -> tuple[int, int]:
+    """Join the process group torchrun describes (gloo on CPU, nccl on CUDA).
 
-    Raises if not launched by torchrun / accelerate launch, or if the world size is not the expected one: a run
-    that silently falls back to independent single processes would otherwise train unsynchronised copies.
+    A run that silently fell back to independent single processes would train unsynchronised copies, so this
+    refuses to run outside torchrun instead.
+
+    Args:
+        expected_world_size: If given, the number of processes the group must have.
+
+    Returns:
+        ``(rank, world_size)`` of this process.
+
+    Raises:
+        RuntimeError: If not launched by torchrun / ``accelerate launch``, or if the group's size is not
+            ``expected_world_size``.
     """
     if not launched_by_torchrun():
         raise RuntimeError("not launched by torchrun or accelerate launch: RANK and WORLD_SIZE are not set")
@@ -60,7 +88,18 @@ def init_process_group(expected_world_size: Optional[int] = None) -> tuple[int, 
 
 
 def local_batch_size(global_batch: int, world_size: int) -> int:
-    """The per-process batch; the global batch must split evenly so every step sees exactly ``global_batch``."""
+    """The per-process batch; the global batch must split evenly so every step sees exactly ``global_batch``.
+
+    Args:
+        global_batch: The batch size of one optimizer step over all processes.
+        world_size: The number of processes.
+
+    Returns:
+        ``global_batch // world_size``.
+
+    Raises:
+        ValueError: If either is below 1 or ``world_size`` does not divide ``global_batch``.
+    """
     if global_batch < 1 or world_size < 1 or global_batch % world_size:
         raise ValueError(
             f"global batch size {global_batch} does not divide evenly over {world_size} processes; "
@@ -70,8 +109,18 @@ def local_batch_size(global_batch: int, world_size: int) -> int:
 
 
 def decoder_layer_classes(model: nn.Module) -> set[type[nn.Module]]:
-    """The repeated block classes of a transformers model (its ``_no_split_modules``): FSDP's wrapping units."""
-    names = set()
+    """The repeated block classes of a transformers model (its ``_no_split_modules``): FSDP's wrapping units.
+
+    Args:
+        model: A transformers model (or a PEFT model around one).
+
+    Returns:
+        The classes of the model's modules named in any ``_no_split_modules``.
+
+    Raises:
+        ValueError: If the model declares no such classes; pass ``layer_classes`` to the wrappers then.
+    """
+    names: set[str] = set()
     for module in model.modules():
         names.update(getattr(module, "_no_split_modules", None) or ())
     classes = {type(m) for m in model.modules() if type(m).__name__ in names}
@@ -82,21 +131,48 @@ def decoder_layer_classes(model: nn.Module) -> set[type[nn.Module]]:
     return classes
 
 
-def shard_fsdp2(model: nn.Module, layer_classes: Optional[set[type[nn.Module]]] = None, mesh=None) -> nn.Module:
-    """FSDP2: ``fully_shard`` every decoder layer, then the whole model (in place; returns ``model``)."""
+def shard_fsdp2(model: nn.Module, layer_classes: set[type[nn.Module]] | None = None, mesh=None) -> nn.Module:
+    """FSDP2: ``fully_shard`` every decoder layer, then the whole model, in place.
+
+    Args:
+        model: The (PEFT) model to shard.
+        layer_classes: The block classes to shard one by one; default
+            [`decoder_layer_classes(model)`][kradapter.dist.decoder_layer_classes].
+        mesh: The device mesh passed to ``fully_shard`` (default: all processes).
+
+    Returns:
+        ``model`` itself, now sharded.
+
+    Raises:
+        ValueError: If ``layer_classes`` is not given and the model's decoder layers cannot be found.
+    """
     from torch.distributed.fsdp import fully_shard
 
-    layer_classes = tuple(layer_classes or decoder_layer_classes(model))
+    wrap_types = tuple(layer_classes or decoder_layer_classes(model))
     for module in list(model.modules()):
-        if isinstance(module, layer_classes):
+        if isinstance(module, wrap_types):
             fully_shard(module, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model
 
 
-def wrap_fsdp1(model: nn.Module, layer_classes: Optional[set[type[nn.Module]]] = None) -> nn.Module:
-    """FSDP1 with one unit per decoder layer. ``use_orig_params=True`` lets frozen base weights and trainable
-    adapter weights share a unit; ``device_id`` is given explicitly because FSDP1 refuses CPU when guessing."""
+def wrap_fsdp1(model: nn.Module, layer_classes: set[type[nn.Module]] | None = None) -> nn.Module:
+    """FSDP1 with one unit per decoder layer.
+
+    ``use_orig_params=True`` lets frozen base weights and trainable adapter weights share a unit; ``device_id`` is
+    given explicitly because FSDP1 refuses CPU when guessing.
+
+    Args:
+        model: The (PEFT) model to wrap.
+        layer_classes: The block classes that become FSDP units; default
+            [`decoder_layer_classes(model)`][kradapter.dist.decoder_layer_classes].
+
+    Returns:
+        The ``FullyShardedDataParallel`` wrapper.
+
+    Raises:
+        ValueError: If ``layer_classes`` is not given and the model's decoder layers cannot be found.
+    """
     from torch.distributed.fsdp import FullyShardedDataParallel
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
@@ -110,26 +186,46 @@ def wrap_fsdp1(model: nn.Module, layer_classes: Optional[set[type[nn.Module]]] =
 
 
 def full_adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The full (unsharded) trainable parameters on every rank, keyed as in the unwrapped model; works for a plain
-    model, DDP, FSDP1 and FSDP2. A collective under FSDP: every rank must call it."""
+    """The full (unsharded) trainable parameters, keyed as in the unwrapped model, on every rank.
+
+    Works for a plain model, DDP, FSDP1 and FSDP2, and gathers only the trainable parameters, never the frozen base.
+    A collective under FSDP: every rank must call it.
+
+    Args:
+        model: The model as trained (plain, or wrapped by DDP / FSDP).
+
+    Returns:
+        Parameter name -> full tensor on the CPU.
+    """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     options = StateDictOptions(full_state_dict=True, ignore_frozen_params=True)
-    return {k: v.detach().cpu() for k, v in get_model_state_dict(model, options=options).items()}
+    # Full state dicts hold plain tensors (the type allows any state value).
+    return {k: cast(torch.Tensor, v).detach().cpu() for k, v in get_model_state_dict(model, options=options).items()}
 
 
 def save_adapter(peft_model: nn.Module, wrapped: nn.Module, out_dir: str | os.PathLike) -> None:
-    """Save the adapter of ``peft_model`` (trained as ``wrapped``) from rank 0, as PEFT's save_pretrained does.
+    """Save the adapter of ``peft_model`` (trained as ``wrapped``) from rank 0, as PEFT's ``save_pretrained`` does.
 
     Every rank must call it. Files are written to a temporary directory beside ``out_dir`` and moved into place
-    one by one, so an interrupted save never leaves a half-written file under its final name."""
+    one by one, so an interrupted save never leaves a half-written file under its final name; a barrier follows.
+
+    Args:
+        peft_model: The unwrapped PEFT model (its config and ``save_pretrained``).
+        wrapped: The same model as trained (DDP / FSDP wrapper, or ``peft_model`` itself).
+        out_dir: The adapter directory to write.
+
+    Raises:
+        RuntimeError: If PEFT wrote fewer tensors than the model trains (a wrapper PEFT cannot see through);
+            nothing is moved into ``out_dir`` then.
+    """
     state_dict = full_adapter_state_dict(wrapped)
     if not dist.is_initialized() or dist.get_rank() == 0:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".adapter-", dir=out_dir.parent))
         try:
-            peft_model.save_pretrained(tmp, state_dict=state_dict)
+            cast(Any, peft_model).save_pretrained(tmp, state_dict=state_dict)
             _check_saved(tmp, state_dict)
             for path in tmp.rglob("*"):
                 if path.is_file():
@@ -157,9 +253,17 @@ def _check_saved(directory: Path, state_dict: dict[str, torch.Tensor]) -> None:
         )
 
 
-def max_difference_across_ranks(model: nn.Module) -> Optional[float]:
-    """Largest |difference| between this rank's trainable parameters and rank 0's, maximised over ranks (None when
-    not distributed). 0.0 proves the replicas are in sync; unsynchronised copies would differ. A collective."""
+def max_difference_across_ranks(model: nn.Module) -> float | None:
+    """Largest |difference| between this rank's trainable parameters and rank 0's, maximised over ranks.
+
+    0.0 proves the replicas are in sync; unsynchronised copies would differ. A collective: every rank must call it.
+
+    Args:
+        model: The model whose trainable parameters to compare.
+
+    Returns:
+        The difference, or None when not distributed.
+    """
     if world_size() == 1 or not dist.is_initialized():
         return None
     params = [p.detach().float().reshape(-1) for p in model.parameters() if p.requires_grad]

@@ -14,7 +14,20 @@ BUDGET_WORDS = {"sqrt": 2, "cbrt": 3, "qdrt": 4}  # the paper's low / medium / h
 
 
 def khatri_rao(U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
-    """Column-wise Kronecker product: ``(k1, n) x (k2, n) -> (k1*k2, n)``."""
+    """Column-wise Kronecker product (Definition 3.1): ``(k1, n) x (k2, n) -> (k1*k2, n)``.
+
+    Row ``i*k2 + j`` of the result is ``U[i] * V[j]``.
+
+    Args:
+        U: A ``(k1, n)`` matrix.
+        V: A ``(k2, n)`` matrix with the same number of columns.
+
+    Returns:
+        The ``(k1*k2, n)`` product, in the dtype and device of the inputs (autograd flows through it).
+
+    Raises:
+        ValueError: If either input is not 2-D or their column counts differ.
+    """
     if U.dim() != 2 or V.dim() != 2 or U.shape[1] != V.shape[1]:
         raise ValueError(
             f"khatri_rao needs U (k1 x n) and V (k2 x n) with equal n, got {tuple(U.shape)} and {tuple(V.shape)}"
@@ -23,12 +36,28 @@ def khatri_rao(U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
 
 
 def kronecker(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    """Kronecker product ``A ⊗ B`` of two matrices (KronA / Kron-LoRA)."""
+    """Kronecker product ``A ⊗ B`` of two matrices (KronA / Kron-LoRA).
+
+    Args:
+        A: An ``(a, b)`` matrix.
+        B: A ``(c, d)`` matrix.
+
+    Returns:
+        The ``(a*c, b*d)`` product ``torch.kron(A, B)``.
+    """
     return torch.kron(A, B)
 
 
 def integer_root(m: int, p: int) -> int:
-    """Largest integer k with k**p <= m (exact, no float rounding: m=1000, p=3 gives 10)."""
+    """Largest integer k with ``k**p <= m``, exact (no float rounding: ``m=1000, p=3`` gives 10).
+
+    Args:
+        m: A non-negative integer.
+        p: The root's degree (2 for a square root).
+
+    Returns:
+        ``floor(m ** (1/p))`` computed exactly.
+    """
     k = int(round(m ** (1.0 / p)))
     while k**p > m:
         k -= 1
@@ -38,7 +67,20 @@ def integer_root(m: int, p: int) -> int:
 
 
 def resolve_k(d_out: int, d_in: int, k1: int | str = "sqrt") -> tuple[int, int]:
-    """(k1, k2) for a d_out x d_in update: k1 from an int or a budget word, k2 = ceil(m / k1), m = max side."""
+    """``(k1, k2)`` for a ``d_out x d_in`` update: k1 from an int or a budget word, ``k2 = ceil(m / k1)``.
+
+    Args:
+        d_out: The layer's output size.
+        d_in: The layer's input size.
+        k1: Rows of U: an int, or ``"sqrt"`` / ``"cbrt"`` / ``"qdrt"`` for the exact floor of ``m**(1/2)``,
+            ``m**(1/3)``, ``m**(1/4)`` with ``m = max(d_out, d_in)``.
+
+    Returns:
+        ``(k1, k2)`` with ``k1 * k2 >= m``.
+
+    Raises:
+        ValueError: If ``k1`` is an unknown word, not an int, or outside ``1 <= k1 <= m``.
+    """
     m = max(d_out, d_in)
     if isinstance(k1, str):
         if k1 not in BUDGET_WORDS:
@@ -52,14 +94,43 @@ def resolve_k(d_out: int, d_in: int, k1: int | str = "sqrt") -> tuple[int, int]:
 
 
 def kradapter_shapes(d_out: int, d_in: int, k1: int | str = "sqrt") -> tuple[tuple[int, int], tuple[int, int]]:
-    """Shapes of U and V: ``(k1, n)`` and ``(k2, n)`` with n the smaller side of the layer."""
+    """Shapes of U and V for a ``d_out x d_in`` layer: ``(k1, n)`` and ``(k2, n)``, n the smaller side.
+
+    Args:
+        d_out: The layer's output size.
+        d_in: The layer's input size.
+        k1: As in [`resolve_k`][kradapter.ops.resolve_k].
+
+    Returns:
+        ``((k1, n), (k2, n))``.
+
+    Raises:
+        ValueError: As [`resolve_k`][kradapter.ops.resolve_k] does, for a bad ``k1``.
+    """
     k1, k2 = resolve_k(d_out, d_in, k1)
     n = min(d_out, d_in)
     return (k1, n), (k2, n)
 
 
 def kradapter_delta(U: torch.Tensor, V: torch.Tensor, d_out: int, d_in: int) -> torch.Tensor:
-    """Delta W (d_out x d_in) = (U ⊙ V)[:m], transposed when d_out < d_in. Scaling by alpha is the caller's."""
+    """KRAdapter's update: ``Delta W = (U ⊙ V)[:m]`` (d_out x d_in), transposed when ``d_out < d_in``.
+
+    Scaling by alpha is the caller's. Every tool that needs KRAdapter's update (the PEFT layer, the benchmark, the
+    spectral report) calls this function.
+
+    Args:
+        U: The ``(k1, n)`` factor, ``n = min(d_out, d_in)``.
+        V: The ``(k2, n)`` factor.
+        d_out: The layer's output size.
+        d_in: The layer's input size.
+
+    Returns:
+        The ``(d_out, d_in)`` update.
+
+    Raises:
+        ValueError: If ``k1 * k2 < max(d_out, d_in)`` or the factors' column count is not ``min(d_out, d_in)``
+            (and as [`khatri_rao`][kradapter.ops.khatri_rao] does for malformed factors).
+    """
     m = max(d_out, d_in)
     kr = khatri_rao(U, V)
     if kr.shape[0] < m or kr.shape[1] != min(d_out, d_in):
@@ -77,12 +148,27 @@ def kradapter_delta(U: torch.Tensor, V: torch.Tensor, d_out: int, d_in: int) -> 
 def sinlora_delta(A: torch.Tensor, B: torch.Tensor, freq: float, scale: float, scaling: float = 1.0) -> torch.Tensor:
     """SinLoRA's update (d_out x d_in): ``scaling * sin(freq * B @ A) / scale``.
 
-    A is (r x d_in), B is (d_out x r). The official code (samy-ji/Sine-Low-Rank, llm/peft/src/peft/tuners/sinlora.py)
-    computes exactly ``sin(freq * B A) / s * (lora_alpha / r)`` with s = sqrt(d_in); callers pass those as
-    ``scale`` and ``scaling``.
+    The official code (samy-ji/Sine-Low-Rank, llm/peft/src/peft/tuners/sinlora.py) computes exactly
+    ``sin(freq * B A) / s * (lora_alpha / r)`` with ``s = sqrt(d_in)``; callers pass those as ``scale`` and
+    ``scaling``.
+
+    Args:
+        A: The ``(r, d_in)`` factor.
+        B: The ``(d_out, r)`` factor.
+        freq: The sine's frequency (omega).
+        scale: The divisor of the sine.
+        scaling: The multiplier (``lora_alpha / r``).
+
+    Returns:
+        The ``(d_out, d_in)`` update.
+
+    Raises:
+        ValueError: If A or B is not 2-D or their inner sizes differ.
     """
     if A.dim() != 2 or B.dim() != 2 or B.shape[1] != A.shape[0]:
-        raise ValueError(f"sinlora_delta needs A (r x d_in) and B (d_out x r), got {tuple(A.shape)} and {tuple(B.shape)}")
+        raise ValueError(
+            f"sinlora_delta needs A (r x d_in) and B (d_out x r), got {tuple(A.shape)} and {tuple(B.shape)}"
+        )
     return torch.sin(freq * (B @ A)) * (scaling / scale)
 
 
@@ -90,7 +176,15 @@ def sinlora_delta(A: torch.Tensor, B: torch.Tensor, freq: float, scale: float, s
 
 
 def largest_divisor_at_most(d: int, f: int) -> int:
-    """Largest divisor of d that is <= f (1 at worst): the Kronecker factor side used for an int kron_shape."""
+    """Largest divisor of d that is ``<= f`` (1 at worst): the Kronecker factor side used for an int ``kron_shape``.
+
+    Args:
+        d: The side to divide.
+        f: The upper bound.
+
+    Returns:
+        The divisor.
+    """
     for a in range(min(d, f), 0, -1):
         if d % a == 0:
             return a
@@ -102,8 +196,21 @@ def kronlora_shapes(
 ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
     """Shapes of A, B1, B2 for ``Delta W = A ⊗ (B1 @ B2)`` on a d_out x d_in layer.
 
-    ``kron_shape`` is A's shape (a_out, a_in), which must divide (d_out, d_in); an int f means, per side, the largest
-    divisor of that side that is <= f. Then B = B1 B2 is (d_out/a_out) x (d_in/a_in) with rank r <= min of its sides.
+    ``kron_shape`` is A's shape ``(a_out, a_in)``, which must divide ``(d_out, d_in)``; an int f means, per side, the
+    largest divisor of that side that is ``<= f``. Then ``B = B1 B2`` is ``(d_out/a_out) x (d_in/a_in)`` with rank
+    ``r <= min`` of its sides.
+
+    Args:
+        d_out: The layer's output size.
+        d_in: The layer's input size.
+        kron_shape: A's shape as a pair, or an int bound on both its sides.
+        r: The rank of ``B1 B2``.
+
+    Returns:
+        ``((a_out, a_in), (b_out, r), (r, b_in))``.
+
+    Raises:
+        ValueError: If ``kron_shape`` is malformed or does not divide the layer, or ``r`` is out of range.
     """
     if isinstance(kron_shape, bool):
         raise ValueError(f"kron_shape must be an int >= 1 or a pair (a_out, a_in), got {kron_shape!r}")
@@ -111,8 +218,10 @@ def kronlora_shapes(
         if kron_shape < 1:
             raise ValueError(f"kron_shape={kron_shape} must be >= 1")
         a_out, a_in = largest_divisor_at_most(d_out, kron_shape), largest_divisor_at_most(d_in, kron_shape)
-    elif isinstance(kron_shape, (tuple, list)) and len(kron_shape) == 2 and all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in kron_shape
+    elif (
+        isinstance(kron_shape, (tuple, list))
+        and len(kron_shape) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in kron_shape)
     ):
         a_out, a_in = kron_shape
         if d_out % a_out or d_in % a_in:
@@ -132,7 +241,20 @@ def kronlora_shapes(
 
 
 def kronlora_delta(A: torch.Tensor, B1: torch.Tensor, B2: torch.Tensor, scaling: float = 1.0) -> torch.Tensor:
-    """Kron-LoRA's update ``scaling * A ⊗ (B1 @ B2)``: (a_out*b_out) x (a_in*b_in)."""
+    """Kron-LoRA's update ``scaling * A ⊗ (B1 @ B2)``: ``(a_out*b_out) x (a_in*b_in)``.
+
+    Args:
+        A: The ``(a_out, a_in)`` Kronecker factor.
+        B1: The ``(b_out, r)`` factor.
+        B2: The ``(r, b_in)`` factor.
+        scaling: The multiplier (``alpha / r``).
+
+    Returns:
+        The update.
+
+    Raises:
+        ValueError: If a factor is not 2-D or B1 and B2's inner sizes differ.
+    """
     if A.dim() != 2 or B1.dim() != 2 or B2.dim() != 2 or B1.shape[1] != B2.shape[0]:
         raise ValueError(
             f"kronlora_delta needs A (a_out x a_in), B1 (b_out x r), B2 (r x b_in), got {tuple(A.shape)}, "

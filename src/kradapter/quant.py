@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-from typing import Optional
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -27,7 +27,15 @@ QUANTIZE_CHOICES = ("4bit", "8bit")
 
 
 def require_backend(package: str, purpose: str) -> None:
-    """One clear error when a quantization backend is not installed (before any model is loaded)."""
+    """One clear error when a quantization backend is not installed (before any model is loaded).
+
+    Args:
+        package: The import name of the backend (``"bitsandbytes"``).
+        purpose: What needs it, for the message.
+
+    Raises:
+        ImportError: If ``package`` is not installed; the message says what to install.
+    """
     if importlib.util.find_spec(package) is None:
         raise ImportError(
             f"{purpose} needs the '{package}' package, which is not installed: pip install 'kradapter[quant]' "
@@ -35,10 +43,20 @@ def require_backend(package: str, purpose: str) -> None:
         )
 
 
-def bnb_config(quantize: str, compute_dtype: Optional[torch.dtype] = None):
-    """transformers' BitsAndBytesConfig for ``"4bit"`` (QLoRA: NF4, double quantization) or ``"8bit"`` (LLM.int8()).
+def bnb_config(quantize: str, compute_dtype: torch.dtype | None = None):
+    """transformers' ``BitsAndBytesConfig`` for ``"4bit"`` (QLoRA: NF4, double quantization) or ``"8bit"`` (LLM.int8()).
 
-    compute_dtype (4-bit only) defaults to bfloat16 on CUDA and float32 on CPU, where bfloat16 matmuls are slow.
+    Args:
+        quantize: ``"4bit"`` or ``"8bit"``.
+        compute_dtype: 4-bit only: the dtype of the matmuls; default bfloat16 on CUDA and float32 on CPU, where
+            bfloat16 matmuls are slow.
+
+    Returns:
+        The config to pass as ``quantization_config`` to ``from_pretrained``.
+
+    Raises:
+        ValueError: If ``quantize`` is neither choice.
+        ImportError: If bitsandbytes is not installed.
     """
     if quantize not in QUANTIZE_CHOICES:
         raise ValueError(f"quantize={quantize!r} is not supported; choose one of {list(QUANTIZE_CHOICES)}")
@@ -62,23 +80,42 @@ def _transformer(model: nn.Module) -> nn.Module:
     from peft.tuners.tuners_utils import BaseTuner
 
     if hasattr(model, "get_base_model"):
-        return model.get_base_model()
+        return cast(Any, model).get_base_model()
     return model.model if isinstance(model, BaseTuner) else model
 
 
 def quantized_layers(model: nn.Module) -> dict[str, QuantizedLinear]:
-    """The KRAdapter layers of ``model`` that sit on a quantized base, by module name in the original model."""
+    """The KRAdapter layers of ``model`` that sit on a quantized base.
+
+    Args:
+        model: A PeftModel or a PEFT tuner model.
+
+    Returns:
+        Module name (as in the original model) -> layer.
+    """
     return {name: m for name, m in _transformer(model).named_modules() if isinstance(m, QuantizedLinear)}
 
 
 def merge_requantized(
-    model: nn.Module, adapter_names: Optional[list[str]] = None, safe_merge: bool = False
+    model: nn.Module, adapter_names: list[str] | None = None, safe_merge: bool = False
 ) -> dict[str, MergeError]:
-    """Merge the adapters into their quantized bases in place (requantizing) and return each layer's MergeError.
+    """Merge the adapters into their quantized bases in place (requantizing) and return each layer's error.
 
-    ``model`` is a PeftModel (or its KRAdapterModel). Every layer is checked before any is changed; a backend that
-    cannot dequantize raises. Afterwards ``model.unload()`` gives the merged quantized base, and
+    Every layer is checked before any is changed. Afterwards ``model.unload()`` gives the merged quantized base, and
     ``model.unmerge_adapter()`` puts the original quantized weights back exactly.
+
+    Args:
+        model: A PeftModel (or its KRAdapterModel) on a quantized base.
+        adapter_names: The adapters to merge (default: the active ones).
+        safe_merge: Check every merged weight for non-finite values before changing any.
+
+    Returns:
+        Module name -> [`MergeError`][kradapter.methods.kradapter.quantized.MergeError] (how much of the update the
+        requantization lost).
+
+    Raises:
+        ValueError: If the model has no KRAdapter layer on a quantized base, or a layer's backend cannot dequantize
+            (raised by the layers before any weight changes).
     """
     layers = quantized_layers(model)
     if not layers:
@@ -86,7 +123,7 @@ def merge_requantized(
     for layer in layers.values():
         layer.requantize_chosen = True
     try:
-        model.merge_adapter(adapter_names=adapter_names, safe_merge=safe_merge)
+        cast(Any, model).merge_adapter(adapter_names=adapter_names, safe_merge=safe_merge)
     finally:
         for layer in layers.values():
             layer.requantize_chosen = False
@@ -94,21 +131,37 @@ def merge_requantized(
 
 
 def merge_to_full_precision(
-    model: nn.Module, adapter_names: Optional[list[str]] = None, dtype: Optional[torch.dtype] = None
+    model: nn.Module, adapter_names: list[str] | None = None, dtype: torch.dtype | None = None
 ) -> nn.Module:
-    """A new model: every quantized linear dequantized to ``dtype``, the adapters merged, PEFT wrappers removed.
+    """A new plain model: every quantized linear dequantized to ``dtype``, the adapters merged, PEFT wrappers removed.
 
-    ``model`` (a PeftModel) is left unchanged. ``dtype`` defaults to the base config's dtype, else float32.
+    The adapter was trained against the dequantized weights, so the copy reproduces the adapted quantized model up
+    to float rounding. ``model`` itself is left unchanged.
+
+    Args:
+        model: A PeftModel on a quantized base.
+        adapter_names: The adapters to merge (default: the active ones).
+        dtype: The dtype of the copy; default the base config's dtype, else float32.
+
+    Returns:
+        The merged full-precision model.
+
+    Raises:
+        ValueError: If any quantized layer, adapted or not, cannot be dequantized correctly (checked before anything
+            is copied).
     """
     base = _transformer(model)
     if dtype is None:
         config_dtype = getattr(getattr(base, "config", None), "dtype", None)
-        dtype = config_dtype if isinstance(config_dtype, torch.dtype) and config_dtype.is_floating_point else torch.float32
+        if isinstance(config_dtype, torch.dtype) and config_dtype.is_floating_point:
+            dtype = config_dtype
+        else:
+            dtype = torch.float32
     _check_dequantizable(model)
     full = copy.deepcopy(model)
     for layer in quantized_layers(full).values():
         layer.dequantize_base_(dtype)
-    merged = full.merge_and_unload(adapter_names=adapter_names)
+    merged = cast(Any, full).merge_and_unload(adapter_names=adapter_names)
     _dequantize_remaining_(merged, dtype)
     return merged
 
@@ -128,7 +181,9 @@ def _check_dequantizable(model: nn.Module) -> None:
             continue
         backend = resolve_quantization_backend(module, **kwargs)
         if backend is None or not backend.supports_merge:
-            raise ValueError(f"cannot make a full-precision copy: '{name}' ({type(module).__name__}) cannot be dequantized")
+            raise ValueError(
+                f"cannot make a full-precision copy: '{name}' ({type(module).__name__}) cannot be dequantized"
+            )
 
 
 def _dequantize_remaining_(model: nn.Module, dtype: torch.dtype) -> None:
@@ -143,7 +198,8 @@ def _dequantize_remaining_(model: nn.Module, dtype: torch.dtype) -> None:
         if backend is None or not backend.supports_merge:
             raise ValueError(f"cannot dequantize '{name}' ({type(module).__name__}) for a full-precision copy")
         parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, dequantized_linear(module, backend.get_base_weight(module), dtype))
+        full = dequantized_linear(module, backend.get_base_weight(module), dtype)
+        setattr(model.get_submodule(parent_name), child, full)
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:
         quantizer.remove_quantization_config(model)

@@ -6,7 +6,14 @@ import torch
 
 
 def singular_values(M: torch.Tensor) -> torch.Tensor:
-    """Singular values of a 2-D matrix (higher-rank tensors are flattened to out x rest), in float64, descending."""
+    """Singular values of a matrix in float64, descending.
+
+    Args:
+        M: A 2-D tensor; higher-rank tensors (a convolution kernel) are flattened to ``out x rest``. Any device.
+
+    Returns:
+        The singular values, a 1-D float64 CPU tensor.
+    """
     M = M.detach()
     if M.dim() > 2:
         M = M.reshape(M.shape[0], -1)
@@ -14,7 +21,15 @@ def singular_values(M: torch.Tensor) -> torch.Tensor:
 
 
 def effective_rank(M_or_s: torch.Tensor, *, is_spectrum: bool = False) -> float:
-    """exp(entropy of the sum-normalised singular values); 0 for the zero matrix."""
+    """Effective rank (Roy & Vetterli): ``exp`` of the entropy of the sum-normalised singular values.
+
+    Args:
+        M_or_s: A matrix, or its singular values when ``is_spectrum`` is True.
+        is_spectrum: Whether ``M_or_s`` already holds singular values.
+
+    Returns:
+        A value between 1 and the rank; 0.0 for the zero matrix.
+    """
     s = M_or_s if is_spectrum else singular_values(M_or_s)
     s = s.to(torch.float64).clamp_min(0)
     total = s.sum()
@@ -26,7 +41,15 @@ def effective_rank(M_or_s: torch.Tensor, *, is_spectrum: bool = False) -> float:
 
 
 def spectral_summary(M: torch.Tensor) -> dict[str, float]:
-    """The columns of the paper's Tables 2, 4 and 10 for one update."""
+    """The columns of the paper's Tables 2, 4 and 10 for one update.
+
+    Args:
+        M: The update (any device or float dtype).
+
+    Returns:
+        ``effective_rank``, ``nuclear_norm``, ``frobenius_norm`` and ``rank`` (the numerical rank at the precision
+        ``M`` was computed in, as ``torch.linalg.matrix_rank`` counts it).
+    """
     s = singular_values(M)
     # Numerical rank at the precision M was computed in (as torch.linalg.matrix_rank): float32 round-off in a
     # float32 low-rank product must not count as extra rank just because the SVD runs in float64.

@@ -20,6 +20,17 @@ def parse_shapes(text: str) -> tuple[tuple[int, int], ...]:
 
 
 def parse_sections(text: str) -> tuple[str, ...]:
+    """The bench sections named in a comma-separated list.
+
+    Args:
+        text: E.g. ``"layer,saved"``.
+
+    Returns:
+        The section names, in the given order.
+
+    Raises:
+        ValueError: If a name is unknown or the list is empty.
+    """
     names = tuple(s.strip() for s in text.split(",") if s.strip())
     bad = [s for s in names if s not in SECTIONS]
     if bad or not names:
@@ -67,6 +78,11 @@ class BenchOptions:
     device: str = "cpu"  # "cuda" / "cuda:N": timing synchronises CUDA, memory is CUDA's peak allocation
 
     def validate(self) -> None:
+        """Check every option before any work.
+
+        Raises:
+            ValueError: If a section is unknown or a size, count or flag is out of range; the message names it.
+        """
         parse_sections(",".join(self.sections))
         for name in ("tokens", "repeats", "hidden", "layers", "heads", "kv_heads", "intermediate", "vocab", "batch",
                      "seq", "model_repeats", "memory_steps"):
@@ -95,4 +111,9 @@ class BenchOptions:
             resolve_k(d_out, d_in, self.k1)  # raises a ValueError naming k1 and the shape
 
     def to_dict(self) -> dict:
+        """The options as a plain dict (recorded in ``bench.json``).
+
+        Returns:
+            Field name -> value.
+        """
         return asdict(self)

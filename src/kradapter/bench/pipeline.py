@@ -18,6 +18,14 @@ from .timing import interleaved_times, summarize
 
 
 def count_units(opts: BenchOptions) -> int:
+    """How many progress ticks [`run_bench`][kradapter.bench.run_bench] will report for these options.
+
+    Args:
+        opts: The benchmark's options.
+
+    Returns:
+        The number of units.
+    """
     n = 0
     if "layer" in opts.sections:
         n += len(opts.shapes) * opts.repeats
@@ -152,6 +160,19 @@ def inference_section(opts: BenchOptions, tick: Callable[[str], None]) -> dict:
 
 
 def run_bench(opts: BenchOptions, progress: Optional[Callable[[str], None]] = None) -> dict:
+    """Run the selected bench sections and return their measurements (the library never prints; the CLI does).
+
+    Args:
+        opts: What to run; validated first.
+        progress: Called with a label after each unit of work (see
+            [`count_units`][kradapter.bench.count_units]).
+
+    Returns:
+        ``bench.json``'s content: machine, options, load averages, and one entry per section run.
+
+    Raises:
+        ValueError: If an option is invalid (before any work).
+    """
     opts.validate()
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)

@@ -21,6 +21,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from .._compat import check_adapters_to_merge
+from ._mixed_batch import mixed_batch_forward
 from ._geometry import summed_in_float32, to_weight_layout, weight_geometry
 
 
@@ -100,8 +101,9 @@ class DeltaLayer(BaseTunerLayer):
 
     def adapted_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """The plain path: base output plus every active, unmerged adapter's output."""
-        if kwargs.pop("adapter_names", None) is not None:
-            raise ValueError(f"{self.method_name} does not support mixed-adapter batches (adapter_names=...)")
+        adapter_names = kwargs.pop("adapter_names", None)
+        if adapter_names is not None:  # one adapter per sample (_mixed_batch.py)
+            return mixed_batch_forward(self, x, args, kwargs, adapter_names)
         base = self.base_layer
         if self.disable_adapters:
             if self.merged:

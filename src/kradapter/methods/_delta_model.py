@@ -8,6 +8,7 @@ more module types than nn.Linear / Conv1D overrides ``new_layer``, one with more
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any, Optional
 
 import torch
@@ -17,6 +18,8 @@ from torch import nn
 from .._compat import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, Conv1D
 
 from ._delta_layer import DeltaLayer
+from ._mixed_batch import mixed_batch_hooks
+from ._weighted import add_weighted_adapter
 
 
 class DeltaTuner(BaseTuner):
@@ -24,6 +27,7 @@ class DeltaTuner(BaseTuner):
     target_module_mapping = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
     tuner_layer_cls = DeltaLayer
     layer_cls: type = nn.Module
+    combinations: dict = {}  # combination_type -> (combine, config changes): the exact ones (the method's combine.py)
 
     def layer_kwargs(self, config, current_key: str) -> dict[str, Any]:
         raise NotImplementedError
@@ -85,3 +89,16 @@ class DeltaTuner(BaseTuner):
         return super()._unload_and_optionally_merge(
             merge=merge, progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names
         )
+
+    def add_weighted_adapter(self, adapters: list[str], weights: list[float], adapter_name: str,
+                             combination_type: str = "linear") -> None:
+        """Add adapter `adapter_name` whose Delta W is exactly sum_i weights[i] * Delta W of adapters[i] (see
+        _weighted.py; the exact combination types are the method's combine.py)."""
+        add_weighted_adapter(self, adapters, weights, adapter_name, combination_type, self.combinations,
+                             self.tuner_layer_cls.method_name)
+
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args, **kwargs):
+        # PeftModel.forward / generate enter this with their keyword arguments: mixed-adapter batches.
+        with mixed_batch_hooks(self, kwargs.get("adapter_names"), kwargs.get("num_beams")):
+            yield

@@ -14,14 +14,23 @@ from torch import nn
 
 from .._compat import Conv1D
 
+# Convolutions whose kernel (out, in/groups, *k) flattens to an out x (in/groups * prod(k)) matrix.
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
 
 def weight_geometry(base_layer: nn.Module) -> tuple[int, int]:
-    """(d_out, d_in) of the matrix the update acts on; a Conv2d kernel is flattened to out x (in/groups * kh * kw)."""
+    """(d_out, d_in) of the matrix the update acts on; a Conv1d/2d/3d kernel is flattened to out x (in/groups * prod
+    kernel), an nn.Embedding's is its weight (num_embeddings x embedding_dim), an nn.MultiheadAttention's is its
+    packed in_proj_weight (3 embed_dim x embed_dim; its out_proj is a Linear of its own)."""
+    if isinstance(base_layer, nn.MultiheadAttention):
+        return tuple(base_layer.in_proj_weight.shape)
     w = base_layer.weight
     if isinstance(base_layer, Conv1D):  # GPT-2 style: weight stored as (d_in, d_out)
         return w.shape[1], w.shape[0]
-    if isinstance(base_layer, nn.Conv2d):
+    if isinstance(base_layer, CONV_TYPES):
         return w.shape[0], math.prod(w.shape[1:])
+    if isinstance(base_layer, nn.Embedding):
+        return w.shape[0], w.shape[1]
     if isinstance(base_layer, nn.Linear):
         return base_layer.out_features, base_layer.in_features
     raise TypeError(f"no KRAdapter geometry for {type(base_layer).__name__}")
@@ -31,7 +40,7 @@ def to_weight_layout(base_layer: nn.Module, delta: torch.Tensor) -> torch.Tensor
     """A (d_out x d_in) update laid out like ``base_layer.weight``: transposed for Conv1D, a kernel for Conv2d."""
     if isinstance(base_layer, Conv1D):
         return delta.T
-    if isinstance(base_layer, nn.Conv2d):
+    if isinstance(base_layer, CONV_TYPES):
         return delta.reshape(base_layer.weight.shape)
     return delta
 

@@ -1,3 +1,5 @@
+"""KRAdapter as a PEFT method: its config, tuner model and layers (Linear / Conv1D, Conv2d)."""
+
 from .config import KRAdapterConfig
 from .layer import Conv2d, KRAdapterLayer, Linear
 from .model import KRAdapterModel

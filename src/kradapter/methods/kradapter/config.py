@@ -13,7 +13,15 @@ from ...ops import BUDGET_WORDS
 
 
 def check_k1(k1, where: str = "k1") -> None:
-    """Reject k1 values that no layer could accept (range against m is checked per layer)."""
+    """Reject ``k1`` values that no layer could accept (the range against m is checked per layer).
+
+    Args:
+        k1: An int ``>= 1`` or one of the budget words ``"sqrt"``, ``"cbrt"``, ``"qdrt"``.
+        where: The field's name, for the message.
+
+    Raises:
+        ValueError: If ``k1`` is an unknown word, not an int, or below 1.
+    """
     if isinstance(k1, str):
         if k1 not in BUDGET_WORDS:
             raise ValueError(f"{where}={k1!r} is not a budget word; use an int >= 1 or one of {sorted(BUDGET_WORDS)}")
@@ -24,6 +32,15 @@ def check_k1(k1, where: str = "k1") -> None:
 
 
 def check_alpha(alpha, where: str = "alpha") -> None:
+    """Refuse an ``alpha`` that is not a finite number.
+
+    Args:
+        alpha: The value to check.
+        where: The field's name, for the message.
+
+    Raises:
+        ValueError: If ``alpha`` is a bool, not a number, NaN or infinite.
+    """
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
         raise ValueError(f"{where} must be a finite number, got {alpha!r}")
 

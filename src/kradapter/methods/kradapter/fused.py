@@ -103,6 +103,22 @@ class KRAdapterLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, U, V, alpha: float, conv1d: bool, dtype: torch.dtype):
+        """One GEMM with ``W0 + alpha * Delta W`` built on the fly; saves only x, W0, U and V.
+
+        Args:
+            ctx: Autograd's context.
+            x: The input.
+            weight: The frozen base weight W0.
+            bias: The base bias, or None.
+            U: The ``(k1, n)`` factor.
+            V: The ``(k2, n)`` factor.
+            alpha: The update's scale.
+            conv1d: Whether W0 is in transformers' Conv1D layout (in x out).
+            dtype: The GEMM's dtype.
+
+        Returns:
+            ``x (W0 + alpha * Delta W)^T + b``.
+        """
         with torch.autocast(x.device.type, enabled=False):  # dtypes are chosen explicitly (`dtype`)
             W = fused_weight(weight, U, V, alpha, conv1d, dtype)
             y = F.linear(x.to(dtype), W, None if bias is None else bias.to(dtype))
@@ -115,6 +131,18 @@ class KRAdapterLinearFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y):
+        """Gradients for x, the bias, U and V: the weight rebuilt for dX, ``alpha dY^T X`` reduced block by block.
+
+        Args:
+            ctx: Autograd's context.
+            grad_y: The output's gradient.
+
+        Returns:
+            Gradients in ``forward``'s argument order (None for W0 and the non-tensor arguments).
+
+        Raises:
+            RuntimeError: If the base weight needs a gradient (the fused path is only for frozen bases).
+        """
         x, weight, U, V = ctx.saved_tensors
         need_x, need_w, need_b, need_U, need_V = ctx.needs_input_grad[:5]
         if need_w:
@@ -175,7 +203,8 @@ def fused_adapter_name(layer, x: torch.Tensor, args: tuple, kwargs: dict) -> Opt
     if dropout.training and not isinstance(dropout, nn.Identity) and getattr(dropout, "p", 1.0) > 0:
         return None
     base = layer.base_layer
-    if (type(base).forward not in (nn.Linear.forward, Conv1D.forward, nn.Conv2d.forward) or base._forward_hooks
+    if (type(base).forward not in (nn.Linear.forward, Conv1D.forward, nn.Conv1d.forward, nn.Conv2d.forward,
+                                  nn.Conv3d.forward) or base._forward_hooks
             or base._forward_pre_hooks):
         return None
     weight, bias = base.weight, base.bias

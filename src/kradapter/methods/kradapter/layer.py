@@ -35,6 +35,17 @@ def init_kradapter_(U: torch.Tensor, V: torch.Tensor, k1: int, init_weights: boo
 
 
 class KRAdapterLayer(DeltaLayer):
+    """The KRAdapter state of one adapted module: ``U`` and ``V`` per adapter name, and the update they make.
+
+    ``kradapter_U[name]`` is ``(k1, n)`` and ``kradapter_V[name]`` is ``(k2, n)`` with ``n = min(d_out, d_in)``;
+    ``alpha[name]`` scales the update. Merge, unmerge, safe merge and the plain forward come from the shared
+    delta-layer base, on top of
+    [`delta_matrix`][kradapter.methods.kradapter.layer.KRAdapterLayer.delta_matrix]; the fused path is this class's.
+
+    Args:
+        base_layer: The module being adapted (``nn.Linear``, transformers' ``Conv1D`` or ``nn.Conv2d``).
+        **kwargs: Kept for PEFT's layer protocol.
+    """
     adapter_layer_names = ("kradapter_U", "kradapter_V")
     other_param_names = ("k1", "k2", "alpha", "kradapter_dropout", "module_dropout", "fused_path")
     method_name = "KRAdapter"
@@ -61,6 +72,22 @@ class KRAdapterLayer(DeltaLayer):
         fused: bool = True,
         **kwargs: Any,
     ) -> None:
+        """Add (or replace) the adapter ``adapter_name`` on this layer and make the active adapters trainable.
+
+        Args:
+            adapter_name: The adapter's name.
+            k1: Rows of U, as in [`resolve_k`][kradapter.ops.resolve_k].
+            alpha: Scale of the update.
+            dropout: Dropout on the adapter's input.
+            module_dropout: Probability of skipping the adapter for a training step.
+            init_weights: True: U = 0 (the model starts unchanged); False: U random.
+            inference_mode: Freeze the adapter.
+            fused: Allow the fused training path for this adapter.
+            **kwargs: Ignored (PEFT passes config fields other methods use).
+
+        Raises:
+            ValueError: If ``k1`` is invalid for this layer's shape.
+        """
         k1, k2 = resolve_k(self.d_out, self.d_in, k1)
         n = min(self.d_out, self.d_in)
         self.k1[adapter_name], self.k2[adapter_name] = k1, k2
@@ -74,6 +101,12 @@ class KRAdapterLayer(DeltaLayer):
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
 
     def reset_kradapter_parameters(self, adapter_name: str, init_weights: bool = True) -> None:
+        """Initialise U and V of ``adapter_name`` as the paper does: U zero (or random), V kaiming-uniform.
+
+        Args:
+            adapter_name: The adapter; nothing happens if the layer does not hold it.
+            init_weights: True: U = 0; False: U kaiming-uniform too.
+        """
         if adapter_name in self.kradapter_U:
             init_kradapter_(
                 self.kradapter_U[adapter_name], self.kradapter_V[adapter_name], self.k1[adapter_name], init_weights
@@ -121,6 +154,16 @@ class Linear(nn.Module, KRAdapterLayer):
         self.update_layer(adapter_name, **kwargs)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The base output plus the active adapters' ``alpha * Delta W x``, through the fused path when it applies.
+
+        Args:
+            x: The input.
+            *args: Passed to the base layer.
+            **kwargs: Passed to the base layer.
+
+        Returns:
+            The layer's output.
+        """
         return KRAdapterLayer.forward(self, x, *args, **kwargs)
 
 
@@ -138,8 +181,27 @@ class Conv2d(nn.Module, KRAdapterLayer):
         self.update_layer(adapter_name, **kwargs)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The base convolution plus the adapters' update: one convolution with the summed kernel when it applies.
+
+        Args:
+            x: The input.
+            *args: Passed to the base layer.
+            **kwargs: Passed to the base layer.
+
+        Returns:
+            The layer's output.
+        """
         return KRAdapterLayer.forward(self, x, *args, **kwargs)
 
     def adapter_output(self, h: torch.Tensor, adapter_name: str) -> torch.Tensor:
         # _conv_forward honours the base layer's stride, padding (and padding_mode), dilation and groups.
+        """The plain path's update: ``h`` convolved with the kernel ``alpha * Delta W`` (the base's geometry).
+
+        Args:
+            h: The (dropped-out, adapter-dtype) input.
+            adapter_name: The adapter.
+
+        Returns:
+            The update's contribution to the output.
+        """
         return self.get_base_layer()._conv_forward(h, self.get_delta_weight(adapter_name), None)

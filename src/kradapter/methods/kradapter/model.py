@@ -11,7 +11,6 @@ mismatch, removes the adapter it was loading before raising.
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
 from typing import Optional
 
 import torch
@@ -21,10 +20,14 @@ from torch import nn
 from ..._compat import (DUMMY_TARGET_MODULES, AuxiliaryTrainingWrapper, Conv1D, _get_submodules,
                         _maybe_include_all_linear_layers, get_pattern_key, get_quantization_kwargs)
 from ...ops import resolve_k
+from .combine import COMBINATIONS
 from .config import KRAdapterConfig, check_alpha, check_k1
 from .._delta_model import DeltaTuner
 from .._geometry import weight_geometry
+from .conv_nd import Conv1d, Conv3d
+from .embedding import Embedding, embedding_blocker
 from .layer import Conv2d, KRAdapterLayer, Linear
+from .mha import MultiheadAttention, mha_blocker
 from .quantized import QuantizedLinear, dispatch_quantized
 
 # The paper adapts attention key and value (sections 4.3 and H); used when target_modules is not given.
@@ -46,7 +49,7 @@ DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
     "mt5": ["k", "v"],
 }
 
-SUPPORTED_BASE_TYPES = (nn.Linear, Conv1D, nn.Conv2d)
+SUPPORTED_BASE_TYPES = (nn.Linear, Conv1D, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, nn.MultiheadAttention)
 
 
 def _adapter_of(param_name: str, prefix: str) -> Optional[str]:
@@ -59,9 +62,19 @@ def _adapter_of(param_name: str, prefix: str) -> Optional[str]:
 
 
 def unsupported_target_error(key: str, module: nn.Module) -> ValueError:
+    """The one error for a target module KRAdapter cannot adapt, naming the module, its type and the types it can.
+
+    Args:
+        key: The module's name.
+        module: The module.
+
+    Returns:
+        The ``ValueError`` to raise.
+    """
     return ValueError(
         f"KRAdapter cannot adapt module '{key}' of type {type(module).__module__}.{type(module).__name__}; "
-        "supported: torch.nn.Linear (also bitsandbytes/torchao quantized), transformers Conv1D, torch.nn.Conv2d"
+        "supported: torch.nn.Linear (also bitsandbytes/torchao quantized), transformers Conv1D, torch.nn.Conv1d / Conv2d / "
+        "Conv3d, torch.nn.Embedding, torch.nn.MultiheadAttention"
     )
 
 
@@ -76,8 +89,18 @@ class KRAdapterModel(DeltaTuner):
     prefix: str = "kradapter_"
     tuner_layer_cls = KRAdapterLayer
     target_module_mapping = DEFAULT_TARGET_MODULES
+    combinations = COMBINATIONS  # add_weighted_adapter's exact types ("linear" sharing V or U, "dense"): combine.py
 
     def layer_kwargs(self, config: KRAdapterConfig, current_key: str) -> dict:
+        """Settings for the module at ``current_key``: ``k1_pattern`` / ``alpha_pattern`` entries override the defaults.
+
+        Args:
+            config: The adapter's config.
+            current_key: The module's name.
+
+        Returns:
+            Keyword arguments for the layer's ``update_layer``.
+        """
         return {
             **self._layer_settings(config, current_key),
             "dropout": config.dropout,
@@ -100,15 +123,37 @@ class KRAdapterModel(DeltaTuner):
         # One branch per supported base type. Quantized linears (bitsandbytes, torchao, ...) subclass nn.Linear,
         # so they are caught first (quantized.py, bnb.py); torchao needs the model's quantization config to
         # requantize after a merge.
+        """The KRAdapter layer for one target: a quantized linear, a Conv2d, or a Linear / Conv1D.
+
+        Args:
+            target: The module to wrap.
+            adapter_name: The adapter's name.
+            current_key: The module's name, for the error.
+            **kwargs: The layer settings.
+
+        Returns:
+            The new layer.
+
+        Raises:
+            ValueError: If the target's type is not supported.
+        """
         quantized = dispatch_quantized(target, adapter_name, get_quantization_kwargs(self.model), **kwargs)
         if quantized is not None:
             return quantized
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
-        if isinstance(base, nn.Conv2d):
-            return Conv2d(target, adapter_name, **kwargs)
+        for base_type, layer_type in ((nn.Conv1d, Conv1d), (nn.Conv2d, Conv2d), (nn.Conv3d, Conv3d),
+                                      (nn.Embedding, Embedding), (nn.MultiheadAttention, MultiheadAttention)):
+            if isinstance(base, base_type):
+                return layer_type(target, adapter_name, **kwargs)
         if isinstance(base, (nn.Linear, Conv1D)):
             return Linear(target, adapter_name, **kwargs)
         raise unsupported_target_error(current_key, base)
+
+    def _replace_module(self, parent, child_name, new_module, child) -> None:
+        if isinstance(new_module, nn.MultiheadAttention):  # unloading an adapted attention gives back the module itself
+            setattr(parent, child_name, new_module)
+            return
+        super()._replace_module(parent, child_name, new_module, child)
 
     # --- validate every target before PEFT replaces any module ----------------------------------------------------
     def inject_adapter(
@@ -119,6 +164,21 @@ class KRAdapterModel(DeltaTuner):
         low_cpu_mem_usage: bool = False,
         state_dict: Optional[dict[str, torch.Tensor]] = None,
     ) -> None:
+        """Check every target (type, ``k1`` against its shape, a loaded state dict's shapes), then let PEFT inject.
+
+        Checking first means one error names the module and what is wrong, and the model is untouched.
+
+        Args:
+            model: The model to adapt.
+            adapter_name: The adapter's name.
+            autocast_adapter_dtype: Keep the adapter in float32 over a float16/bfloat16 base.
+            low_cpu_mem_usage: Create the adapter on the meta device (PEFT's option).
+            state_dict: The tensors about to be loaded, when loading.
+
+        Raises:
+            ValueError: If a target is of an unsupported type, ``k1`` does not fit its shape, or a tensor in
+                ``state_dict`` does not fit the model.
+        """
         self._check_targets(model, adapter_name, state_dict)
         super().inject_adapter(
             model,
@@ -160,21 +220,32 @@ class KRAdapterModel(DeltaTuner):
             base = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
             if not isinstance(base, SUPPORTED_BASE_TYPES):
                 raise unsupported_target_error(key, base)
-            d_out, d_in = weight_geometry(base)
+            for base_type, blocker in ((nn.Embedding, embedding_blocker), (nn.MultiheadAttention, mha_blocker)):
+                if isinstance(base, base_type) and (reason := blocker(base)) is not None:
+                    raise ValueError(f"module '{key}': {reason}")
+            shapes = [weight_geometry(base)]
+            if isinstance(base, nn.MultiheadAttention):  # its out_proj gets an update of its own
+                shapes.append(weight_geometry(base.out_proj.get_base_layer() if isinstance(base.out_proj, BaseTunerLayer)
+                                              else base.out_proj))
             try:
-                resolve_k(d_out, d_in, self._layer_settings(config, key)["k1"])
+                for d_out, d_in in shapes:
+                    resolve_k(d_out, d_in, self._layer_settings(config, key)["k1"])
             except ValueError as err:
                 raise ValueError(f"module '{key}': {err}") from None
 
-    @contextmanager
-    def _enable_peft_forward_hooks(self, *args, **kwargs):
-        # PeftModel.forward would otherwise drop `adapter_names` silently and run the active adapter on every row.
-        if kwargs.get("adapter_names") is not None:
-            raise ValueError("KRAdapter does not support mixed-adapter batches (adapter_names=...); use set_adapter")
-        yield
-
     # Quantized layers that cannot merge (or need a requantize/copy choice) stop the merge before any layer changes.
     def check_merge(self, adapter_names: Optional[list[str]], safe_merge: bool) -> None:
+        """Refuse a merge before any layer changes: a quantized base needs an explicit choice; safe merges check.
+
+        Args:
+            adapter_names: The adapters to merge (default: the active ones).
+            safe_merge: Check every layer's merged weight for NaN/Inf before touching any weight.
+
+        Raises:
+            ValueError: If a layer sits on a quantized base (use
+                [`merge_requantized`][kradapter.quant.merge_requantized] or
+                [`merge_to_full_precision`][kradapter.quant.merge_to_full_precision]) or a merged weight is not finite.
+        """
         for key, module in self.model.named_modules():
             if isinstance(module, QuantizedLinear) and (reason := module.merge_blocker()) is not None:
                 raise ValueError(f"cannot merge KRAdapter into '{key}': {reason}")

@@ -36,6 +36,16 @@ class MergeError:
 
 
 def measure_merge_error(merged: torch.Tensor, exact: torch.Tensor, update: torch.Tensor) -> MergeError:
+    """How far a requantized merge landed from the exact merged weight.
+
+    Args:
+        merged: The weight after requantization, dequantized.
+        exact: The exact merged weight ``W_deq + alpha * Delta W``.
+        update: ``alpha * Delta W``.
+
+    Returns:
+        The [`MergeError`][kradapter.methods.kradapter.quantized.MergeError].
+    """
     err = merged.float() - exact.float()
     norm = torch.linalg.matrix_norm
     return MergeError(
@@ -60,10 +70,28 @@ class QuantizedLinear(Linear):
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         # The explicit unfused path: a quantized base computes its own output; the adapter adds its term.
+        """The quantized base's own output plus the adapters' update in the adapter's precision.
+
+        Args:
+            x: The input.
+            *args: Passed to the base layer.
+            **kwargs: Passed to the base layer.
+
+        Returns:
+            The layer's output.
+        """
         return self.adapted_forward(x, *args, **kwargs)
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
         # The packed quantized weight has no (d_out, d_in) shape to follow; the dequantized weight is d_out x d_in.
+        """``alpha * Delta W`` in the base weight's layout, in the adapter's dtype.
+
+        Args:
+            adapter_name: The adapter.
+
+        Returns:
+            The update.
+        """
         return self.delta_matrix(adapter_name)
 
     # --- merge ----------------------------------------------------------------------------------------------------
@@ -99,6 +127,19 @@ class QuantizedLinear(Linear):
         return reason
 
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+        """Dequantize, add the updates in float32, requantize; records ``merge_error`` (a ``MergeError``).
+
+        The original quantized weight is kept aside at the first merge so that unmerge restores it exactly.
+
+        Args:
+            safe_merge: Accepted for PEFT's protocol; the merged weight is always checked for NaN/Inf here, since a NaN
+                written into a quantized weight cannot be subtracted out again.
+            adapter_names: The adapters to merge (default: the active ones).
+
+        Raises:
+            ValueError: If the backend cannot dequantize correctly, no requantize choice was made, or the merged weight
+                is not finite; nothing is merged then.
+        """
         if self.quantization_backend is None:
             return super().merge(safe_merge=safe_merge, adapter_names=adapter_names)
         adapter_names = [n for n in check_adapters_to_merge(self, adapter_names) if self.has_adapter(n)]
@@ -120,6 +161,7 @@ class QuantizedLinear(Linear):
         self.merged_adapters.extend(adapter_names)
 
     def unmerge(self) -> None:
+        """Put back the original quantized weight kept aside at the first merge (exact, no second rounding)."""
         if self.quantization_backend is None:
             return super().unmerge()
         if not self.merged:
@@ -137,6 +179,11 @@ class QuantizedLinear(Linear):
         return weight, dict(weight.__dict__)
 
     def restore_base(self, snapshot) -> None:
+        """Put back the weight that ``snapshot_base`` took, exactly.
+
+        Args:
+            snapshot: What ``snapshot_base`` returned.
+        """
         weight, attributes = snapshot
         weight.__dict__.clear()
         weight.__dict__.update(attributes)

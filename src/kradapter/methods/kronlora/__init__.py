@@ -1,3 +1,5 @@
+"""Kron-LoRA (Shen, arXiv 2508.01961) as a PEFT method: config, tuner model, layer and factor quantization."""
+
 from .config import KronLoRAConfig
 from .layer import KronLoRALayer, Linear
 from .model import KronLoRAModel

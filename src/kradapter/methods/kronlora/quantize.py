@@ -27,7 +27,19 @@ def _check(bits: int, granularity: str) -> None:
 
 
 def absmax_quantize(t: torch.Tensor, bits: int, granularity: str = "row") -> tuple[torch.Tensor, torch.Tensor]:
-    """(q, scale): q int8 in [-(2^(bits-1)-1), 2^(bits-1)-1] and float scale (per row, or one), t ≈ q * scale."""
+    """Symmetric absmax quantization of a matrix to signed ``bits``-bit integers, ``t ≈ q * scale``.
+
+    Args:
+        t: The matrix to quantize.
+        bits: 2 to 8.
+        granularity: ``"row"`` (one scale per row) or ``"tensor"`` (one scale).
+
+    Returns:
+        ``(q, scale)``: q int8 in ``[-(2^(bits-1)-1), 2^(bits-1)-1]``, scale float32 (per row, or ``(1, 1)``).
+
+    Raises:
+        ValueError: If ``bits`` or ``granularity`` is invalid, or ``t`` is not 2-D.
+    """
     _check(bits, granularity)
     if t.dim() != 2:
         raise ValueError(f"absmax_quantize expects a matrix, got shape {tuple(t.shape)}")
@@ -40,11 +52,33 @@ def absmax_quantize(t: torch.Tensor, bits: int, granularity: str = "row") -> tup
 
 
 def absmax_dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The float values ``q * scale`` of an ``absmax_quantize`` result.
+
+    Args:
+        q: The integers.
+        scale: The scales.
+        dtype: The result's dtype.
+
+    Returns:
+        The dequantized matrix.
+    """
     return (q.float() * scale).to(dtype)
 
 
 def fake_quantize(t: torch.Tensor, bits: int, granularity: str = "row") -> torch.Tensor:
-    """t rounded to the quantization grid and back, in t's dtype."""
+    """``t`` rounded to the quantization grid and back, in ``t``'s dtype.
+
+    Args:
+        t: The matrix.
+        bits: 2 to 8.
+        granularity: ``"row"`` or ``"tensor"``.
+
+    Returns:
+        The rounded matrix.
+
+    Raises:
+        ValueError: As [`absmax_quantize`][kradapter.methods.kronlora.quantize.absmax_quantize] does.
+    """
     q, scale = absmax_quantize(t, bits, granularity)
     return absmax_dequantize(q, scale, t.dtype)
 
@@ -61,9 +95,21 @@ def quantize_kronlora_(
 ) -> dict:
     """Replace every Kron-LoRA factor (A, B1, B2) of ``model`` by its ``bits``-bit dequantized value, in place.
 
-    Returns ``{"bits", "granularity", "layers": {module: {adapter: {"delta_rel_error", "A", "B1", "B2"}}},
-    "max_delta_rel_error", "mean_delta_rel_error"}``: relative Frobenius errors of each update and factor. Merged
-    adapters are refused (unmerge first): their old delta is already inside the base weight.
+    The model then computes exactly what the quantized adapter would.
+
+    Args:
+        model: A model with Kron-LoRA layers.
+        bits: 2 to 8 (the paper uses 8 and 4).
+        granularity: ``"row"`` or ``"tensor"``.
+        adapter_names: The adapters to quantize (default: every adapter of each layer).
+
+    Returns:
+        ``{"bits", "granularity", "layers": {module: {adapter: {"delta_rel_error", "A", "B1", "B2"}}},
+        "max_delta_rel_error", "mean_delta_rel_error"}``: relative Frobenius errors of each update and factor.
+
+    Raises:
+        ValueError: If ``bits`` or ``granularity`` is invalid, the model has no Kron-LoRA layer, a layer is merged
+            (unmerge first: its old update is already inside the base weight), or an adapter name is missing.
     """
     _check(bits, granularity)
     layers = [(key, m) for key, m in model.named_modules() if isinstance(m, KronLoRALayer)]

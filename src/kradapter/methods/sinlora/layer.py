@@ -19,6 +19,13 @@ from .._delta_layer import DeltaLayer
 
 
 def init_sinlora_(A: torch.Tensor, B: torch.Tensor, init_weights: bool = True) -> None:
+    """Initialise SinLoRA's factors as the official code does: A kaiming-uniform (a = sqrt(5)), B zero (or random).
+
+    Args:
+        A: The ``(r, d_in)`` factor, filled in place.
+        B: The ``(d_out, r)`` factor, filled in place.
+        init_weights: True: B = 0 (the model starts unchanged); False: B kaiming-uniform too.
+    """
     with torch.no_grad():
         nn.init.kaiming_uniform_(A, a=math.sqrt(5))
         if init_weights:
@@ -28,6 +35,15 @@ def init_sinlora_(A: torch.Tensor, B: torch.Tensor, init_weights: bool = True) -
 
 
 class SinLoRALayer(DeltaLayer):
+    """The SinLoRA state of one adapted module: A, B, r, lora_alpha, freq and scale per adapter name.
+
+    Merge, unmerge, safe merge and the forward come from the shared delta-layer base, on top of
+    [`delta_matrix`][kradapter.methods.sinlora.layer.SinLoRALayer.delta_matrix].
+
+    Args:
+        base_layer: The module being adapted (``nn.Linear`` or transformers' ``Conv1D``).
+        **kwargs: Kept for PEFT's layer protocol.
+    """
     adapter_layer_names = ("sinlora_A", "sinlora_B")
     other_param_names = ("r", "lora_alpha", "freq", "scale", "sinlora_dropout", "module_dropout")
     method_name = "SinLoRA"
@@ -55,6 +71,23 @@ class SinLoRALayer(DeltaLayer):
         inference_mode: bool = False,
         **kwargs: Any,
     ) -> None:
+        """Add (or replace) the adapter ``adapter_name`` on this layer.
+
+        Args:
+            adapter_name: The adapter's name.
+            r: Rank of B A inside the sine.
+            lora_alpha: Scaling numerator (the update is multiplied by ``lora_alpha / r``).
+            freq: The sine's frequency.
+            scale: Divisor of the sine; None means ``sqrt(d_in)``.
+            dropout: Dropout on the adapter's input.
+            module_dropout: Probability of skipping the adapter for a training step.
+            init_weights: True: B = 0; False: B random.
+            inference_mode: Freeze the adapter.
+            **kwargs: Ignored.
+
+        Raises:
+            ValueError: If ``r`` is not an int >= 1.
+        """
         if isinstance(r, bool) or not isinstance(r, int) or r < 1:
             raise ValueError(f"r must be an int >= 1, got {r!r}")
         self.r[adapter_name] = r
@@ -69,6 +102,14 @@ class SinLoRALayer(DeltaLayer):
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
 
     def delta_matrix(self, adapter_name: str) -> torch.Tensor:
+        """``(lora_alpha / r) * sin(freq * B A) / scale`` (d_out x d_in), via ``ops.sinlora_delta``.
+
+        Args:
+            adapter_name: The adapter.
+
+        Returns:
+            The scaled update.
+        """
         scaling = self.lora_alpha[adapter_name] / self.r[adapter_name]
         return sinlora_delta(
             self.sinlora_A[adapter_name], self.sinlora_B[adapter_name], self.freq[adapter_name],
@@ -86,4 +127,14 @@ class Linear(nn.Module, SinLoRALayer):
         self.update_layer(adapter_name, **kwargs)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The base output plus the active adapters' updates.
+
+        Args:
+            x: The input.
+            *args: Passed to the base layer.
+            **kwargs: Passed to the base layer.
+
+        Returns:
+            The layer's output.
+        """
         return SinLoRALayer.forward(self, x, *args, **kwargs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..._compat import get_pattern_key
 from .._delta_model import DeltaTuner
+from .combine import COMBINATIONS
 from .config import SinLoRAConfig
 from .layer import Linear, SinLoRALayer
 
@@ -14,8 +15,18 @@ class SinLoRAModel(DeltaTuner):
     prefix: str = "sinlora_"
     tuner_layer_cls = SinLoRALayer
     layer_cls = Linear
+    combinations = COMBINATIONS
 
     def layer_kwargs(self, config: SinLoRAConfig, current_key: str) -> dict:
+        """Settings for the module at ``current_key``: rank_pattern / alpha_pattern entries override r / lora_alpha.
+
+        Args:
+            config: The adapter's config.
+            current_key: The module's name.
+
+        Returns:
+            Keyword arguments for the layer's ``update_layer``.
+        """
         r_key = get_pattern_key(config.rank_pattern.keys(), current_key)
         alpha_key = get_pattern_key(config.alpha_pattern.keys(), current_key)
         return {

@@ -1,0 +1,189 @@
+"""mkdocs hooks for the kradapter site.
+
+- Pages and figures from outside docs/ (benchmarks/*.md and their PNGs, CHANGELOG.md) join the site at build
+  time, so nothing is copied into docs/ and every figure has one file in the repository.
+- ``<!-- config-fields: dotted.Name -->`` in a page becomes a table of that dataclass's fields, from each field's
+  ``metadata["help"]``: the config's own help text is the one source of its documentation.
+- Every public name on the API pages must have a docstring, and in the core modules every function's docstring
+  must name its arguments (``Args:``) and, when its body raises, what it raises (``Raises:``). A missing one is a
+  warning, which ``mkdocs build --strict`` turns into a failed build.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import logging
+import re
+import textwrap
+import typing
+from pathlib import Path
+
+from mkdocs.structure.files import File
+
+log = logging.getLogger("mkdocs.hooks.kradapter")
+
+ROOT = Path(__file__).resolve().parent.parent
+# Files outside docs/ that the site shows: site path -> repository path.
+EXTERNAL = {"changelog.md": "CHANGELOG.md"}
+EXTERNAL_GLOBS = ["benchmarks/*.md", "benchmarks/*/*.png", "benchmarks/*/*.json"]
+# A benchmark page may link to a folder of results (``[bench/](bench/)``): the site gets a listing page for each.
+FOLDER_LINK = re.compile(r"\]\(((?!https?:)[\w-]+)/\)")
+# Modules whose functions must document their arguments and what they raise.
+CORE = {
+    "kradapter.ops",
+    "kradapter.spectral",
+    "kradapter.budget",
+    "kradapter.quant",
+    "kradapter.dist",
+    "kradapter.io",
+    "kradapter.methods.kronlora.quantize",
+}
+FIELDS_MARK = re.compile(r"<!--\s*config-fields:\s*([\w.]+)\s*-->")
+API_REF = re.compile(r"^:::\s*([\w.]+)", re.M)
+
+
+def on_files(files, config):
+    """Add the external pages and figures to the site's files."""
+    paths = dict(EXTERNAL)
+    for pattern in EXTERNAL_GLOBS:
+        for path in sorted(ROOT.glob(pattern)):
+            rel = path.relative_to(ROOT).as_posix()
+            paths[rel] = rel
+    for dest, src in paths.items():
+        files.append(File.generated(config, dest, abs_src_path=str(ROOT / src)))
+    for folder in sorted({Path(p).parent for p in paths if p.count("/") == 2}):
+        listing = [f"# {folder.as_posix()}/", "", "The files of this folder, as the repository holds them:", ""]
+        listing += [f"- [{Path(p).name}]({Path(p).name})" for p in sorted(paths) if Path(p).parent == folder]
+        files.append(File.generated(config, f"{folder.as_posix()}/index.md", content="\n".join(listing) + "\n"))
+    return files
+
+
+def _type_name(tp) -> str:
+    text = getattr(tp, "__name__", None) if not typing.get_args(tp) else None
+    text = text or str(tp).replace("typing.", "")
+    return text.replace("|", "\\|")
+
+
+def fields_table(dotted: str) -> str:
+    """A markdown table (field, type, default, help) of the dataclass `dotted`'s own fields."""
+    module, _, name = dotted.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    hints = typing.get_type_hints(cls)
+    rows = ["| field | type | default | what it does |", "|---|---|---|---|"]
+    inherited = []
+    for f in dataclasses.fields(cls):
+        help_text = f.metadata.get("help")
+        if f.name not in cls.__dict__.get("__annotations__", {}):
+            inherited.append(f"`{f.name}`")
+            continue
+        if not help_text:
+            log.warning(
+                "%s.%s has no metadata['help']: the docs take a config field's documentation from it", dotted, f.name
+            )
+            help_text = ""
+        if f.default is not dataclasses.MISSING:
+            default = repr(f.default)
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = repr(f.default_factory())  # type: ignore[misc]
+        else:
+            default = "required"
+        help_text = " ".join(help_text.split()).replace("|", "\\|")
+        # The annotation as the source writes it (a string under `from __future__ import annotations`).
+        type_text = f.type if isinstance(f.type, str) else _type_name(hints.get(f.name, f.type))
+        type_text = type_text.replace("|", "\\|")
+        rows.append(f"| `{f.name}` | `{type_text}` | `{default}` | {help_text} |")
+    text = "\n".join(rows)
+    if inherited:
+        text += "\n\nInherited from PEFT's `PeftConfig` (documented there): " + ", ".join(inherited) + "."
+    return text
+
+
+def on_page_markdown(markdown, page, config, files):
+    """Expand the config-field markers and check the docstrings of the names this page documents."""
+    markdown = FIELDS_MARK.sub(lambda m: fields_table(m.group(1)), markdown)
+    if page.file.src_uri.startswith("benchmarks/"):
+        markdown = FOLDER_LINK.sub(r"](\1/index.md)", markdown)
+    for dotted in API_REF.findall(markdown):
+        for problem in docstring_problems(dotted):
+            log.warning("%s (on %s)", problem, page.file.src_uri)
+    return markdown
+
+
+def _resolve(dotted: str):
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(dotted)
+
+
+def _raises_directly(func) -> bool:
+    try:
+        source = textwrap.dedent(inspect.getsource(func))
+    except (OSError, TypeError):
+        return False
+    body = source.split('"""', 2)[-1] if source.count('"""') >= 2 else source
+    return re.search(r"^\s+raise \w", body, re.M) is not None
+
+
+def _function_problems(name: str, func, core: bool) -> list[str]:
+    doc = inspect.getdoc(func) if func.__doc__ else None
+    if not doc:
+        return [f"{name} has no docstring"]
+    if not core:
+        return []
+    problems = []
+    params = [p for p in inspect.signature(func).parameters if p not in ("self", "cls")]
+    if params and "Args:" not in doc:
+        problems.append(f"{name}({', '.join(params)}): docstring has no 'Args:' section")
+    if _raises_directly(func) and "Raises:" not in doc:
+        problems.append(f"{name} raises but its docstring has no 'Raises:' section")
+    return problems
+
+
+def _is_public_member(name: str) -> bool:
+    return not name.startswith("_")
+
+
+def docstring_problems(dotted: str) -> list[str]:
+    """Public names under `dotted` (a module, class or function) without the docstring they need."""
+    obj = _resolve(dotted)
+    problems: list[str] = []
+    if inspect.ismodule(obj):
+        core = obj.__name__ in CORE
+        if not obj.__doc__:
+            problems.append(f"module {dotted} has no docstring")
+        exported = getattr(obj, "__all__", None)
+        for n in exported or [n for n in vars(obj) if _is_public_member(n)]:
+            member = getattr(obj, n)
+            if not exported and getattr(member, "__module__", None) != obj.__name__:
+                continue  # imported from elsewhere: documented where it is defined
+            if inspect.isclass(member):
+                problems += _class_problems(f"{dotted}.{n}", member, core)
+            elif inspect.isfunction(member):
+                problems += _function_problems(f"{dotted}.{n}", member, core)
+    elif inspect.isclass(obj):
+        problems += _class_problems(dotted, obj, obj.__module__ in CORE)
+    elif callable(obj):
+        problems += _function_problems(dotted, obj, obj.__module__ in CORE)
+    return problems
+
+
+def _class_problems(name: str, cls, core: bool) -> list[str]:
+    problems = [] if cls.__doc__ else [f"class {name} has no docstring"]
+    for attr, value in vars(cls).items():
+        if not _is_public_member(attr):
+            continue
+        func = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
+        if isinstance(func, property):
+            func = func.fget
+        if inspect.isfunction(func):
+            problems += _function_problems(f"{name}.{attr}", func, core)
+    return problems

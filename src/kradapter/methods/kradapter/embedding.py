@@ -1,0 +1,72 @@
+"""KRAdapter around nn.Embedding: the update acts on the embedding matrix E (num_embeddings x embedding_dim).
+
+    h = E[ids] + alpha * Delta W[ids],   Delta W = (U ⊙ V)[:m]   (transposed when num_embeddings < embedding_dim)
+
+A lookup needs only the rows it reads, and a Khatri-Rao row is cheap to build: row i of U ⊙ V is
+U[i // k2] * V[i % k2] (n values). So a forward builds just the looked-up rows, and the whole Delta W only when
+the batch looks up at least as many tokens as the vocabulary has (then one matrix and a gather cost less). When
+num_embeddings < embedding_dim, row i of Delta W is column i of U ⊙ V: (U[:, i] ⊗ V[:, i])[:m], k1 * k2 values.
+
+No input dropout (the input is token ids, as in PEFT's LoRA embedding); module dropout applies. Merging adds Delta W
+to E (DeltaLayer); an embedding with max_norm is refused, since its forward renormalises E in place and merging
+and unmerging would stop being inverses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._mixed_batch import mixed_batch_forward
+from .layer import KRAdapterLayer
+
+
+def embedding_blocker(base: nn.Module):
+    """Why this nn.Embedding cannot take a KRAdapter, or None."""
+    if getattr(base, "max_norm", None) is not None:
+        return (
+            "an nn.Embedding with max_norm renormalises its weight in place on every lookup, so an update could not "
+            "be merged and unmerged exactly; KRAdapter needs max_norm=None"
+        )
+    return None
+
+
+class Embedding(nn.Module, KRAdapterLayer):
+    def __init__(self, base_layer: nn.Module, adapter_name: str, **kwargs) -> None:
+        super().__init__()
+        KRAdapterLayer.__init__(self, base_layer)
+        if (reason := embedding_blocker(self.get_base_layer())) is not None:
+            raise ValueError(reason)
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, **kwargs)
+
+    def delta_rows(self, ids: torch.Tensor, adapter_name: str) -> torch.Tensor:
+        """alpha * Delta W[ids], shape ids.shape + (embedding_dim,), building only the rows looked up when cheaper."""
+        U, V = self.kradapter_U[adapter_name], self.kradapter_V[adapter_name]
+        alpha, k2 = self.alpha[adapter_name], self.k2[adapter_name]
+        if ids.numel() >= self.d_out:  # as many lookups as rows: one Delta W and a gather
+            return F.embedding(ids, self.delta_matrix(adapter_name))
+        if self.d_out >= self.d_in:  # row i of U ⊙ V
+            return alpha * (U[ids // k2] * V[ids % k2])
+        rows = U.T[ids][..., :, None] * V.T[ids][..., None, :]  # column i of U ⊙ V, as k1 x k2
+        return alpha * rows.flatten(-2)[..., : self.d_in]
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        adapter_names = kwargs.pop("adapter_names", None)
+        if adapter_names is not None:
+            return mixed_batch_forward(self, x, args, kwargs, adapter_names, adapter_term=self.delta_rows)
+        base = self.base_layer
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return base(x, *args, **kwargs)
+        result = base(x, *args, **kwargs)
+        if self.merged:
+            return result
+        for name in self.active_adapters:
+            if self.has_adapter(name) and not self._adapter_skipped(name):
+                result = result + self.delta_rows(x, name).to(result.dtype)
+        return result
