@@ -40,7 +40,8 @@ def _describe(package: str) -> str:
 def internal_changed(what: str, problem: str) -> InternalAPIChanged:
     """The one error for a changed internal: which one, what is wrong, and the installed vs tested version."""
     package = what.split(".", 1)[0]
-    return InternalAPIChanged(f"kradapter relies on {what}, a non-public {package} API: {problem} in {_describe(package)}")
+    return InternalAPIChanged(
+        f"kradapter relies on {what}, a non-public {package} API: {problem} in {_describe(package)}")
 
 
 def _internal(module: str, name: str):

@@ -86,7 +86,9 @@ def update_card(peft_model, output_dir: str) -> None:
 
     card = ModelCard.load(path)
     tags = set(card.data.get("tags") or [])
-    tags.update({"kradapter", "peft", *(METHODS[m].tag for m in methods), *(f"arxiv:{METHODS[m].arxiv}" for m in methods)})
+    tags.update({"kradapter", "peft"})
+    tags.update(METHODS[m].tag for m in methods)
+    tags.update(f"arxiv:{METHODS[m].arxiv}" for m in methods)  # the hub links a paper page from this tag
     card.data["tags"] = sorted(tags)
     # "peft" keeps the hub's adapter support (base_model:adapter relations, the PEFT filter); the card's text and
     # the "kradapter" tag say that kradapter is needed.

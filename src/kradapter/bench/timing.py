@@ -9,7 +9,7 @@ from __future__ import annotations
 import gc
 import statistics
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 
@@ -26,7 +26,7 @@ def interleaved_times(
     candidates: dict[str, Callable[[], object]],
     repeats: int,
     warmup: int = 1,
-    on_round: Optional[Callable[[], None]] = None,
+    on_round: Callable[[], None] | None = None,
     device: str | torch.device = "cpu",
 ) -> dict[str, list[float]]:
     """Seconds per call of each candidate, `repeats` samples each; the candidates run on `device`."""
