@@ -110,14 +110,18 @@ def test_qlora_training_with_gradient_checkpointing_and_adapter_only_save_load(t
     model(input_ids=x, labels=x).loss.backward()
     grads_gc = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     model.zero_grad()
-    model.get_base_model().activation_checkpointing_disable()
+    base = model.get_base_model()
+    # transformers 5.23 renamed gradient_checkpointing_enable/disable (the old names kept as deprecated aliases)
+    disable = getattr(base, "activation_checkpointing_disable", None) or base.gradient_checkpointing_disable
+    enable = getattr(base, "activation_checkpointing_enable", None) or base.gradient_checkpointing_enable
+    disable()
     model(input_ids=x, labels=x).loss.backward()
     for n, p in model.named_parameters():
         if p.requires_grad:
             torch.testing.assert_close(p.grad, grads_gc[n])
     assert any(g.abs().sum() > 0 for n, g in grads_gc.items() if "kradapter_U" in n)
     model.zero_grad()
-    model.get_base_model().activation_checkpointing_enable(checkpointing.get("gradient_checkpointing_kwargs"))
+    enable(checkpointing.get("gradient_checkpointing_kwargs"))
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     losses = []
