@@ -51,7 +51,10 @@ def test_bench_cli_quick_run_writes_valid_json(tmp_path, capsys):
         assert set(row["paired_ratios"]) == set(row["ratios"]) >= {"kradapter/3gemm", "naive/kradapter"}
     model = data["model"]
     assert set(model["memory_kib"]) == {"kradapter", "lora", "full"}
-    assert all(v["peak_kib"] > 0 for v in model["memory_kib"].values())
+    # --memory-one-process: later methods may reuse memory the first one freed (0 KiB more), so only the first
+    # measured (kradapter) must show growth; none can be negative.
+    assert model["memory_kib"]["kradapter"]["peak_kib"] > 0
+    assert all(v["peak_kib"] >= 0 and v["training_kib"] >= 0 for v in model["memory_kib"].values())
     assert {v["source"] for v in model["memory_kib"].values()} == {"peak RSS (VmHWM)"}  # CPU: the process's RSS
     assert model["trainable"]["full"] > model["trainable"]["lora"] >= model["trainable"]["kradapter"] > 0
     assert {"kradapter_merged/base", "kradapter/lora"} <= set(data["inference"]["ratios"])
