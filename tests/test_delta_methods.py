@@ -218,3 +218,34 @@ def test_bfloat16_base_keeps_float32_adapter_and_merges(method):
     model.merge_adapter()
     assert layer.get_base_layer().weight.dtype == torch.bfloat16
     assert torch.allclose(model(x).float(), y.float(), atol=5e-2)
+
+
+# --- the runtime scale (PEFT LoRA's set_scale / scale_layer / unscale_layer, used by diffusers) ------------------
+
+
+@pytest.mark.parametrize("method", ["sinlora", "kronlora", "kradapter"])
+def test_set_scale_multiplies_the_update_and_unscale_resets_it(method):
+    torch.manual_seed(0)
+    config = (kradapter.KRAdapterConfig(target_modules=["fc1", "fc2"], init_weights=False) if method == "kradapter"
+              else CONFIGS[method](init_weights=False))
+    model = get_peft_model(fresh(0), config)
+    layer = model.base_model.model.fc1
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        base = layer.get_base_layer()(x)
+        full = layer(x) - base
+        delta = layer.delta_matrix("default").clone()
+        layer.set_scale("default", 0.25)
+        torch.testing.assert_close(layer.delta_matrix("default"), 0.25 * delta)
+        torch.testing.assert_close(layer(x) - base, 0.25 * full, rtol=1e-5, atol=1e-6)
+        layer.scale_layer(2.0)  # active adapters only: 0.25 * 2
+        assert layer.update_scale == {"default": 0.5}
+        layer.unscale_layer(2.0)
+        assert layer.update_scale == {"default": 0.25}
+        layer.merge()  # a merge applies the scaled update
+        torch.testing.assert_close(layer(x) - base, 0.25 * full, rtol=1e-5, atol=1e-5)
+        layer.unmerge()
+        layer.unscale_layer()  # None: back to the configured update
+        torch.testing.assert_close(layer(x) - base, full, rtol=1e-5, atol=1e-6)
+        layer.set_scale("missing", 3.0)  # an adapter not on this layer is ignored, as in PEFT's LoRA
+        assert layer.update_scale == {"default": 1.0}

@@ -7,7 +7,7 @@ A peft or transformers outside the tested ranges (``_compat.TESTED_RANGES``, as 
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import _compat, _registry
+from . import _compat, _peft_guards, _registry
 from .methods.kradapter import KRAdapterConfig, KRAdapterLayer, KRAdapterModel
 from .methods.kronlora import KronLoRAConfig, KronLoRAModel, quantize_kronlora_
 from .methods.sinlora import SinLoRAConfig, SinLoRAModel
@@ -23,6 +23,7 @@ _compat.warn_if_untested()
 _registry.register("kradapter", KRAdapterConfig, KRAdapterModel)
 _registry.register("sinlora", SinLoRAConfig, SinLoRAModel)
 _registry.register("kronlora", KronLoRAConfig, KronLoRAModel)
+_peft_guards.install()  # PeftModel.from_pretrained / load_adapter leave the model unchanged when they fail
 
 __all__ = [
     "KRAdapterConfig",

@@ -232,6 +232,13 @@ def kronlora_shapes(
     else:
         raise ValueError(f"kron_shape must be an int >= 1 or a pair (a_out, a_in) of ints >= 1, got {kron_shape!r}")
     b_out, b_in = d_out // a_out, d_in // a_in
+    if not isinstance(r, bool) and isinstance(r, int) and min(b_out, b_in) < r <= min(d_out, d_in):
+        # r fits the layer itself: the Kronecker factor A took the room, so kron_shape is what to change
+        raise ValueError(
+            f"kron_shape={kron_shape!r} is too large for r={r} on a {d_out} x {d_in} layer: A is {a_out} x {a_in}, "
+            f"leaving B {b_out} x {b_in}, so r={r} is out of range (need 1 <= r <= {min(b_out, b_in)}); use a "
+            f"smaller kron_shape, or r <= {min(b_out, b_in)}"
+        )
     if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= min(b_out, b_in):
         raise ValueError(
             f"r={r!r} is out of range for Kron-LoRA on a {d_out} x {d_in} layer with A {a_out} x {a_in}: "

@@ -21,6 +21,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from .methods.kradapter.bnb import dequantize_cpu_packed, is_cpu_packed, watch_cpu_layouts  # noqa: F401 (API)
 from .methods.kradapter.quantized import MergeError, QuantizedLinear, dequantized_linear, is_plain_float_layer
 
 QUANTIZE_CHOICES = ("4bit", "8bit")
@@ -198,7 +199,8 @@ def _dequantize_remaining_(model: nn.Module, dtype: torch.dtype) -> None:
         if backend is None or not backend.supports_merge:
             raise ValueError(f"cannot dequantize '{name}' ({type(module).__name__}) for a full-precision copy")
         parent_name, _, child = name.rpartition(".")
-        full = dequantized_linear(module, backend.get_base_weight(module), dtype)
+        weight = dequantize_cpu_packed(module.weight) if is_cpu_packed(module.weight) else backend.get_base_weight(module)
+        full = dequantized_linear(module, weight, dtype)
         setattr(model.get_submodule(parent_name), child, full)
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:

@@ -32,3 +32,69 @@ def normalise_targets(config) -> None:
         raise ValueError("layers_to_transform cannot be used when target_modules is a str (a regex)")
     if config.layers_pattern and config.layers_to_transform is None:
         raise ValueError("layers_pattern needs layers_to_transform")
+
+
+def check_field_types(config, checked_below: tuple[str, ...] = ()) -> None:
+    """Each field a method's config declares (not PeftConfig's own) against its annotation: one ValueError naming
+    the field, its value and the expected type (a string "0.1" for a float, 5 for module names, "yes" for a bool).
+    Fields in `checked_below` are left to the config's own, more specific checks."""
+    import dataclasses
+    import typing
+
+    from peft.config import PeftConfig
+
+    inherited = {f.name for f in dataclasses.fields(PeftConfig)}
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        if f.name in inherited or f.name in checked_below or f.name not in hints:
+            continue
+        value = getattr(config, f.name)
+        if not _fits(value, hints[f.name]):
+            raise ValueError(f"{type(config).__name__}.{f.name} must be {_describe(hints[f.name])}, got {value!r} "
+                             f"({type(value).__name__})")
+
+
+def _fits(value, tp) -> bool:
+    import numbers
+    import types
+    import typing
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is typing.Any:
+        return True
+    if origin is typing.Union or origin is types.UnionType:
+        return any(_fits(value, a) for a in args)
+    if tp is type(None):
+        return value is None
+    if origin is typing.Literal:
+        return value in args
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if tp in (list, set, tuple) or origin in (list, set, tuple):  # PEFT turns module-name lists into sets
+        return isinstance(value, (list, set, tuple)) and (not args or all(_fits(v, args[0]) for v in value))
+    if tp is dict or origin is dict:
+        return isinstance(value, dict)
+    return True  # a type these checks do not know: not judged here
+
+
+def _describe(tp) -> str:
+    import types
+    import typing
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Union or origin is types.UnionType:
+        return " or ".join(_describe(a) for a in args)
+    if tp is type(None):
+        return "None"
+    if origin in (list, set, tuple):
+        return f"a list of {getattr(args[0], '__name__', args[0])}" if args else "a list"
+    if origin is dict or tp is dict:
+        return "a dict"
+    words = {bool: "True or False", int: "an int", float: "a number", str: "a str"}
+    return words.get(tp, getattr(tp, "__name__", str(tp)))

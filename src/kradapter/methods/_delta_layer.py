@@ -35,6 +35,7 @@ class DeltaLayer(BaseTunerLayer):
         self.base_layer = base_layer
         setattr(self, self.dropout_attr, nn.ModuleDict({}))
         self.module_dropout: dict[str, float] = {}
+        self.update_scale: dict[str, float] = {}  # runtime factor on each update (set_scale), 1.0 unless changed
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
         self.d_out, self.d_in = weight_geometry(self.get_base_layer())
@@ -43,7 +44,7 @@ class DeltaLayer(BaseTunerLayer):
 
     # --- hooks for subclasses -----------------------------------------------------------------------------------
     def delta_matrix(self, adapter_name: str) -> torch.Tensor:
-        """The scaled update as a (d_out x d_in) matrix, in the adapter's dtype."""
+        """The scaled update as a (d_out x d_in) matrix, in the adapter's dtype, times update_scale[adapter_name]."""
         raise NotImplementedError
 
     def has_adapter(self, adapter_name: str) -> bool:
@@ -53,8 +54,31 @@ class DeltaLayer(BaseTunerLayer):
         return getattr(self, self.adapter_layer_names[0])[adapter_name].dtype
 
     def _set_dropouts(self, adapter_name: str, dropout: float, module_dropout: float) -> None:
+        """Input dropout and module dropout of a new adapter; also starts its runtime scale at 1.0."""
         getattr(self, self.dropout_attr)[adapter_name] = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.module_dropout[adapter_name] = float(module_dropout)
+        self.update_scale[adapter_name] = 1.0
+
+    # --- a runtime factor on the update, as PEFT's LoRA layers have (diffusers' set_adapters(weights=...),
+    # fuse_lora(lora_scale=...), a pipeline's per-call scale). A method's delta_matrix multiplies by it. ------------
+    def set_scale(self, adapter: str, scale: float) -> None:
+        """The update of `adapter` becomes `scale` times the configured one."""
+        if self.has_adapter(adapter):
+            self.update_scale[adapter] = float(scale)
+
+    def scale_layer(self, scale: float) -> None:
+        """Multiply the scale of every active adapter by `scale`."""
+        if scale == 1:
+            return
+        for name in self.active_adapters:
+            if self.has_adapter(name):
+                self.update_scale[name] *= scale
+
+    def unscale_layer(self, scale: Optional[float] = None) -> None:
+        """Divide the scale of every active adapter by `scale`; None resets it to 1.0 (the configured update)."""
+        for name in self.active_adapters:
+            if self.has_adapter(name):
+                self.update_scale[name] = 1.0 if scale is None else self.update_scale[name] / scale
 
     # --- the update in the base weight's layout -------------------------------------------------------------------
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
@@ -113,10 +137,16 @@ class DeltaLayer(BaseTunerLayer):
         if self.merged:
             return result
         for name in self.active_adapters:
-            if not self.has_adapter(name) or self._adapter_skipped(name):
+            if not self.has_adapter(name):
+                continue
+            compiled_skip = self.training and self.module_dropout[name] > 0 and torch.compiler.is_compiling()
+            if not compiled_skip and self._adapter_skipped(name):
                 continue
             h = getattr(self, self.dropout_attr)[name](x.to(self.adapter_dtype(name)))
-            result = result + self.adapter_output(h, name).to(result.dtype)
+            out = self.adapter_output(h, name).to(result.dtype)
+            if compiled_skip:  # under torch.compile the skip is a 0/1 factor: a Python branch would break the graph
+                out = out * (torch.rand(()) >= self.module_dropout[name]).to(out.dtype)
+            result = result + out
         return result
 
     forward = adapted_forward

@@ -8,6 +8,7 @@ import warnings
 
 from ..cli import command
 from ..quant import QUANTIZE_CHOICES
+from .options import option_type
 from .tasks import TASKS, all_task_modules
 
 
@@ -21,34 +22,41 @@ def add_train_arguments(p: argparse.ArgumentParser, compare: bool = False) -> No
     if not compare:
         p.add_argument("--method", default="kradapter", help="kradapter (default), lora, dora, randlora, krona, "
                        "sinlora, kronlora or full; budgets matched to KRAdapter")
-        p.add_argument("--lr", type=float, default=None, help="learning rate (default per method: kradapter 1e-2, "
-                       "full 1e-4, others 1e-3)")
+        p.add_argument("--lr", type=option_type("lr"), default=None,
+                       help="learning rate (default per method: kradapter 1e-2, full 1e-4, others 1e-3)")
         p.add_argument("--output-dir", default=None, help="where results go (default runs/TASK-METHOD)")
     p.add_argument("--lr-grid", default=None, metavar="LR,LR,...",
                    help="try these learning rates on the validation split (first seed) and keep the best" +
                    ("; per method: kradapter=1e-3:3e-3,lora=3e-4:1e-3" if compare else ""))
     p.add_argument("--seeds", default="1", help="number of seeds (5 -> 0..4) or a list (0,3,7); default 1")
-    p.add_argument("--max-steps", type=int, default=None, help="training steps (overrides --epochs)")
-    p.add_argument("--epochs", type=float, default=None, help="training epochs when --max-steps is not given")
-    p.add_argument("--batch-size", type=int, default=None, help="global training batch size, split evenly over "
+    p.add_argument("--max-steps", type=option_type("max_steps"), default=None,
+                   help="training steps (overrides --epochs)")
+    p.add_argument("--epochs", type=option_type("epochs"), default=None,
+                   help="training epochs when --max-steps is not given")
+    p.add_argument("--batch-size", type=option_type("batch_size"), default=None,
+                   help="global training batch size, split evenly over "
                    "the processes under torchrun / accelerate launch (default per task)")
-    p.add_argument("--eval-batch-size", type=int, default=64)
+    p.add_argument("--eval-batch-size", type=option_type("eval_batch_size"), default=64)
     p.add_argument("--target-modules", default=None,
                    help="comma-separated module names (suffixes) or regexes to adapt (default: attention key and "
                    "value; image: non-depthwise convs)")
-    p.add_argument("--max-train-examples", type=int, default=None, help="cap on training rows (seeded sample)")
-    p.add_argument("--max-eval-examples", type=int, default=None, help="cap on rows per test set and validation")
-    p.add_argument("--val-size", type=int, default=None,
+    p.add_argument("--max-train-examples", type=option_type("max_train_examples"), default=None,
+                   help="cap on training rows (seeded sample)")
+    p.add_argument("--max-eval-examples", type=option_type("max_eval_examples"), default=None,
+                   help="cap on rows per test set and validation")
+    p.add_argument("--val-size", type=option_type("val_size"), default=None,
                    help="rows held out of train as the validation split when no validation file is given")
-    p.add_argument("--data-seed", type=int, default=0, help="seed of the data sampling (default 0)")
-    p.add_argument("--warmup-ratio", type=float, default=0.0)
-    p.add_argument("--logging-steps", type=int, default=25)
-    p.add_argument("--save-steps", type=int, default=None, help="checkpoint every N steps (default: 4 per run)")
-    p.add_argument("--rank-every", type=int, default=None,
+    p.add_argument("--data-seed", type=option_type("data_seed"), default=0,
+                   help="seed of the data sampling (default 0)")
+    p.add_argument("--warmup-ratio", type=option_type("warmup_ratio"), default=0.0)
+    p.add_argument("--logging-steps", type=option_type("logging_steps"), default=25)
+    p.add_argument("--save-steps", type=option_type("save_steps"), default=None,
+                   help="checkpoint every N steps (default: 4 per run)")
+    p.add_argument("--rank-every", type=option_type("rank_every"), default=None,
                    help="log the effective rank of the updates every N steps (default: every logging step)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep Trainer checkpoints after a seed ends")
     p.add_argument("--zero-shot-cache", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=option_type("threads"), default=None,
                    help="torch CPU threads (default: torch's choice; 1 is faster on a busy shared machine)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--quantize", choices=QUANTIZE_CHOICES, default=None,
@@ -69,6 +77,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     args.output_dir = args.output_dir or f"runs/{args.task}-{args.method}"
     _quiet_libraries()
+    _show_run_notes()
     from ..dist import finish, is_main_process
 
     try:
@@ -76,8 +85,8 @@ def run_train(args: argparse.Namespace) -> int:
     except TrainingInterrupted as err:
         print(f"kradapter train: {err}", file=sys.stderr)
         return 130
-    except KeyboardInterrupt:
-        print("kradapter train: interrupted before training started; nothing was written", file=sys.stderr)
+    except KeyboardInterrupt:  # run() turns every Ctrl-C once it has started into TrainingInterrupted
+        print("kradapter train: interrupted before the run started; nothing was written", file=sys.stderr)
         return 130
     from .runner import format_summary
 
@@ -86,6 +95,18 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"results: {args.output_dir}/metrics.json, summary.txt; adapter: {args.output_dir}")
     finish()  # torchrun: barrier, then leave the process group
     return 0
+
+
+def _show_run_notes() -> None:
+    """The runner's notes (which checkpoint a rerun resumes from, leftovers it removed) go to stderr."""
+    import logging
+
+    logger = logging.getLogger("kradapter.train")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("kradapter train: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 def _quiet_libraries() -> None:
@@ -132,8 +153,8 @@ def _report_arguments(p: argparse.ArgumentParser) -> None:
 @command("report", "spectral report (effective rank, nuclear and Frobenius norms) of every adapted layer of a "
          "saved adapter", _report_arguments)
 def run_report(args: argparse.Namespace) -> int:
-    from .deltas import format_spectral_table
     from ..io import write_json
+    from .deltas import format_spectral_table
     from .report import spectral_report
 
     _quiet_libraries()

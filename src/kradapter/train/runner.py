@@ -3,31 +3,37 @@ split, train each seed with transformers' Trainer (resumable, Ctrl-C safe), eval
 every adapted layer's update, and write the results atomically.
 
 Layout of --output-dir DIR:
-  DIR/metrics.json, DIR/summary.txt        written last, only when every seed finished
+  DIR/metrics.json, DIR/summary.txt        the run's results, only when every seed finished
   DIR/adapter_config.json + weights         the first seed's adapter (PEFT save_pretrained), for `report`
   DIR/kradapter_run.json                    how to rebuild the base model
   DIR/seeds/seed-S/                         each seed's adapter, result.json and (while running) checkpoints-lr-X/
   DIR/lr-grid/lr-X/result.json              learning-rate selection runs (--lr-grid)
+  DIR/run.json, DIR/.lock                   what run this directory holds; the lock of the run working in it
+The results of DIR and of each seed directory are published as one set (kradapter.outdir): the names above are
+links into DIR/.published -> .result-*, replaced in one step, so a kill never leaves a mix of old and new files.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import resource
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 from ..dist import is_main_process, local_batch_size, max_difference_across_ranks, world_size
+from ..io import check_writable_dir, read_json, staging_dir, write_json, write_text
+from ..outdir import OutputLock, clean_interrupted, publish_version
 from .callbacks import EffectiveRankCallback, GracefulInterrupt
+from .checkpoints import StepTimer, drop_partial, latest_complete_checkpoint
 from .deltas import adapter_deltas, spectral_means, spectral_table
-from ..io import publish_dir, read_json, staging_dir, write_json, write_text
 from .methods import apply_method, check_method, full_deltas, trainable_parameters
 from .metrics import group_means, mean_std, r_gen
+from .options import check_options
 from .tasks import task_module
 from .tasks.base import Prepared
 
@@ -37,6 +43,8 @@ DEFAULT_LR = {"kradapter": 1e-2, "full": 1e-4}
 RUN_INFO = "kradapter_run.json"
 FULL_DELTA = "full_delta.safetensors"
 FULL_HEAD = "full_head.safetensors"
+log = logging.getLogger(__name__)  # resume and clean-up notes; `kradapter train` shows them
+log.addHandler(logging.NullHandler())  # a library: silent unless the application configures logging
 
 
 class TrainingInterrupted(Exception):
@@ -102,27 +110,22 @@ def _save_full(model, reference, head: list[str], directory: Path) -> None:
 
 def train_seed(prepared: Prepared, args, method: str, lr: float, seed: int, seed_dir: Path,
                eval_sets: dict, save_adapter: bool = True, extra_callbacks=()) -> dict:
-    """Train one seed (resuming from its last checkpoint), evaluate, analyse, save. Returns its result dict."""
+    """Train one seed (resuming from its newest complete checkpoint), evaluate, analyse, save. Returns its result
+    dict. The seed's previous results (another learning rate) stay until the new ones replace them in one step."""
     from transformers import Trainer, TrainingArguments, set_seed
-
-    from .._compat import get_last_checkpoint
-    from ..bench.timing import synchronize
 
     result_path = seed_dir / "result.json"
     if result_path.exists():
         done = read_json(result_path)
         if done.get("learning_rate") == lr:
+            if not args.keep_checkpoints and is_main_process():  # a kill after the publish left them
+                shutil.rmtree(seed_dir / f"checkpoints-lr-{lr:g}", ignore_errors=True)
             return done
-        if is_main_process():  # trained at another learning rate (the grid picked a new one): train again
-            shutil.rmtree(seed_dir, ignore_errors=True)
     set_seed(seed)
     model = prepared.build_model()
     model, reference = apply_method(model, method, prepared.targets, prepared.head)
     trainable, total = trainable_parameters(model)
-    defaults = prepared.defaults
-    batch_size = args.batch_size or defaults.get("batch_size", 16)
-    max_steps = args.max_steps if args.max_steps is not None else defaults.get("max_steps")
-    epochs = args.epochs if args.epochs is not None else defaults.get("epochs", 3)
+    batch_size, max_steps, epochs = training_size(args, prepared.defaults)
     steps_planned = max_steps or -(-len(prepared.train) // batch_size) * int(epochs)
     log_every = max(1, min(args.logging_steps, steps_planned))
     # Checkpoints are per learning rate: resuming restores the optimizer and schedule, which belong to one rate.
@@ -141,28 +144,66 @@ def train_seed(prepared: Prepared, args, method: str, lr: float, seed: int, seed
         use_cpu=not torch.cuda.is_available(), report_to="none", remove_unused_columns=False,
         label_names=["labels"], dataloader_num_workers=0, disable_tqdm=args.quiet,
     )
+    timer = StepTimer()  # first: its step time excludes the other callbacks' work
     rank_cb = EffectiveRankCallback(model, args.rank_every or log_every, reference)
     interrupt = GracefulInterrupt()
     trainer = Trainer(model=model, args=targs, train_dataset=prepared.train, data_collator=prepared.collator,
-                      callbacks=[rank_cb, interrupt, *extra_callbacks])
-    last = get_last_checkpoint(str(ckpt_root)) if ckpt_root.is_dir() else None
+                      callbacks=[timer, rank_cb, interrupt, *extra_callbacks])
+    last, partial = latest_complete_checkpoint(ckpt_root)
+    for path, reason in partial:
+        log.warning("ignoring partial checkpoint %s (%s; a run was killed while saving it)", path, reason)
+    if is_main_process():
+        drop_partial(partial)
+    if last is not None:
+        log.warning("resuming seed %s from %s", seed, last)
+    timer.restore(last)
     start_step = _checkpoint_step(last)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    synchronize()  # CUDA runs asynchronously: the clock must cover the kernels, not just their launch
-    t0 = time.perf_counter()
-    with interrupt:
-        trainer.train(resume_from_checkpoint=last)
-    synchronize()
-    train_seconds = time.perf_counter() - t0
-    if interrupt.requested:
-        saved = get_last_checkpoint(str(ckpt_root))
-        raise TrainingInterrupted(f"interrupted at step {trainer.state.global_step}; checkpoint saved in {saved}; "
-                                  "run the same command again to resume")
-    steps_run = trainer.state.global_step - start_step
-    epochs_run = steps_run * batch_size / max(1, len(prepared.train))
-    peak_mb, memory_kind = _peak_memory_mb()
+    saved_state = read_json(last / "trainer_state.json") if last is not None else {}
+    if saved_state and start_step >= saved_state.get("max_steps", float("inf")):
+        # Training had finished (a Ctrl-C during evaluation): load its weights; Trainer would run one more step.
+        from transformers import TrainerState
 
+        trainer._load_from_checkpoint(str(last))
+        trainer.state = TrainerState.load_from_json(str(last / "trainer_state.json"))
+    else:
+        with interrupt:
+            trainer.train(resume_from_checkpoint=str(last) if last else None)
+    steps = trainer.state.global_step
+    if interrupt.requested:
+        saved, _ = latest_complete_checkpoint(ckpt_root)
+        finished = " (training had finished)" if steps >= trainer.state.max_steps else ""
+        raise TrainingInterrupted(f"interrupted at step {steps} of {trainer.state.max_steps}{finished}; "
+                                  f"checkpoint saved in {saved}; run the same command again to resume")
+    try:
+        result = _evaluate_and_save(prepared, args, method, lr, seed, seed_dir, eval_sets, save_adapter, model,
+                                    reference, trainer, timer, rank_cb, trainable, total, batch_size, last)
+    except KeyboardInterrupt:
+        saved, _ = latest_complete_checkpoint(ckpt_root)
+        where = (f"its trained weights are in checkpoint {saved}; run the same command again to evaluate them "
+                 "(without training again)" if saved else "no checkpoint of it is left; a rerun trains it again")
+        raise TrainingInterrupted(f"interrupted while evaluating seed {seed} after its {steps} training steps; no "
+                                  f"result of this seed was written; {where}") from None
+    if not args.keep_checkpoints and is_main_process():
+        shutil.rmtree(ckpt_root, ignore_errors=True)
+    del trainer, model
+    return result
+
+
+def training_size(args, defaults: dict) -> tuple[int, int | None, float]:
+    """(batch size, max steps or None, epochs): the options given, else the task's defaults."""
+    batch_size = args.batch_size if args.batch_size is not None else defaults.get("batch_size", 16)
+    max_steps = args.max_steps if args.max_steps is not None else defaults.get("max_steps")
+    epochs = args.epochs if args.epochs is not None else defaults.get("epochs", 3)
+    return batch_size, max_steps, epochs
+
+
+def _evaluate_and_save(prepared, args, method, lr, seed, seed_dir, eval_sets, save_adapter, model, reference,
+                       trainer, timer, rank_cb, trainable, total, batch_size, resumed_from) -> dict:
+    peak_mb, memory_kind = _peak_memory_mb()
+    if not rank_cb.history:  # no step ran in this session (resumed after training had finished)
+        rank_cb.measure(trainer.state.global_step)
     scores = {"validation": prepared.evaluate(model, prepared.validation)}
     for name, ds in eval_sets.items():
         scores[name] = prepared.evaluate(model, ds)
@@ -170,31 +211,34 @@ def train_seed(prepared: Prepared, args, method: str, lr: float, seed: int, seed
     if not deltas:
         raise RuntimeError(f"method {method} left no adapted layer to analyse")  # a bug, not bad input
     spectral = spectral_table(deltas)
+    # Time per epoch from the steps that were timed (all of them, across resumes), never from wall time that
+    # includes loading a checkpoint.
+    epochs_timed = timer.steps * batch_size / max(1, len(prepared.train))
     result = {
         "seed": seed, "learning_rate": lr, "scores": scores, "trainable_params": trainable, "total_params": total,
         "steps": trainer.state.global_step, "batch_size": batch_size,
-        "train_seconds": train_seconds, "steps_timed": steps_run, "epochs_timed": epochs_run,
-        "seconds_per_epoch": train_seconds / epochs_run if epochs_run > 0 else None,
+        "resumed_from": str(resumed_from.name) if resumed_from else None,
+        "train_seconds": timer.seconds, "steps_timed": timer.steps, "epochs_timed": epochs_timed,
+        "seconds_per_epoch": timer.seconds / epochs_timed if epochs_timed > 0 else None,
         "peak_memory_mb": peak_mb, "memory_kind": memory_kind,
         "spectral": spectral, "effective_rank_history": rank_cb.history,
-        "train_loss_history": [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h],
+        "train_loss_history": [{"step": h["step"], "loss": h["loss"]}
+                               for h in trainer.state.log_history if "loss" in h],
         "processes": world_size(),
         # Under torchrun: how far any rank's trained weights are from rank 0's (0.0: the replicas stayed in sync).
         "max_weight_difference_across_ranks": max_difference_across_ranks(model),
     }
+    # The adapter and result.json become the seed's results together, in one step.
+    staging = staging_dir(seed_dir)
     if save_adapter:
-        staging = staging_dir(seed_dir)
         if reference is None:
             model.save_pretrained(str(staging))
         else:
             _save_full(model, reference, prepared.head, staging)
         write_json(staging / RUN_INFO, {**prepared.run_info, "method": method, "targets": prepared.targets,
                                         "head": prepared.head})
-        publish_dir(staging, seed_dir)
-    write_json(result_path, result)
-    if not args.keep_checkpoints and is_main_process():
-        shutil.rmtree(ckpt_root, ignore_errors=True)
-    del trainer, model
+    write_json(staging / "result.json", result)
+    publish_version(staging, seed_dir)
     return result
 
 
@@ -247,9 +291,8 @@ def _check_output_dir(out: Path, key: dict) -> None:
 
 def run(args: argparse.Namespace, extra_callbacks=()) -> dict:
     """Everything `kradapter train` does; returns the metrics dict also written to DIR/metrics.json."""
-    from transformers import set_seed
-
     check_method(args.method)
+    check_options(args)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     task = task_module(args.task)
@@ -259,10 +302,36 @@ def run(args: argparse.Namespace, extra_callbacks=()) -> dict:
         raise ValueError("give --lr or --lr-grid, not both")
     if getattr(args, "quantize", None):
         _check_quantize(args)
-    prepared = task.prepare(args)
-    local_batch_size(args.batch_size or prepared.defaults.get("batch_size", 16), world_size())  # splits evenly?
-    method = args.method
     out = Path(args.output_dir)
+    check_writable_dir(out)
+    with OutputLock(out):
+        for path in clean_interrupted(out):
+            log.warning("removed %s, left by an interrupted run", path)
+        try:
+            return _run_locked(args, task, seeds, grid, out, extra_callbacks)
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(_interrupted_state(out)) from None
+
+
+def _interrupted_state(out: Path) -> str:
+    """What a Ctrl-C outside the training loop leaves on disk, read from the disk."""
+    done = sorted(p.parent.name for p in out.glob("seeds/seed-*/result.json"))
+    checkpoints = sorted(str(p) for p in out.glob("*/*/checkpoints-lr-*/checkpoint-*"))
+    published = (out / "metrics.json").exists()
+    if not (done or checkpoints or published):
+        return f"interrupted; nothing of this run was written to {out} yet"
+    parts = ([f"finished seeds: {', '.join(done)}"] if done else []) + \
+            ([f"checkpoints: {', '.join(checkpoints)}"] if checkpoints else []) + \
+            ([f"{out}/metrics.json holds the previous complete results"] if published else [])
+    return f"interrupted; {'; '.join(parts)}; run the same command again to resume"
+
+
+def _run_locked(args, task, seeds, grid, out: Path, extra_callbacks) -> dict:
+    from transformers import set_seed
+
+    prepared = task.prepare(args)
+    local_batch_size(training_size(args, prepared.defaults)[0], world_size())  # splits evenly?
+    method = args.method
     key = _run_key(args, prepared, method)
     _check_output_dir(out, key)
 
@@ -272,7 +341,6 @@ def run(args: argparse.Namespace, extra_callbacks=()) -> dict:
     zero_probe = prepared.build_model() if prepared.zero_shot else None
     apply_method(probe, method, prepared.targets, prepared.head)
     del probe
-    out.mkdir(parents=True, exist_ok=True)
     write_json(out / "run.json", {"key": key})
     zero = None
     if zero_probe is not None:
@@ -289,15 +357,16 @@ def run(args: argparse.Namespace, extra_callbacks=()) -> dict:
                           extra_callbacks=extra_callbacks) for s in seeds]
     metrics = aggregate(prepared, args, method, lr, selection, seeds, results, zero)
 
-    # The first seed's adapter goes to DIR itself, file by file, then the results.
+    # The first seed's adapter and the run's results become DIR's published results together, in one step; the
+    # previous ones stay readable until then.
     staging = staging_dir(out)
     first = out / "seeds" / f"seed-{seeds[0]}"
-    for item in first.iterdir():
-        if item.is_file() and item.name != "result.json":
+    for item in first.iterdir() if is_main_process() else ():  # other ranks' staging is dropped unread
+        if item.is_file() and not item.name.startswith(".") and item.name != "result.json":
             shutil.copy2(item, staging / item.name)
-    publish_dir(staging, out)
-    write_json(out / "metrics.json", metrics)
-    write_text(out / "summary.txt", format_summary(metrics))
+    write_json(staging / "metrics.json", metrics)
+    write_text(staging / "summary.txt", format_summary(metrics))
+    publish_version(staging, out)
     return metrics
 
 
@@ -357,7 +426,8 @@ def _pm(block: dict | None, digits: int = 3) -> str:
 def format_summary(m: dict) -> str:
     n = len(m["seeds"])
     lines = [
-        f"kradapter train --task {m['task']} --method {m['method']}: {n} seed(s) {m['seeds']}, lr {m['learning_rate']:g}, "
+        f"kradapter train --task {m['task']} --method {m['method']}: {n} seed(s) {m['seeds']}, "
+        f"lr {m['learning_rate']:g}, "
         f"{m['training']['steps']} steps of batch {m['training']['batch_size']}",
         f"model {m['model']}; trainable parameters {m['trainable_params']:,} of {m['total_params']:,} "
         f"({100 * m['trainable_params'] / max(1, m['total_params']):.2f}%) on {len(m['targets'])} target modules",

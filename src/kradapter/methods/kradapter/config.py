@@ -10,6 +10,7 @@ from peft.config import PeftConfig
 
 from ... import _registry
 from ...ops import BUDGET_WORDS
+from .._config_checks import check_field_types
 
 
 def check_k1(k1, where: str = "k1") -> None:
@@ -108,6 +109,8 @@ class KRAdapterConfig(PeftConfig):
     )
 
     def __post_init__(self):
+        # A field of the wrong type: one error naming it (these fields have their own checks below).
+        check_field_types(self, checked_below=("k1", "alpha"))
         super().__post_init__()
         self.peft_type = _registry.peft_type("KRADAPTER")
         for name in ("target_modules", "exclude_modules"):

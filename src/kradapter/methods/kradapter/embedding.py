@@ -46,7 +46,7 @@ class Embedding(nn.Module, KRAdapterLayer):
     def delta_rows(self, ids: torch.Tensor, adapter_name: str) -> torch.Tensor:
         """alpha * Delta W[ids], shape ids.shape + (embedding_dim,), building only the rows looked up when cheaper."""
         U, V = self.kradapter_U[adapter_name], self.kradapter_V[adapter_name]
-        alpha, k2 = self.alpha[adapter_name], self.k2[adapter_name]
+        alpha, k2 = self.scaled_alpha(adapter_name), self.k2[adapter_name]
         if ids.numel() >= self.d_out:  # as many lookups as rows: one Delta W and a gather
             return F.embedding(ids, self.delta_matrix(adapter_name))
         if self.d_out >= self.d_in:  # row i of U ⊙ V

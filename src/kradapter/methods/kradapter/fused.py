@@ -48,16 +48,23 @@ def fused_weight(
 
     Delta W is the one of ops.kradapter_delta (the tests hold the two equal); here it is written straight into
     the sum by addcmul, one pass over W0 and no temporary. addcmul computes in the widest input dtype (float32
-    for a float32 adapter) and rounds once on writing, so the sum is exact before the cast to `dtype`.
+    for a float32 adapter) and rounds once on writing, so the sum is exact before the cast to `dtype`. Under
+    torch.compile, which traces `out=` only into contiguous tensors, the sum is stored contiguous in the Khatri-Rao
+    layout (m x n) instead and returned as a view (F.linear reads either layout without a copy).
     """
-    out = torch.empty(weight.shape, dtype=dtype, device=weight.device)
-    w_lin, out_lin = (weight.T, out.T) if conv1d else (weight, out)  # Conv1D stores (d_in, d_out)
+    w_lin = weight.T if conv1d else weight  # Conv1D stores (d_in, d_out)
     d_out, d_in = w_lin.shape
-    # views in the Khatri-Rao layout (m x n): Delta W itself, or its transpose when d_out < d_in
-    w_kr, out_kr = (w_lin, out_lin) if d_out >= d_in else (w_lin.T, out_lin.T)
+    w_kr = w_lin if d_out >= d_in else w_lin.T  # Delta W itself, or its transpose when d_out < d_in (m x n)
     k1, k2 = U.shape[0], V.shape[0]
     if k1 * k2 < w_kr.shape[0] or U.shape[1] != w_kr.shape[1] or V.shape[1] != w_kr.shape[1]:
         raise ValueError(f"U {tuple(U.shape)} and V {tuple(V.shape)} cannot build a {d_out} x {d_in} update")
+    if torch.compiler.is_compiling():
+        out_kr = torch.empty(w_kr.shape, dtype=dtype, device=weight.device)
+        out_lin = out_kr if d_out >= d_in else out_kr.T
+    else:  # stored like W0, so the GEMM reads it exactly as the base layer reads W0
+        out = torch.empty(weight.shape, dtype=dtype, device=weight.device)
+        out_lin = out.T if conv1d else out
+        out_kr = out_lin if d_out >= d_in else out_lin.T
     (w_blocks, w_tail), (out_blocks, out_tail) = _khatri_rao_rows(w_kr, k2), _khatri_rao_rows(out_kr, k2)
     q, r = w_blocks.shape[0], w_tail.shape[0]
     torch.addcmul(w_blocks, U[:q, None, :], V[None], value=alpha, out=out_blocks)
@@ -188,7 +195,7 @@ def fused_adapter_name(layer, x: torch.Tensor, args: tuple, kwargs: dict) -> Opt
     """The one adapter the fused path can run on `layer` for input x, or None for the plain path.
 
     Plain path: fused disabled, extra forward arguments, adapters disabled or merged, not exactly one active
-    adapter, adapter dropout active, a base layer with its own forward or hooks (quantized, offloaded, stacked
+    adapter, adapter dropout active, module dropout under torch.compile, a base layer with its own forward or hooks (quantized, offloaded, stacked
     tuners), a base weight that is not a plain float tensor or that is being trained, mixed input dtypes.
     """
     if args or kwargs or layer.disable_adapters or layer.merged:
@@ -199,6 +206,8 @@ def fused_adapter_name(layer, x: torch.Tensor, args: tuple, kwargs: dict) -> Opt
     name = names[0]
     if not layer.fused_path.get(name, True):  # this adapter's own `fused` setting
         return None
+    if layer.training and layer.module_dropout[name] > 0 and torch.compiler.is_compiling():
+        return None  # the plain path draws the skip as a factor, without breaking the graph
     dropout = layer.kradapter_dropout[name]
     if dropout.training and not isinstance(dropout, nn.Identity) and getattr(dropout, "p", 1.0) > 0:
         return None
@@ -224,7 +233,7 @@ def fused_linear(layer, x: torch.Tensor, name: str) -> torch.Tensor:
         base.bias,
         layer.kradapter_U[name],
         layer.kradapter_V[name],
-        layer.alpha[name],
+        layer.scaled_alpha(name),
         isinstance(base, Conv1D),
         gemm_dtype(x, base.weight),
     )

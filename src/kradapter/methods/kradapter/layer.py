@@ -47,7 +47,8 @@ class KRAdapterLayer(DeltaLayer):
         **kwargs: Kept for PEFT's layer protocol.
     """
     adapter_layer_names = ("kradapter_U", "kradapter_V")
-    other_param_names = ("k1", "k2", "alpha", "kradapter_dropout", "module_dropout", "fused_path")
+    other_param_names = ("k1", "k2", "alpha", "kradapter_dropout", "module_dropout", "fused_path",
+                         "update_scale")
     method_name = "KRAdapter"
     dropout_attr = "kradapter_dropout"
 
@@ -127,7 +128,11 @@ class KRAdapterLayer(DeltaLayer):
     def delta_matrix(self, adapter_name: str) -> torch.Tensor:
         """alpha * Delta W as a (d_out x d_in) matrix, in the adapter's dtype: what spectral reports analyse."""
         U, V = self.kradapter_U[adapter_name], self.kradapter_V[adapter_name]
-        return self.alpha[adapter_name] * kradapter_delta(U, V, self.d_out, self.d_in)
+        return self.scaled_alpha(adapter_name) * kradapter_delta(U, V, self.d_out, self.d_in)
+
+    def scaled_alpha(self, adapter_name: str) -> float:
+        """alpha times the runtime scale (set_scale): the factor on Delta W that the layer applies."""
+        return self.alpha[adapter_name] * self.update_scale[adapter_name]
 
     # --- forward ------------------------------------------------------------------------------------------------
     # fused_forward(layer, x, name): one adapter's whole output (base included) through the fused path.

@@ -27,6 +27,7 @@ from .._geometry import weight_geometry
 from .conv_nd import Conv1d, Conv3d
 from .embedding import Embedding, embedding_blocker
 from .layer import Conv2d, KRAdapterLayer, Linear
+from . import bnb
 from .mha import MultiheadAttention, mha_blocker
 from .quantized import QuantizedLinear, dispatch_quantized
 
@@ -187,6 +188,7 @@ class KRAdapterModel(DeltaTuner):
             low_cpu_mem_usage=low_cpu_mem_usage,
             state_dict=state_dict,
         )
+        bnb.watch_cpu_layouts(model)  # 4-bit layers repacked for CPU inference must still pass gradients (bnb.py)
 
     def _check_targets(self, model: nn.Module, adapter_name: str, state_dict=None) -> None:
         """Raise on the first target PEFT would fail on halfway: unsupported type or k1 out of range for its shape.

@@ -8,7 +8,7 @@ from typing import Optional, Union
 from peft.config import PeftConfig
 
 from ... import _registry
-from .._config_checks import check_finite, check_positive_int, check_probability, normalise_targets
+from .._config_checks import check_field_types, check_finite, check_positive_int, check_probability, normalise_targets
 
 
 def check_kron_shape(value, where: str = "kron_shape") -> None:
@@ -79,6 +79,8 @@ class KronLoRAConfig(PeftConfig):
     )
 
     def __post_init__(self):
+        # A field of the wrong type: one error naming it (these fields have their own checks below).
+        check_field_types(self, checked_below=("r", "kron_shape", "alpha", "dropout", "module_dropout"))
         super().__post_init__()
         self.peft_type = _registry.peft_type("KRONLORA")
         normalise_targets(self)

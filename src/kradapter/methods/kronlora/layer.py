@@ -48,7 +48,7 @@ class KronLoRALayer(DeltaLayer):
         **kwargs: Kept for PEFT's layer protocol.
     """
     adapter_layer_names = ("kronlora_A", "kronlora_B1", "kronlora_B2")
-    other_param_names = ("r", "alpha", "kronlora_dropout", "module_dropout")
+    other_param_names = ("r", "alpha", "kronlora_dropout", "module_dropout", "update_scale")
     method_name = "KronLoRA"
     dropout_attr = "kronlora_dropout"
 
@@ -112,7 +112,7 @@ class KronLoRALayer(DeltaLayer):
         """
         return kronlora_delta(
             self.kronlora_A[adapter_name], self.kronlora_B1[adapter_name], self.kronlora_B2[adapter_name],
-            self.alpha[adapter_name] / self.r[adapter_name],
+            self.alpha[adapter_name] / self.r[adapter_name] * self.update_scale[adapter_name],
         )
 
 

@@ -8,7 +8,7 @@ from typing import Optional, Union
 from peft.config import PeftConfig
 
 from ... import _registry
-from .._config_checks import check_finite, check_positive_int, check_probability, normalise_targets
+from .._config_checks import check_field_types, check_finite, check_positive_int, check_probability, normalise_targets
 
 
 @dataclass
@@ -67,6 +67,8 @@ class SinLoRAConfig(PeftConfig):
     )
 
     def __post_init__(self):
+        # A field of the wrong type: one error naming it (these fields have their own checks below).
+        check_field_types(self, checked_below=("r", "lora_alpha", "freq", "scale", "dropout", "module_dropout"))
         super().__post_init__()
         self.peft_type = _registry.peft_type("SINLORA")
         normalise_targets(self)

@@ -45,7 +45,7 @@ class SinLoRALayer(DeltaLayer):
         **kwargs: Kept for PEFT's layer protocol.
     """
     adapter_layer_names = ("sinlora_A", "sinlora_B")
-    other_param_names = ("r", "lora_alpha", "freq", "scale", "sinlora_dropout", "module_dropout")
+    other_param_names = ("r", "lora_alpha", "freq", "scale", "sinlora_dropout", "module_dropout", "update_scale")
     method_name = "SinLoRA"
     dropout_attr = "sinlora_dropout"
 
@@ -110,7 +110,7 @@ class SinLoRALayer(DeltaLayer):
         Returns:
             The scaled update.
         """
-        scaling = self.lora_alpha[adapter_name] / self.r[adapter_name]
+        scaling = self.lora_alpha[adapter_name] / self.r[adapter_name] * self.update_scale[adapter_name]
         return sinlora_delta(
             self.sinlora_A[adapter_name], self.sinlora_B[adapter_name], self.freq[adapter_name],
             self.scale[adapter_name], scaling,

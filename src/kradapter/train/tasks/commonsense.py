@@ -80,12 +80,13 @@ def load_model(path: str, quantize: str | None = None):
 
     from peft import prepare_model_for_kbit_training
 
-    from ...quant import bnb_config
+    from ...quant import bnb_config, watch_cpu_layouts
 
     # QLoRA-style: quantized frozen base on this process's device, norms in float32, gradient checkpointing.
     device = int(os.environ.get("LOCAL_RANK", 0)) if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, device_map={"": device},
                                                  quantization_config=bnb_config(quantize))
+    watch_cpu_layouts(model)  # the zero-shot evaluation runs before any adapter: bnb's AVX512-BF16 CPU repack
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
                                            gradient_checkpointing_kwargs={"use_reentrant": False})
 

@@ -1,0 +1,177 @@
+"""An output directory that one run owns at a time and whose results switch from old to new in one step.
+
+Lock: DIR/.lock, held with flock while a run works in DIR (the kernel drops it when the process dies, so a lock
+left by a killed run never blocks the next one); the holder's pid is written inside for the error message.
+
+Publish: a finished result set is written aside (DIR/.staging-*), renamed to DIR/.result-*, and made current by
+replacing one symlink, DIR/.published, in one os.replace. The names users open (DIR/metrics.json,
+DIR/adapter_model.safetensors, ...) are fixed symlinks into DIR/.published/, so a reader sees the whole old or the
+whole new result set, never a mix; the old set is deleted only after the switch. A kill at any point leaves either
+set whole; `clean_interrupted` removes what such a kill left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from .dist import is_main_process
+
+CURRENT = ".published"
+LOCK = ".lock"
+
+
+class OutputDirBusy(ValueError):
+    """Another live process holds the output directory."""
+
+
+class OutputLock:
+    """`with OutputLock(dir):` one run per directory; a second one gets OutputDirBusy naming the holder's pid."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+        self.path = self.directory / LOCK
+        self._fd: int | None = None
+
+    def __enter__(self) -> OutputLock:
+        if not is_main_process():  # under torchrun rank 0 holds it for all ranks
+            return self
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            if not _try_flock(fd):
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                raise OutputDirBusy(
+                    f"output dir {self.directory} is in use by another kradapter run (pid {holder}); "
+                    "wait for it to finish or use another --output-dir"
+                )
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)  # the file stays: unlinking it would let two runs lock two different files
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
+
+
+def _try_flock(fd: int) -> bool:
+    """True when this process now holds the lock. Without flock (some network filesystems, Windows) the pid
+    inside decides: a live other process holds it, a dead one's lock is stale."""
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    except (ImportError, OSError):
+        text = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        return not (text.isdigit() and int(text) != os.getpid() and _alive(int(text)))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _symlink_replace(target: str, path: Path) -> None:
+    """Point `path` at `target` in one step (a new link under a temporary name, renamed over `path`)."""
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.link.tmp"
+    os.symlink(target, tmp)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _is_stable_link(path: Path) -> bool:
+    return path.is_symlink() and os.readlink(path) == f"{CURRENT}/{path.name}"
+
+
+def current_version(directory: str | os.PathLike) -> Path | None:
+    """The DIR/.result-* directory DIR/.published points at, if any."""
+    link = Path(directory) / CURRENT
+    if not link.is_symlink():
+        return None
+    return Path(directory) / os.readlink(link)
+
+
+def publish_version(staging: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Make the finished directory `staging` (inside `dest`) the current result set of `dest` in one step."""
+    staging, dest = Path(staging), Path(dest)
+    if not is_main_process():
+        shutil.rmtree(staging, ignore_errors=True)
+        return
+    version = dest / f".result-{uuid.uuid4().hex[:12]}"
+    os.rename(staging, version)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(version, 0o777 & ~umask)  # mkdtemp made it 0700; give it the permissions mkdir would have
+    names = sorted(p.name for p in version.iterdir())
+    for name in names:  # new names: links that dangle (read as absent) until the switch
+        if not os.path.lexists(dest / name):
+            _symlink_replace(f"{CURRENT}/{name}", dest / name)
+    old = current_version(dest)
+    _symlink_replace(version.name, dest / CURRENT)  # the switch
+    for name in names:  # plain files of a directory written before results were versioned: one rename each
+        path = dest / name
+        if not _is_stable_link(path):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            _symlink_replace(f"{CURRENT}/{name}", path)
+    for path in dest.iterdir():  # names the old set had and the new one does not
+        if _is_stable_link(path) and not path.exists():
+            path.unlink()
+    if old is not None and old.resolve() != version.resolve():
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def clean_interrupted(root: str | os.PathLike) -> list[Path]:
+    """Remove what interrupted writes and publishes left under `root` (call it holding the lock): staging
+    directories, result sets that never became current, temporary files, links into a set that does not exist.
+    Returns what was removed."""
+    root = Path(root)
+    removed: list[Path] = []
+    if not root.is_dir() or not is_main_process():
+        return removed
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        live = current_version(here)
+        for name in list(dirnames) + filenames:
+            path = here / name
+            stale = (
+                name.startswith(".staging-")
+                or name.endswith(".tmp")
+                and name.startswith(".")
+                or name.startswith(".result-")
+                and (live is None or path.resolve() != live.resolve())
+                or _is_stable_link(path)
+                and not path.exists()
+            )
+            if not stale:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+        dirnames[:] = [
+            d
+            for d in dirnames
+            if not d.startswith((".result-", ".staging-")) and (here / d).exists() and not (here / d).is_symlink()
+        ]
+    return removed

@@ -1,0 +1,109 @@
+"""Which Trainer checkpoint a rerun resumes from, and training time that survives a resume.
+
+A kill or a full disk while the Trainer saves leaves a partial checkpoint-N beside the previous, complete one.
+Trainer writes trainer_state.json last, so a checkpoint is complete when that file parses and the weights,
+optimizer and scheduler files it wrote before are there and readable.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+
+from ..bench.timing import synchronize
+
+WEIGHTS = (
+    "adapter_model.safetensors",
+    "model.safetensors",
+    "adapter_model.bin",
+    "pytorch_model.bin",
+    "model.safetensors.index.json",
+)
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def incomplete_reason(checkpoint: Path) -> str | None:
+    """None for a checkpoint a resume can use, else what is wrong with it."""
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "no readable trainer_state.json"
+    weights = [checkpoint / name for name in WEIGHTS if (checkpoint / name).is_file()]
+    if not weights:
+        return "no weights file"
+    if weights[0].suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(weights[0]), "pt"):
+                pass
+        except Exception:  # safetensors raises its own error types for truncated or corrupt files
+            return f"{weights[0].name} is unreadable"
+    try:
+        if not any(p.name.startswith("optimizer") for p in checkpoint.iterdir()):
+            return "no optimizer state"
+    except OSError:  # being deleted (another rank dropping partial checkpoints)
+        return "unreadable"
+    return None
+
+
+def latest_complete_checkpoint(root: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """(the newest complete checkpoint-N under `root` or None, [(partial checkpoint, reason)] newer than it)."""
+    if not root.is_dir():
+        return None, []
+    found = sorted(
+        ((int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))), reverse=True
+    )
+    skipped = []
+    for _, path in found:
+        reason = incomplete_reason(path)
+        if reason is None:
+            return path, skipped
+        skipped.append((path, reason))
+    return None, skipped
+
+
+def drop_partial(skipped: list[tuple[Path, str]]) -> None:
+    """Partial checkpoints would confuse the Trainer's rotation (it sorts by mtime); nothing in them is usable."""
+    for path, _ in skipped:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class StepTimer(TrainerCallback, ExportableState):
+    """Seconds spent in training steps, summed over every session of a run: its state is saved in each
+    checkpoint's trainer_state.json, so a resumed run counts the steps before the interrupt too, and the time to
+    load a checkpoint is not counted as training."""
+
+    def __init__(self, seconds: float = 0.0, steps: int = 0):
+        self.seconds, self.steps = float(seconds), int(steps)
+        self._last: float | None = None
+
+    def restore(self, checkpoint: Path | None) -> None:
+        if checkpoint is None:
+            return
+        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        saved = (state.get("stateful_callbacks") or {}).get(type(self).__name__) or {}
+        if isinstance(saved, list):
+            saved = saved[-1] if saved else {}
+        self.seconds = float(saved.get("args", {}).get("seconds", 0.0))
+        self.steps = int(saved.get("args", {}).get("steps", 0))
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        synchronize()  # on CUDA the clock must cover the step's kernels, not just their launch
+        self._last = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._last is not None:
+            synchronize()
+            self.seconds += time.perf_counter() - self._last
+            self.steps += 1
+            self._last = None
+
+    def state(self) -> dict:
+        return {"args": {"seconds": self.seconds, "steps": self.steps}, "attributes": {}}

@@ -1,0 +1,118 @@
+"""A failed PeftModel.from_pretrained / load_adapter leaves the model exactly as it was and names the file; NaN/Inf
+weights are refused; tensors missing from the file are named in a warning; meta weights are never saved."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors.torch import load_file, save_file
+
+from _tiny import fresh
+from kradapter import KRAdapterConfig, KronLoRAConfig
+from kradapter._peft_guards import AdapterLoadError
+
+CONFIGS = {
+    "kradapter": lambda: KRAdapterConfig(target_modules=["fc1", "fc2"], k1=2, init_weights=False),
+    "kronlora": lambda: KronLoRAConfig(target_modules=["fc1"], r=2, kron_shape=2, init_weights=False),
+    "lora": lambda: LoraConfig(target_modules=["fc1", "fc2"], r=2, init_lora_weights=False),
+}
+
+
+def _saved(tmp_path, method="kradapter", seed=1):
+    directory = tmp_path / f"{method}-{seed}"
+    get_peft_model(fresh(seed), CONFIGS[method]()).save_pretrained(directory)
+    return directory
+
+
+def _state(model):
+    """Everything a failed load must leave alone: module tree, values, trainability, attributes."""
+    return (
+        [(n, type(m).__name__) for n, m in model.named_modules()],
+        {k: v.clone() for k, v in model.state_dict().items()},
+        [(n, p.requires_grad) for n, p in model.named_parameters()],
+        sorted(vars(model)),
+    )
+
+
+def _same(a, b):
+    assert a[0] == b[0] and a[2] == b[2] and a[3] == b[3]
+    assert a[1].keys() == b[1].keys() and all(torch.equal(a[1][k], b[1][k]) for k in a[1])
+
+
+BREAKS = {
+    "truncated": lambda f: f.write_bytes(f.read_bytes()[:-7]),
+    "empty": lambda f: f.write_bytes(b""),
+    "missing": lambda f: f.unlink(),
+    "garbage": lambda f: f.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......"),
+}
+
+
+@pytest.mark.parametrize("method", list(CONFIGS))
+@pytest.mark.parametrize("break_", list(BREAKS))
+def test_from_pretrained_with_a_broken_weights_file_restores_the_model_and_names_the_file(tmp_path, method, break_):
+    directory = _saved(tmp_path, method)
+    weights = directory / "adapter_model.safetensors"
+    BREAKS[break_](weights)
+    model = fresh(0)
+    before = _state(model)
+    with pytest.raises(AdapterLoadError, match=f"cannot load adapter {weights}.*the model is as it was before"):
+        PeftModel.from_pretrained(model, str(directory))
+    _same(_state(model), before)
+    assert not any(isinstance(m, BaseTunerLayer) for m in model.modules())
+
+
+@pytest.mark.parametrize("break_", ["truncated", "missing"])
+def test_load_adapter_failure_keeps_the_existing_adapters_only(tmp_path, break_):
+    first, second = _saved(tmp_path, seed=1), _saved(tmp_path, seed=2)
+    BREAKS[break_](second / "adapter_model.safetensors")
+    peft_model = PeftModel.from_pretrained(fresh(0), str(first))
+    x = torch.randn(3, 16)
+    out_before = peft_model(x)
+    before = _state(peft_model)
+    with pytest.raises(AdapterLoadError, match=str(second / "adapter_model.safetensors")):
+        peft_model.load_adapter(str(second), adapter_name="other")
+    _same(_state(peft_model), before)
+    assert list(peft_model.peft_config) == ["default"]
+    assert torch.equal(peft_model(x), out_before)
+    peft_model.load_adapter(str(first), adapter_name="other")  # the name is free again
+
+
+def test_nan_weights_are_refused_naming_each_tensor(tmp_path):
+    directory = _saved(tmp_path)
+    weights = directory / "adapter_model.safetensors"
+    state = load_file(weights)
+    bad = sorted(state)[0]
+    state[bad][0, 0] = float("nan")
+    save_file(state, weights)
+    model = fresh(0)
+    before = _state(model)
+    with pytest.raises(AdapterLoadError, match=f"NaN or Inf values: {bad}"):
+        PeftModel.from_pretrained(model, str(directory))
+    _same(_state(model), before)
+
+
+def test_tensors_missing_from_the_file_are_named_in_a_warning(tmp_path):
+    directory = _saved(tmp_path)
+    weights = directory / "adapter_model.safetensors"
+    state = load_file(weights)
+    dropped = sorted(state)[-1]
+    save_file({k: v for k, v in state.items() if k != dropped}, weights)
+    peft_model = PeftModel.from_pretrained(fresh(0), str(_saved(tmp_path, seed=2)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        peft_model.load_adapter(str(directory), adapter_name="other")
+    shown = dropped.rsplit(".", 1)[0]  # the name as loaded: the adapter name is inserted before the last part
+    assert any(shown in str(w.message) and "lack" in str(w.message) for w in caught), [str(w.message) for w in caught]
+
+
+def test_meta_device_adapter_is_not_saved(tmp_path):
+    with torch.device("meta"):
+        model = fresh(0)
+    peft_model = get_peft_model(model, CONFIGS["kradapter"]())
+    with pytest.raises(ValueError, match="meta device.*nothing was written"):
+        peft_model.save_pretrained(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
