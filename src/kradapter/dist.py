@@ -50,12 +50,13 @@ def world_size() -> int:
 
 
 def is_main_process() -> bool:
-    """Rank 0 (or the only process): the one that writes files and prints.
+    """False only on a non-zero rank of a joined process group: the one process that writes files and prints.
 
     Returns:
-        True on rank 0 or outside a distributed run.
+        True outside a process group (a process with RANK set but no group writes: it is alone as far as anyone
+        can know), else True on rank 0 only.
     """
-    return rank() == 0
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def init_process_group(expected_world_size: int | None = None) -> tuple[int, int]:

@@ -53,9 +53,13 @@ def run_approx_command(args: argparse.Namespace) -> int:
     from .run import ApproxConfig, run_approx, total_steps, validate
     from .targets import RealSpec
 
+    from transformers.utils import logging as hf_logging
+
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
+    hf_logging.set_verbosity_error()  # the real target's fresh head: its "newly initialized" notice is expected
+    hf_logging.disable_progress_bar()  # one progress bar (the benchmark's) is enough
     cfg = validate(ApproxConfig(out=args.out, size=tuple(args.size), iters=args.iters, lr=args.lr, seed=args.seed,
                                 methods=args.methods, targets=args.targets, figure5_size=args.figure5_size,
                                 scaling=args.scaling, workers=args.workers,

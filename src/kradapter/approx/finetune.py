@@ -12,16 +12,19 @@ import torch
 
 def finetune_minilm_delta(tensor: str, recipe: dict) -> torch.Tensor:
     """Fine-tune per `recipe` (see targets.MINILM_FINETUNE) and return the change of `tensor` (a model.safetensors
-    key, without the classifier model's "bert." prefix)."""
+    key, without the classifier model's "bert." prefix). Seeded by the recipe on a fork of torch's RNG: the
+    caller's RNG is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe["seed"])
+        return _finetune(tensor, recipe)
+
+
+def _finetune(tensor: str, recipe: dict) -> torch.Tensor:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    from ..demo import LABELS, load_sentiment, packaged_minilm_path, packaged_sentiment_csv
+    from ..assets import LABELS, load_sentiment, packaged_minilm_path, packaged_sentiment_csv
 
-    hf_logging.set_verbosity_error()  # the fresh head's "newly initialized" notice is expected
-    hf_logging.disable_progress_bar()  # one progress bar (the benchmark's) is enough
     path = packaged_minilm_path()
-    torch.manual_seed(recipe["seed"])
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(LABELS))
     trained = ("bert.encoder.layer.5.", "bert.pooler.", "classifier.")

@@ -6,7 +6,8 @@ with peft.get_peft_model and the fit drives the layer's effective weight W0 + De
 the adapter's own get_delta_weight -- or, for LoRA variants whose update depends on W0 (DoRA: magnitude times
 the normalised direction of W0 + B A), PEFT's own merge of that variant, minus W0. Only DoRA's update depends on
 W0 at all; for the other methods the rule is the same as fitting Delta W to T. "full" trains the whole matrix,
-starting from W0.
+starting from W0. Every method comes from the spec registry (kradapter.specs): its config, its unit scaling and its
+Delta W (``spec.delta``, the one definition the spectral report uses too), so a registered user method runs here.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ LAYER = "layer"  # name of the adapted module inside the one-layer model
 
 
 def method_names() -> tuple[str, ...]:
-    """Every method the benchmark runs: the budget matcher's list."""
-    from ..budget import METHODS
+    """Every method the benchmark runs: every registered spec."""
+    from ..specs import method_names as registered
 
-    return tuple(METHODS)
+    return registered()
 
 
 def make_w0(d_out: int, d_in: int, seed: int) -> torch.Tensor:
@@ -70,24 +71,16 @@ def one_layer_model(w0: torch.Tensor) -> nn.Module:
     return nn.Sequential(OrderedDict([(LAYER, linear)]))
 
 
-def peft_delta(layer: nn.Module, adapter: str = ADAPTER) -> torch.Tensor:
-    """Delta W of one PEFT tuner layer on an nn.Linear, with gradients to the adapter's parameters."""
-    variant = getattr(layer, "lora_variant", {}).get(adapter)
-    if variant is not None:
-        # DoRA & co: PEFT's own merged weight minus W0 (DoRA's weight norm is detached there, as in its forward).
-        base = layer.get_base_layer().weight
-        return variant.merge_safe(layer, adapter, base) - base
-    return layer.get_delta_weight(adapter)
-
-
 def build(method: str, w0: torch.Tensor, seed: int, scaling: str = "unit") -> Adapted:
     """Set `method` up on W0 at the budget matcher's hyperparameters for W0's shape (KRAdapter's count)."""
+    from ..specs import get_spec
+
     if method not in method_names():
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(method_names())}")
     if scaling not in SCALINGS:
         raise ValueError(f"unknown scaling {scaling!r}; valid: {', '.join(SCALINGS)}")
-    torch.manual_seed(name_seed(seed, "init:" + method))  # adapter init, independent of the other methods run
-    if method == "full":
+    spec = get_spec(method)
+    if spec.trains_base:
         weight = nn.Parameter(w0.clone())
         return Adapted(method, [weight], lambda: weight - w0, {"trains": "the whole matrix, from W0"})
 
@@ -95,31 +88,20 @@ def build(method: str, w0: torch.Tensor, seed: int, scaling: str = "unit") -> Ad
 
     import kradapter  # noqa: F401  (registers kradapter's methods with PEFT)
 
-    model = one_layer_model(w0)
     from ..budget import peft_config_for
 
-    config = peft_config_for(method, model, [LAYER])
-    if scaling == "unit":
-        config = peft_config_for(method, model, [LAYER], **unit_scale(method, config))
-    peft_model = peft.get_peft_model(model, config)
+    # PEFT initialises adapters from torch's global RNG: seed a fork of it, independent of the other methods run,
+    # and leave the caller's RNG as it was
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(name_seed(seed, "init:" + method))
+        model = one_layer_model(w0)
+        config = peft_config_for(method, model, [LAYER])
+        if scaling == "unit":
+            config = peft_config_for(method, model, [LAYER], **spec.unit_scale(config))
+        peft_model = peft.get_peft_model(model, config)
     layer = peft_model.get_submodule(f"base_model.model.{LAYER}")
     params = [p for p in peft_model.parameters() if p.requires_grad]
-    return Adapted(method, params, lambda: peft_delta(layer), config_hparams(config), peft_model)
-
-
-def unit_scale(method: str, config) -> dict:
-    """The config fields that make the method's output multiplier 1 (see SCALING_HELP["unit"])."""
-    if method == "kradapter":
-        return {"alpha": 1.0}
-    if method in ("lora", "dora"):
-        return {"lora_alpha": config.r, "use_rslora": False}
-    if method == "randlora":
-        return {"randlora_alpha": config.r}
-    if method in ("krona", "kronlora"):
-        return {"alpha": config.r}
-    if method == "sinlora":
-        return {"lora_alpha": config.r, "scale": 1.0}
-    raise ValueError(f"no unit scaling is defined for method {method!r}")
+    return Adapted(method, params, lambda: spec.delta(layer, ADAPTER), config_hparams(config), peft_model)
 
 
 def config_hparams(config) -> dict:

@@ -4,7 +4,8 @@ rank of U ⊙ V against n (Theorem 3.1).
 Both products come from kradapter.ops (the functions the adapters use). Khatri-Rao factors have KRAdapter's shapes
 for the matrix (k1 = floor(sqrt(m)), k2 = ceil(m / k1), n = the smaller side); the Kronecker factors A (a1 x a2) and
 B (d_out/a1 x d_in/a2) are, among the splits whose product can be full rank (min(a1, a2) * min(b1, b2) >= the
-smaller side), the one with the smallest count >= KRAdapter's -- the budget matcher's rule. (PEFT LoKr's own
+smaller side), the one with the smallest count >= KRAdapter's -- the budget matcher's rule. (A study of the
+product, not a method: it has no spec; the divisor walk is the budget searches' bounded one.) (PEFT LoKr's own
 factorization gives the same split at 768x1024, 1024x1024 and 4096x4096, but at 1024x4096 only a 32 x 1 B,
 whose product has rank <= 32: a rank cap, not the spectral shape this study is about.) All factors are kaiming-uniform (nn.init.kaiming_uniform_,
 a = sqrt(5), nn.Linear's default); effective rank does not depend on the scale.
@@ -20,22 +21,19 @@ from torch import nn
 
 from ..ops import khatri_rao, kradapter_delta, kradapter_shapes, kronecker
 from ..spectral import effective_rank
+from ..specs.search import divisors
 from .metrics import spectrum
 from .targets import name_seed
 
 PAPER_SHAPES = ((768, 1024), (1024, 1024), (1024, 4096), (4096, 4096))
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
 def kronecker_shapes(d_out: int, d_in: int, params: int) -> tuple[tuple[int, int], tuple[int, int]]:
     """Kronecker factor shapes for (d_out, d_in) at >= `params` parameters (see the module docstring)."""
     full = min(d_out, d_in)
     best = None
-    for a1 in _divisors(d_out):
-        for a2 in _divisors(d_in):
+    for a1 in divisors(d_out):
+        for a2 in divisors(d_in):
             b1, b2 = d_out // a1, d_in // a2
             if min(a1, a2) * min(b1, b2) < full:
                 continue

@@ -197,7 +197,7 @@ def minilm_delta_available() -> bool:
 
 
 def minilm_weight() -> tuple[torch.Tensor, dict]:
-    from ..demo import packaged_minilm_path
+    from ..assets import packaged_minilm_path
 
     path = Path(packaged_minilm_path()) / "model.safetensors"
     w = load_tensor(path, MINILM_TENSOR)

@@ -69,6 +69,11 @@ def run_bench_command(args: argparse.Namespace) -> int:
 
     opts = options_from_args(args)
     out = check_writable_dir(args.out)
+    if opts.threads is not None:
+        import torch
+
+        opts.validate()
+        torch.set_num_threads(opts.threads)
     # PEFT still calls transformers' renamed gradient-checkpointing helpers; not ours to act on
     warnings.filterwarnings("ignore", message=".*is deprecated and will be removed in v6.*", category=FutureWarning)
     bar = tqdm(total=count_units(opts), desc="bench", unit="step")

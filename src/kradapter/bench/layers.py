@@ -42,27 +42,32 @@ class OneLayer(nn.Module):
         return self.proj(x)
 
 
-def build_layers(d_in: int, d_out: int, k1: int | str, seed: int, device: str = "cpu") -> dict[str, nn.Module]:
-    torch.manual_seed(seed)
-    base = nn.Linear(d_in, d_out).requires_grad_(False).to(device)
+def build_layers(d_in: int, d_out: int, k1: int | str, seed: int) -> dict[str, nn.Module]:
+    with torch.random.fork_rng(devices=[]):  # seeded layers, the caller's RNG left as it was
+        torch.manual_seed(seed)
+        return _build_layers(d_in, d_out, k1)
+
+
+def _build_layers(d_in: int, d_out: int, k1: int | str) -> dict[str, nn.Module]:
+    base = nn.Linear(d_in, d_out).requires_grad_(False)
     r = lora_rank_at_budget(d_out, d_in, k1)
     kr = KRAdapterConfig(target_modules=["proj"], k1=k1, init_weights=False)
     ours = get_peft_model(OneLayer(copy.deepcopy(base)), kr)
     naive = get_peft_model(OneLayer(copy.deepcopy(base)), dataclasses.replace(kr, fused=False))
     naive.load_state_dict(ours.state_dict())  # the same function, two paths
-    modules = {
+    return {
         "kradapter": ours,
         "naive": naive,
         "lora": get_peft_model(OneLayer(copy.deepcopy(base)),
                                LoraConfig(target_modules=["proj"], r=r, lora_alpha=r, init_lora_weights=False)),
         "frozen": OneLayer(base),
     }
-    return {name: m.to(device) for name, m in modules.items()}
 
 
 def layer_case(d_in: int, d_out: int, tokens: int, k1: int | str, seed: int, device: str = "cpu"):
-    """(candidates: name -> fwd+bwd closure, modules, x) for one shape, on `device`."""
-    modules = build_layers(d_in, d_out, k1, seed, device)
+    """(candidates: name -> fwd+bwd closure, modules, x) for one shape, on `device` (built on CPU, then moved, so
+    every device gets the same values)."""
+    modules = {name: m.to(device) for name, m in build_layers(d_in, d_out, k1, seed).items()}
     g = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(tokens, d_in, generator=g).to(device).requires_grad_(True)
     dy = torch.randn(tokens, d_out, generator=g).to(device)

@@ -12,10 +12,12 @@ from peft import get_peft_model
 from torch import nn
 
 from .. import budget
+from ..specs import get_spec
 from .options import BenchOptions
 
 TARGETS = ["k_proj", "v_proj"]
 TRAIN_METHODS = ("kradapter", "lora", "full")
+REFERENCE = "kradapter"  # the method whose count is the budget
 
 
 def llama_config(opts: BenchOptions):
@@ -36,8 +38,9 @@ def llama_config(opts: BenchOptions):
 def build_base(opts: BenchOptions) -> nn.Module:
     from transformers import LlamaForCausalLM
 
-    torch.manual_seed(opts.seed)
-    return LlamaForCausalLM(llama_config(opts)).to(opts.device).eval()
+    with torch.random.fork_rng(devices=[]):  # seeded weights, the caller's RNG left as it was
+        torch.manual_seed(opts.seed)
+        return LlamaForCausalLM(llama_config(opts)).to(opts.device).eval()
 
 
 def kv_shape(opts: BenchOptions) -> tuple[int, int]:
@@ -46,16 +49,17 @@ def kv_shape(opts: BenchOptions) -> tuple[int, int]:
 
 
 def prepare(method: str, base: nn.Module, opts: BenchOptions, kradapter_init_weights: bool = True) -> nn.Module:
-    """The model to train (or run) for `method`, configured by the budget matcher; wraps `base` in place."""
-    if method == "full":
-        return base.requires_grad_(True)
+    """The model to train (or run) for `method`, configured by the budget matcher; wraps `base` in place. The
+    reference, KRAdapter at --k1, sets the budget every other method is matched to."""
     if method not in TRAIN_METHODS:
         raise ValueError(f"unknown training method {method!r}; choose from {', '.join(TRAIN_METHODS)}")
-    kr_total = budget.match_model("kradapter", base, TARGETS, k1=opts.k1)["trainable"]
-    if method == "kradapter":
-        config = budget.peft_config_for("kradapter", base, TARGETS, k1=opts.k1, init_weights=kradapter_init_weights)
+    if get_spec(method).trains_base:
+        return base.requires_grad_(True)
+    if method == REFERENCE:
+        config = budget.peft_config_for(REFERENCE, base, TARGETS, k1=opts.k1, init_weights=kradapter_init_weights)
     else:
-        config = budget.peft_config_for("lora", base, TARGETS, budget=kr_total)
+        kr_total = budget.match_model(REFERENCE, base, TARGETS, k1=opts.k1)["trainable"]
+        config = budget.peft_config_for(method, base, TARGETS, budget=kr_total)
     return get_peft_model(base, config).to(opts.device)  # adapters on the base's device, whatever the method
 
 

@@ -162,6 +162,8 @@ def inference_section(opts: BenchOptions, tick: Callable[[str], None]) -> dict:
 def run_bench(opts: BenchOptions, progress: Optional[Callable[[str], None]] = None) -> dict:
     """Run the selected bench sections and return their measurements (the library never prints; the CLI does).
 
+    torch's thread count is the caller's (the CLI sets ``--threads``; memory workers set their own).
+
     Args:
         opts: What to run; validated first.
         progress: Called with a label after each unit of work (see
@@ -174,8 +176,6 @@ def run_bench(opts: BenchOptions, progress: Optional[Callable[[str], None]] = No
         ValueError: If an option is invalid (before any work).
     """
     opts.validate()
-    if opts.threads is not None:
-        torch.set_num_threads(opts.threads)
     tick = progress or (lambda label: None)
     results: dict = {"machine": machine_info(opts.device), "options": opts.to_dict(), "load_average_start": os.getloadavg()}
     if "layer" in opts.sections or "saved" in opts.sections:

@@ -25,6 +25,9 @@ def add_train_arguments(p: argparse.ArgumentParser, compare: bool = False) -> No
         p.add_argument("--lr", type=option_type("lr"), default=None,
                        help="learning rate (default per method: kradapter 1e-2, full 1e-4, others 1e-3)")
         p.add_argument("--output-dir", default=None, help="where results go (default runs/TASK-METHOD)")
+        p.add_argument("--budget", default=None, metavar="WORD",
+                       help="trainable budget: low (default, KRAdapter's k1 = m^(1/2)), medium (m^(1/3)) or high "
+                       "(m^(1/4)); comparators are matched to KRAdapter's count")
     p.add_argument("--lr-grid", default=None, metavar="LR,LR,...",
                    help="try these learning rates on the validation split (first seed) and keep the best" +
                    ("; per method: kradapter=1e-3:3e-3,lora=3e-4:1e-3" if compare else ""))
@@ -128,6 +131,10 @@ def _compare_arguments(p: argparse.ArgumentParser) -> None:
                    help="one learning rate for all, or per method, e.g. kradapter=3e-3,lora=1e-3 (others: their "
                    "default)")
     p.add_argument("--output-dir", default=None, help="where runs and tables go (default runs/compare-TASK)")
+    p.add_argument("--budgets", default=None, metavar="WORD,...",
+                   help="budget ablation (the paper's Figure 3): every method at each of these budgets (low, medium, "
+                   "high: KRAdapter's k1 = m^(1/2), m^(1/3), m^(1/4), comparators matched), plotted as score against "
+                   "trainable parameters; runs go to DIR/budget-WORD/METHOD")
     add_train_arguments(p, compare=True)
 
 
@@ -138,7 +145,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
     _quiet_libraries()
     try:
-        return run(args)
+        return run(args, train=run_train)
     except KeyboardInterrupt:
         print("kradapter compare: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from ..io import read_json, save_figure, write_json, write_text
-from .methods import check_method
+from .baselines import BALANCED
+from .methods import budget_k1, check_method
 from .runner import default_lr
 
 
@@ -61,20 +62,29 @@ def parse_lr_grid_map(value: str | None, methods: list[str]) -> dict[str, str | 
     return grids
 
 
-def _child(arg_dict: dict) -> None:
-    """One method's `kradapter train`, in a fresh process."""
-    from .commands import run_train
-
+def _child(train, arg_dict: dict) -> None:
+    """One method's `kradapter train` (``train``: the CLI's train command, handed down), in a fresh process."""
     args = argparse.Namespace(**arg_dict)
     try:
-        code = run_train(args)
+        code = train(args)
     except (ValueError, TypeError, FileNotFoundError, KeyError, ImportError) as err:
         print(f"kradapter compare ({args.method}): error: {err}", file=sys.stderr)
         code = 2
     sys.exit(code)
 
 
-def run_methods(args: argparse.Namespace, methods: list[str], lrs: dict[str, float], grids: dict, out: Path) -> int:
+def parse_budgets(value: str) -> list[str]:
+    """'low,medium,high' -> the budget words, each checked (one error naming an unknown one)."""
+    words = [w.strip() for w in value.split(",") if w.strip()]
+    if not words or len(set(words)) != len(words):
+        raise ValueError(f"--budgets {value!r}: give distinct comma-separated budgets, e.g. low,medium,high")
+    for word in words:
+        budget_k1(word)
+    return words
+
+
+def run_methods(args: argparse.Namespace, methods: list[str], lrs: dict[str, float], grids: dict, out: Path,
+                train, budget: str | None = None, zero_cache: Path | None = None) -> int:
     # Not fork: a parent that already ran torch (thread pools, CUDA) can deadlock its forked children. A fork
     # server imports the heavy libraries once, in a clean process, and forks each method's run from it.
     if "forkserver" in multiprocessing.get_all_start_methods():
@@ -84,10 +94,12 @@ def run_methods(args: argparse.Namespace, methods: list[str], lrs: dict[str, flo
         ctx = multiprocessing.get_context("spawn")
     for method in methods:
         child = dict(vars(args), method=method, lr=None if grids[method] else lrs[method], lr_grid=grids[method],
-                     output_dir=str(out / method), zero_shot_cache=str(out / "zero_shot.json"))
+                     output_dir=str(out / method), zero_shot_cache=str(zero_cache or out / "zero_shot.json"),
+                     budget=budget)
         child.pop("run", None)
+        child.pop("budgets", None)
         print(f"== {method} ==", flush=True)
-        proc = ctx.Process(target=_child, args=(child,))
+        proc = ctx.Process(target=_child, args=(train, child))
         proc.start()
         interrupted = False
         while True:
@@ -114,15 +126,54 @@ def _cell(block, scale: float = 100.0, digits: int = 1) -> str:
     return f"{scale * block['mean']:.{digits}f}"
 
 
+GROUPS = ("ID", "NID", "OOD")
+FLAG = "†"  # a score that does not beat the majority-class rate of its set (or group)
+
+
+def _balanced_groups(metrics: dict[str, dict]) -> list[str]:
+    return [g for g in GROUPS if any(g in (m.get("balanced_groups") or {}) for m in metrics.values())]
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _flagged(block, majority) -> str:
+    cell = _cell(block)
+    if majority is not None and block and block.get("mean") is not None and block["mean"] <= majority + 1e-12:
+        return cell + FLAG
+    return cell
+
+
+def baseline_rows(first: dict, n_cols: int, bal: list[str]) -> list[list[str]]:
+    """The majority-class and chance rows (group means of the test sets' rates), when the task gives them."""
+    groups = (first.get("baselines") or {}).get("groups") or {}
+    if not groups:
+        return []
+    tests = first["baselines"]["tests"]
+    rows = []
+    for kind, label, bal_key in (("majority", "majority class", "majority_balanced"), ("chance", "chance", "chance")):
+        bal_cells = []
+        for g in bal:  # a constant answer's balanced accuracy is 1/K; a uniform guess's is the chance rate too
+            vals = [tests[n][bal_key] for n, t in first["tests"].items() if t["group"] == g and n in tests]
+            bal_cells.append(_pct(sum(vals) / len(vals)) if vals else "-")
+        rows.append([label, "-", "-", *[_pct(groups.get(g, {}).get(kind)) for g in GROUPS], *bal_cells]
+                    + ["-"] * (n_cols - 6 - len(bal)))
+    return rows
+
+
 def comparison_rows(metrics: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
-    header = ["method", "trainable", "lr", "ID", "NID", "OOD", "r_gen", "eff. rank", "nuclear", "Frobenius",
-              "s/epoch", "time x", "peak MB"]
+    bal = _balanced_groups(metrics)
+    header = ["method", "trainable", "lr", "ID", "NID", "OOD", *[f"{g} bal." for g in bal], "r_gen", "eff. rank",
+              "nuclear", "Frobenius", "s/epoch", "time x", "peak MB"]
     rows = []
     first = next(iter(metrics.values()))
+    group_major = {g: b.get("majority") for g, b in ((first.get("baselines") or {}).get("groups") or {}).items()}
+    rows += baseline_rows(first, len(header), bal)
     zero = first.get("zero_shot")
     if zero:
-        g = zero["groups"]
-        rows.append(["zero-shot", "0", "-"] + [f"{100 * g[k]:.1f}" if k in g else "-" for k in ("ID", "NID", "OOD")]
+        g, zb = zero["groups"], zero.get("balanced_groups") or {}
+        rows.append(["zero-shot", "0", "-"] + [_pct(g.get(k)) for k in GROUPS] + [_pct(zb.get(k)) for k in bal]
                     + ["n/a"] * 7)
     base_time = None
     for method, m in metrics.items():
@@ -132,7 +183,8 @@ def comparison_rows(metrics: dict[str, dict]) -> tuple[list[str], list[list[str]
         lr = f"{m['learning_rate']:g}" + ("*" if m.get("lr_selection") else "")
         rows.append([
             method, f"{m['trainable_params']:,}", lr,
-            *[_cell(m["groups"].get(k)) for k in ("ID", "NID", "OOD")],
+            *[_flagged(m["groups"].get(k), group_major.get(k)) for k in GROUPS],
+            *[_cell((m.get("balanced_groups") or {}).get(k)) for k in bal],
             _cell(m.get("r_gen"), 1.0, 2),
             _cell(s["effective_rank"], 1.0, 1), _cell(s["nuclear_norm"], 1.0, 3), _cell(s["frobenius_norm"], 1.0, 4),
             f"{spe:.1f}" if spe else "-", f"{spe / base_time:.2f}" if spe and base_time else "-",
@@ -157,12 +209,49 @@ def per_test_rows(metrics: dict[str, dict]) -> tuple[list[str], list[list[str]]]
     names = list(first["tests"])
     header = ["method"] + [f"{n} ({first['tests'][n]['group']})" for n in names]
     rows = []
+    tests_base = (first.get("baselines") or {}).get("tests") or {}
+    if tests_base:
+        for kind, label in (("majority", "majority class"), ("chance", "chance")):
+            rows.append([label] + [_pct(tests_base.get(n, {}).get(kind)) for n in names])
     zero = first.get("zero_shot")
     if zero:
-        rows.append(["zero-shot"] + [f"{100 * zero['tests'][n]:.1f}" for n in names])
+        rows.append(["zero-shot"] + [_pct(zero["tests"][n]) for n in names])
     for method, m in metrics.items():
-        rows.append([method] + [_cell(m["tests"][n]) for n in names])
+        rows.append([method] + [_flagged(m["tests"][n], tests_base.get(n, {}).get("majority")) for n in names])
     return header, rows
+
+
+def per_test_extra_rows(metrics: dict[str, dict]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """One per-test-set table per other score the task reports (balanced accuracy, acc_norm...)."""
+    first = next(iter(metrics.values()))
+    names = list(first["tests"])
+    kinds = sorted({k for m in metrics.values() for t in m["tests"].values() for k in (t.get("extra") or {})})
+    tests_base = (first.get("baselines") or {}).get("tests") or {}
+    tables = []
+    for kind in kinds:
+        header = ["method"] + [f"{n} ({first['tests'][n]['group']})" for n in names]
+        rows = []
+        if kind == BALANCED and tests_base:
+            rows.append(["majority class"] + [_pct(tests_base.get(n, {}).get("majority_balanced")) for n in names])
+            rows.append(["chance"] + [_pct(tests_base.get(n, {}).get("chance")) for n in names])
+        zero = first.get("zero_shot")
+        if zero and zero.get("extra"):
+            rows.append(["zero-shot"] + [_pct(zero["extra"].get(n, {}).get(kind)) for n in names])
+        for method, m in metrics.items():
+            rows.append([method] + [_cell((m["tests"][n].get("extra") or {}).get(kind)) for n in names])
+        tables.append((kind, header, rows))
+    return tables
+
+
+def majority_flags(metrics: dict[str, dict]) -> list[str]:
+    """One line per method that does not beat the majority-class rate on some test set."""
+    lines = []
+    for method, m in metrics.items():
+        base = (m.get("baselines") or {}).get("tests") or {}
+        bad = [f"{n} ({_cell(m['tests'][n])} vs {_pct(base[n]['majority'])})" for n in m.get("not_above_majority", [])]
+        if bad:
+            lines.append(f"{FLAG} {method} does not beat the majority-class rate on: " + ", ".join(bad))
+    return lines
 
 
 def plot(metrics: dict[str, dict], path: Path) -> None:
@@ -203,11 +292,13 @@ def plot(metrics: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
-def summarise(out: Path, methods: list[str], command: str) -> str:
-    metrics = {m: read_json(out / m / "metrics.json") for m in methods}
+def summarise(out: Path, methods: list[str], command: str, dirs: dict[str, Path] | None = None) -> str:
+    """Tables and plot of the methods' runs (in DIR/METHOD, or where `dirs` says), written to DIR."""
+    metrics = {m: read_json((dirs or {}).get(m, out / m) / "metrics.json") for m in methods}
     first = metrics[methods[0]]
     header, rows = comparison_rows(metrics)
     t_header, t_rows = per_test_rows(metrics)
+    extra_tables = per_test_extra_rows(metrics)
     seeds = first["seeds"]
     lines = [
         f"task {first['task']}, model {first['model']}, metric {first['metric']} x 100, "
@@ -218,26 +309,128 @@ def summarise(out: Path, methods: list[str], command: str) -> str:
         "",
         format_table(t_header, t_rows),
         "",
+    ]
+    for kind, e_header, e_rows in extra_tables:
+        lines += [f"{kind} x 100:", format_table(e_header, e_rows), ""]
+    notes = [
         "eff. rank / nuclear / Frobenius: means over adapted layers of Delta W; time x: seconds per epoch relative "
         f"to {methods[0]} in this run; peak MB: {first['efficiency']['memory_kind']}.",
     ]
-    grids = [(m, metrics[m]["lr_selection"]) for m in methods if metrics[m].get("lr_selection")]
-    for method, sel in grids:
-        lines.append(f"lr* {method}: picked {sel['picked']:g} on the validation split from "
-                     + ", ".join(f"{k} -> {100 * v:.1f}" for k, v in sel["grid"].items()))
+    if (first.get("baselines") or {}).get("tests"):
+        notes.append("majority class: accuracy of always giving a set's most frequent answer; chance: of a uniform "
+                     "guess; bal.: balanced accuracy (mean recall over classes; a constant answer gets 1/K); "
+                     f"{FLAG}: not above the majority-class rate.")
+    notes += majority_flags(metrics)
+    for method in methods:
+        sel = metrics[method].get("lr_selection")
+        if sel:
+            notes.append(f"lr* {method}: picked {sel['picked']:g} on the validation split from "
+                         + ", ".join(f"{k} -> {100 * v:.1f}" for k, v in sel["grid"].items()))
+    lines += notes
     text = "\n".join(lines) + "\n"
+    md_extra = []
+    for kind, e_header, e_rows in extra_tables:
+        md_extra += [f"{kind} x 100:", "", format_table(e_header, e_rows, markdown=True), ""]
     md = "\n".join([f"`{command}`", "", lines[0], "", format_table(header, rows, markdown=True), "",
-                    format_table(t_header, t_rows, markdown=True), "", *lines[6:]]) + "\n"
+                    format_table(t_header, t_rows, markdown=True), "", *md_extra,
+                    *notes]) + "\n"
     write_text(out / "comparison.txt", text)
     write_text(out / "comparison.md", md)
     write_json(out / "comparison.json", {"command": command, "methods": methods, "table": {"header": header, "rows": rows},
-                                         "per_test": {"header": t_header, "rows": t_rows}})
+                                         "per_test": {"header": t_header, "rows": t_rows},
+                                         "per_test_extra": {k: {"header": h, "rows": r} for k, h, r in extra_tables},
+                                         "not_above_majority": {m: metrics[m].get("not_above_majority", [])
+                                                                for m in methods}})
     plot(metrics, out / "comparison.png")
     return text
 
 
-def run(args: argparse.Namespace) -> int:
+def budget_rows(runs: dict[str, dict[str, dict]]) -> tuple[list[str], list[list[str]]]:
+    """runs[budget][method] = metrics -> one row per method and budget: trainable count and group scores."""
+    first = next(iter(next(iter(runs.values())).values()))
+    groups = [g for g in GROUPS if g in first["groups"]]
+    header = ["method", "budget", "k1", "trainable", *groups, *[f"{g} bal." for g in groups
+                                                               if g in (first.get("balanced_groups") or {})]]
+    rows = []
+    methods = list(next(iter(runs.values())))
+    for method in methods:
+        for budget, by_method in runs.items():
+            m = by_method[method]
+            if method == "full" and budget != next(iter(runs)):
+                continue  # one size: listed once
+            rows.append([method, "-" if method == "full" else budget, "-" if method == "full" else m.get("k1", "-"),
+                         f"{m['trainable_params']:,}", *[_cell(m["groups"].get(g)) for g in groups],
+                         *[_cell((m.get("balanced_groups") or {}).get(g)) for g in groups
+                           if g in (first.get("balanced_groups") or {})]])
+    return header, rows
+
+
+def plot_budgets(runs: dict[str, dict[str, dict]], path: Path) -> None:
+    """Score against trainable parameters, one line per method, one panel per test-set group (Figure 3)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first = next(iter(next(iter(runs.values())).values()))
+    groups = [g for g in GROUPS if g in first["groups"]]
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
+    for ax, group in zip(axes[0], groups):
+        for method in next(iter(runs.values())):
+            points = sorted({(by[method]["trainable_params"], 100 * by[method]["groups"][group]["mean"],
+                              100 * (by[method]["groups"][group]["std"] or 0)) for by in runs.values()})
+            ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], marker="o",
+                        capsize=3, label=method)
+        major = ((first.get("baselines") or {}).get("groups") or {}).get(group, {}).get("majority")
+        if major is not None:
+            ax.axhline(100 * major, color="k", linestyle="dashed", linewidth=1, label="majority class")
+        ax.set_xscale("log")
+        ax.set_xlabel("trainable parameters")
+        ax.set_ylabel(f"{first['metric']} (%)")
+        ax.set_title(f"{group} (mean ± std over seeds)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def run_budgets(args, methods, lrs, grids, out: Path, budgets: list[str], command: str, train) -> int:
+    """Every method at every budget (full fine-tuning, which has one size, once), then the ablation table and plot."""
+    runs: dict[str, dict[str, dict]] = {}
+    first_dir = out / f"budget-{budgets[0]}"
+    for budget in budgets:
+        sub = out / f"budget-{budget}"
+        sub.mkdir(parents=True, exist_ok=True)
+        these = [m for m in methods if m != "full" or budget == budgets[0]]
+        print(f"=== budget {budget} (KRAdapter k1 = {budget_k1(budget)}) ===", flush=True)
+        code = run_methods(args, these, lrs, grids, sub, train, budget, zero_cache=out / "zero_shot.json")
+        if code:
+            return code
+        dirs = {m: (sub if m in these else first_dir) / m for m in methods}
+        print(summarise(sub, methods, command, dirs), end="")
+        runs[budget] = {m: read_json(dirs[m] / "metrics.json") for m in methods}
+    header, rows = budget_rows(runs)
+    first = next(iter(runs[budgets[0]].values()))
+    intro = (f"budget ablation: task {first['task']}, metric {first['metric']} x 100, {len(first['seeds'])} seed(s), "
+             f"{first['training']['steps']} steps of batch {first['training']['batch_size']}; budgets "
+             + ", ".join(f"{b} = KRAdapter k1 {budget_k1(b)}" for b in budgets) + ", comparators matched to it")
+    write_text(out / "budgets.txt", intro + "\n\n" + format_table(header, rows) + "\n")
+    write_text(out / "budgets.md", (f"`{command}`\n\n" if command else "") + intro + "\n\n"
+               + format_table(header, rows, markdown=True) + "\n")
+    write_json(out / "budgets.json", {"command": command, "budgets": budgets, "methods": methods,
+                                      "table": {"header": header, "rows": rows}})
+    plot_budgets(runs, out / "budgets.png")
+    print("\n" + intro + "\n\n" + format_table(header, rows))
+    print(f"written: {out}/budgets.txt, budgets.md, budgets.json, budgets.png (and each budget's comparison in "
+          f"{out}/budget-WORD/)")
+    return 0
+
+
+def run(args: argparse.Namespace, train) -> int:
+    """`kradapter compare`: ``train`` is the function that runs one method's `kradapter train` (the CLI passes its
+    own, so this module does not import the CLI)."""
     methods = parse_methods(args.methods)
+    budgets = parse_budgets(args.budgets) if getattr(args, "budgets", None) else None
     lrs = parse_lr_map(args.lr, methods)
     grids = parse_lr_grid_map(args.lr_grid, methods)
     both = [m for m in methods if grids[m] and args.lr and ("=" not in args.lr or f"{m}=" in args.lr)]
@@ -245,10 +438,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--lr and --lr-grid both set a learning rate for {', '.join(both)}")
     out = Path(args.output_dir or f"runs/compare-{args.task}")
     out.mkdir(parents=True, exist_ok=True)
-    code = run_methods(args, methods, lrs, grids, out)
+    command = "kradapter " + " ".join(sys.argv[1:]) if sys.argv[0].endswith(("kradapter", "__main__.py")) else ""
+    if budgets:
+        return run_budgets(args, methods, lrs, grids, out, budgets, command, train)
+    code = run_methods(args, methods, lrs, grids, out, train)
     if code:
         return code
-    command = "kradapter " + " ".join(sys.argv[1:]) if sys.argv[0].endswith(("kradapter", "__main__.py")) else ""
     print(summarise(out, methods, command), end="")
     print(f"written: {out}/comparison.txt, comparison.md, comparison.json, comparison.png")
     return 0

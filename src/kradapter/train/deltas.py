@@ -1,7 +1,8 @@
 """Delta W of every adapted layer, and its spectral summary (the columns of the paper's Tables 2, 4 and 10).
 
-Each method's update comes from its own layer: KRAdapter's `delta_matrix`, PEFT's `get_delta_weight` for PEFT's
-methods (a conv kernel is flattened to out x rest). Full fine-tuning's update is W - W0.
+Each method's update is its spec's ``delta`` (kradapter.specs): the change the layer really applies, as a
+d_out x d_in matrix (a conv kernel flattened to out x rest) -- for DoRA its merged weight minus W0, not B A. The
+approximation benchmark reads the same function. Full fine-tuning's update is W - W0.
 """
 
 from __future__ import annotations
@@ -23,9 +24,13 @@ def short_name(name: str) -> str:
 @torch.no_grad()
 def adapter_deltas(model: nn.Module, adapter_name: str | None = None) -> dict[str, torch.Tensor]:
     """{layer name: Delta W as a 2-D matrix} for every PEFT tuner layer holding `adapter_name` (default: the
-    active adapter)."""
+    active adapter), each from its method's spec (a method no spec describes: its layer's get_delta_weight)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
+    from ..specs import MethodSpec, spec_for_config
+
+    configs = getattr(model, "peft_config", {})
+    generic = MethodSpec()
     out: dict[str, torch.Tensor] = {}
     for name, module in model.named_modules():
         if not isinstance(module, BaseTunerLayer):
@@ -34,12 +39,8 @@ def adapter_deltas(model: nn.Module, adapter_name: str | None = None) -> dict[st
         for adapter in names:
             if adapter not in getattr(module, module.adapter_layer_names[0], {}):
                 continue
-            if hasattr(module, "delta_matrix"):
-                delta = module.delta_matrix(adapter)
-            else:
-                delta = module.get_delta_weight(adapter)
-            delta = delta.detach().float()
-            out[short_name(name)] = delta.reshape(delta.shape[0], -1)
+            spec = spec_for_config(configs[adapter]) if adapter in configs else None
+            out[short_name(name)] = (spec or generic).delta(module, adapter).detach().float()
             break
     return out
 

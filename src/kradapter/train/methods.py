@@ -1,81 +1,69 @@
 """Which PEFT config each --method gets, at a budget matched to KRAdapter, and full fine-tuning.
 
-Budgets come from kradapter.budget (one trainable-count formula per method). The budget matcher handles Linear and
-Conv1D targets; for Conv2d targets (plain vision models) the methods whose PEFT layers support convolutions and
-whose counts are the same on the flattened kernel (out x in*kh*kw) are matched here with the matcher's own counts:
-kradapter, lora, dora.
+Everything per method comes from its spec (kradapter.specs) through the budget matcher: Linear, Conv1D and Conv2d
+targets alike (a Conv2d kernel counts as its flattened out x in*kh*kw matrix, for the methods whose spec says their
+PEFT layer adapts convolutions), with every method's own config defaults (LoRA: PEFT's lora_alpha=8 on text and
+image tasks alike).
 """
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
-from ..budget import METHODS, check_method, full_finetune_, peft_config_for, trainable_count
+from ..budget import check_method, full_finetune_, peft_config_for, target_layers, trainable_count
+from ..specs import get_spec, method_names
 
-CONV_METHODS = ("kradapter", "lora", "dora", "full")
+__all__ = ["apply_method", "available_methods", "check_method", "full_deltas", "peft_config", "trainable_parameters"]
 
 
 def available_methods() -> tuple[str, ...]:
-    return tuple(METHODS)
+    return method_names()
 
 
-def _conv_geometry(model: nn.Module, target_modules: list[str]) -> list[tuple[int, int]] | None:
-    """(d_out, d_in) of each target when any target is a Conv2d (None when none is)."""
-    from ..methods.kradapter.layer import weight_geometry
-
-    modules = dict(model.named_modules())
-    if not any(isinstance(modules[n], nn.Conv2d) for n in target_modules):
-        return None
-    return [weight_geometry(modules[n]) for n in target_modules]
+# `kradapter compare --budgets`: the paper's Figure 3 budgets, KRAdapter's k1 = m^(1/2), m^(1/3), m^(1/4). A
+# smaller k1 means a larger k2 = m / k1 and so more parameters, n (k1 + k2): low (the default) is the fewest.
+BUDGETS = {"low": "sqrt", "medium": "cbrt", "high": "qdrt"}
 
 
-def _conv_config(method: str, shapes: list[tuple[int, int]], target_modules: list[str], **overrides):
-    from peft import LoraConfig
-
-    from .. import KRAdapterConfig
-
-    if method not in CONV_METHODS:
-        raise ValueError(f"method {method!r} cannot adapt Conv2d targets here; for convolutions use one of "
-                         f"{', '.join(CONV_METHODS)}")
-    if method == "kradapter":
-        return KRAdapterConfig(target_modules=list(target_modules), **overrides)
-    budget = sum(trainable_count("kradapter", o, i) for o, i in shapes)
-    r = 1
-    while sum(trainable_count(method, o, i, r=r) for o, i in shapes) < budget:
-        r += 1
-    return LoraConfig(r=r, lora_alpha=2 * r, use_dora=method == "dora", target_modules=list(target_modules),
-                      **overrides)
+def budget_k1(word: str | None) -> str:
+    """KRAdapter's k1 for a budget word (None: the default, low = sqrt); one error naming the valid words."""
+    if word is None:
+        return BUDGETS["low"]
+    if word not in BUDGETS:
+        raise ValueError(f"unknown budget {word!r}; valid budgets: {', '.join(BUDGETS)} "
+                         "(KRAdapter's k1 = m^(1/2), m^(1/3), m^(1/4); comparators matched to it)")
+    return BUDGETS[word]
 
 
-def peft_config(method: str, model: nn.Module, target_modules: list[str], head: Optional[list[str]] = None):
-    """The PeftConfig for `method` on `target_modules` (None for full fine-tuning)."""
-    check_method(method)
-    overrides = {"modules_to_save": list(head)} if head else {}
-    shapes = _conv_geometry(model, target_modules)
-    if shapes is not None:
-        return None if method == "full" else _conv_config(method, shapes, target_modules, **overrides)
-    return peft_config_for(method, model, list(target_modules), **({} if method == "full" else overrides))
+def peft_config(method: str, model: nn.Module, target_modules: list[str], head: list[str] | None = None,
+                k1: str = "sqrt"):
+    """The PeftConfig for `method` on `target_modules` (None for full fine-tuning), at the trainable count of
+    KRAdapter with this `k1` on the same targets."""
+    spec = get_spec(method)
+    overrides = {"modules_to_save": list(head)} if head and not spec.trains_base else {}
+    budget = None
+    if k1 != "sqrt":
+        if method == "kradapter":  # the reference method: its own k1, not a count to match
+            overrides["k1"] = k1
+        else:
+            budget = sum(trainable_count("kradapter", o, i, k1=k1)
+                         for o, i in target_layers(model, list(target_modules)).values())
+    return peft_config_for(method, model, list(target_modules), budget, **overrides)
 
 
-def apply_method(model: nn.Module, method: str, target_modules: list[str], head: Optional[list[str]] = None):
+def apply_method(model: nn.Module, method: str, target_modules: list[str], head: list[str] | None = None,
+                 k1: str = "sqrt"):
     """(model ready to train, reference weights). PEFT methods wrap the model with get_peft_model; full
-    fine-tuning trains the targets' weights (as budget.full_finetune_ does) and the head in place, and keeps a copy
-    of the targets' initial weights so its update Delta W = W - W0 is analysed like an adapter's."""
+    fine-tuning trains the targets' weights (budget.full_finetune_) and the head in place, and keeps a copy of the
+    targets' initial weights so its update Delta W = W - W0 is analysed like an adapter's."""
     from peft import get_peft_model
 
-    config = peft_config(method, model, target_modules, head)
+    config = peft_config(method, model, target_modules, head, k1)
     if config is not None:
         return get_peft_model(model, config), None
     modules = dict(model.named_modules())
-    if _conv_geometry(model, target_modules) is None:
-        full_finetune_(model, list(target_modules))
-    else:  # the budget matcher's full_finetune_ takes Linear/Conv1D only; same rule for convolutions
-        model.requires_grad_(False)
-        for name in target_modules:
-            modules[name].weight.requires_grad_(True)
+    full_finetune_(model, list(target_modules))
     for name in head or []:
         modules[name].requires_grad_(True)
     reference = {name: modules[name].weight.detach().clone() for name in target_modules}

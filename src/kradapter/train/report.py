@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..io import read_json
+from ..specs import spec_for_config
 from .deltas import adapter_deltas, spectral_means, spectral_table
 from .runner import FULL_DELTA, RUN_INFO
 
@@ -154,7 +155,8 @@ def spectral_report(directory: str | Path, base: str | None = None) -> dict:
         model = PeftModel.from_pretrained(model, str(directory))
         _check_all_loaded(directory, model, keys)
         deltas = adapter_deltas(model)
-        method = method or str(config.peft_type).split(".")[-1].lower()
+        spec = spec_for_config(config)
+        method = method or (spec.name if spec else str(config.peft_type).split(".")[-1].lower())
     else:
         raise ValueError(f"{directory} holds no adapter: expected adapter_config.json (PEFT) or {FULL_DELTA} "
                          "(full fine-tuning from kradapter train)")

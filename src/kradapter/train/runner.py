@@ -31,15 +31,13 @@ from ..outdir import OutputLock, clean_interrupted, publish_version
 from .callbacks import EffectiveRankCallback, GracefulInterrupt
 from .checkpoints import StepTimer, drop_partial, latest_complete_checkpoint
 from .deltas import adapter_deltas, spectral_means, spectral_table
-from .methods import apply_method, check_method, full_deltas, trainable_parameters
+from .baselines import BALANCED, group_baselines, not_above_majority
+from .methods import apply_method, budget_k1, check_method, full_deltas, peft_config, trainable_parameters
 from .metrics import group_means, mean_std, r_gen
 from .options import check_options
 from .tasks import task_module
 from .tasks.base import Prepared
 
-# Other methods: 1e-3. Methods want different rates: tune them (--lr-grid). KRAdapter at its default alpha 0.1 was
-# best at 1e-2 (image) and 3e-2 (text) where LoRA was best at 3e-3 on both (benchmarks/RECIPES.md).
-DEFAULT_LR = {"kradapter": 1e-2, "full": 1e-4}
 RUN_INFO = "kradapter_run.json"
 FULL_DELTA = "full_delta.safetensors"
 FULL_HEAD = "full_head.safetensors"
@@ -52,7 +50,10 @@ class TrainingInterrupted(Exception):
 
 
 def default_lr(method: str) -> float:
-    return DEFAULT_LR.get(method, 1e-3)
+    """The method spec's default rate (methods want different rates: tune them with --lr-grid)."""
+    from ..specs import get_spec
+
+    return get_spec(method).default_lr
 
 
 def parse_seeds(value: str) -> list[int]:
@@ -123,7 +124,8 @@ def train_seed(prepared: Prepared, args, method: str, lr: float, seed: int, seed
             return done
     set_seed(seed)
     model = prepared.build_model()
-    model, reference = apply_method(model, method, prepared.targets, prepared.head)
+    model, reference = apply_method(model, method, prepared.targets, prepared.head,
+                                    budget_k1(getattr(args, "budget", None)))
     trainable, total = trainable_parameters(model)
     batch_size, max_steps, epochs = training_size(args, prepared.defaults)
     steps_planned = max_steps or -(-len(prepared.train) // batch_size) * int(epochs)
@@ -204,9 +206,7 @@ def _evaluate_and_save(prepared, args, method, lr, seed, seed_dir, eval_sets, sa
     peak_mb, memory_kind = _peak_memory_mb()
     if not rank_cb.history:  # no step ran in this session (resumed after training had finished)
         rank_cb.measure(trainer.state.global_step)
-    scores = {"validation": prepared.evaluate(model, prepared.validation)}
-    for name, ds in eval_sets.items():
-        scores[name] = prepared.evaluate(model, ds)
+    scores, extra = evaluate_sets(prepared, model, {"validation": prepared.validation, **eval_sets})
     deltas = full_deltas(model, reference) if reference is not None else adapter_deltas(model)
     if not deltas:
         raise RuntimeError(f"method {method} left no adapted layer to analyse")  # a bug, not bad input
@@ -215,7 +215,8 @@ def _evaluate_and_save(prepared, args, method, lr, seed, seed_dir, eval_sets, sa
     # includes loading a checkpoint.
     epochs_timed = timer.steps * batch_size / max(1, len(prepared.train))
     result = {
-        "seed": seed, "learning_rate": lr, "scores": scores, "trainable_params": trainable, "total_params": total,
+        "seed": seed, "learning_rate": lr, "scores": scores, "extra_scores": extra, "trainable_params": trainable,
+        "total_params": total,
         "steps": trainer.state.global_step, "batch_size": batch_size,
         "resumed_from": str(resumed_from.name) if resumed_from else None,
         "train_seconds": timer.seconds, "steps_timed": timer.steps, "epochs_timed": epochs_timed,
@@ -242,20 +243,33 @@ def _evaluate_and_save(prepared, args, method, lr, seed, seed_dir, eval_sets, sa
     return result
 
 
-def zero_shot_scores(prepared: Prepared, model, cache: Path | None) -> dict:
-    """Scores of the untouched model on every set (cached: compare computes them once for all methods)."""
+def evaluate_sets(prepared: Prepared, model, sets: dict) -> tuple[dict, dict]:
+    """({set: primary score}, {set: {other score: value}}): a task's evaluate returns a number or a dict of named
+    scores holding its primary metric."""
+    scores, extra = {}, {}
+    for name, ds in sets.items():
+        out = prepared.evaluate(model, ds)
+        if isinstance(out, dict):
+            scores[name] = out[prepared.metric]
+            extra[name] = {k: v for k, v in out.items() if k != prepared.metric}
+        else:
+            scores[name], extra[name] = out, {}
+    return scores, extra
+
+
+def zero_shot_scores(prepared: Prepared, model, cache: Path | None) -> tuple[dict, dict]:
+    """Scores (primary, other) of the untouched model on every set (cached: compare computes them once for all
+    methods)."""
     key = {"task": prepared.task, "model": prepared.model_path, "data": prepared.data_args, "sizes": prepared.sizes,
            "run_info": prepared.run_info}
     if cache is not None and cache.exists():
         stored = read_json(cache)
-        if stored.get("key") == json.loads(json.dumps(key)):
-            return stored["scores"]
-    scores = {"validation": prepared.evaluate(model, prepared.validation)}
-    for name, ds in prepared.tests.items():
-        scores[name] = prepared.evaluate(model, ds)
+        if stored.get("key") == json.loads(json.dumps(key)) and "extra" in stored:
+            return stored["scores"], stored["extra"]
+    scores, extra = evaluate_sets(prepared, model, {"validation": prepared.validation, **prepared.tests})
     if cache is not None:
-        write_json(cache, {"key": key, "scores": scores})
-    return scores
+        write_json(cache, {"key": key, "scores": scores, "extra": extra})
+    return scores, extra
 
 
 def choose_lr(prepared: Prepared, args, method: str, grid: list[float], seed: int, out: Path) -> tuple[float, dict]:
@@ -273,7 +287,8 @@ def _run_key(args, prepared: Prepared, method: str) -> dict:
     # Not the learning rate: each grid point and each seed records its own, so a grid can be extended later.
     return {"task": prepared.task, "method": method, "model": prepared.model_path, "data": prepared.data_args,
             "max_steps": args.max_steps, "epochs": args.epochs,
-            "batch_size": args.batch_size, "targets": prepared.targets, "sizes": prepared.sizes}
+            "batch_size": args.batch_size, "targets": prepared.targets, "sizes": prepared.sizes,
+            "scoring": prepared.run_info.get("scoring"), "budget": getattr(args, "budget", None)}
 
 
 def _check_output_dir(out: Path, key: dict) -> None:
@@ -292,6 +307,7 @@ def _check_output_dir(out: Path, key: dict) -> None:
 def run(args: argparse.Namespace, extra_callbacks=()) -> dict:
     """Everything `kradapter train` does; returns the metrics dict also written to DIR/metrics.json."""
     check_method(args.method)
+    budget_k1(getattr(args, "budget", None))  # an unknown budget word fails here, before anything loads
     check_options(args)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
@@ -302,6 +318,7 @@ def run(args: argparse.Namespace, extra_callbacks=()) -> dict:
         raise ValueError("give --lr or --lr-grid, not both")
     if getattr(args, "quantize", None):
         _check_quantize(args)
+    _check_scoring(args, task)
     out = Path(args.output_dir)
     check_writable_dir(out)
     with OutputLock(out):
@@ -327,26 +344,22 @@ def _interrupted_state(out: Path) -> str:
 
 
 def _run_locked(args, task, seeds, grid, out: Path, extra_callbacks) -> dict:
-    from transformers import set_seed
-
     prepared = task.prepare(args)
     local_batch_size(training_size(args, prepared.defaults)[0], world_size())  # splits evenly?
     method = args.method
     key = _run_key(args, prepared, method)
     _check_output_dir(out, key)
 
-    # Check the method on the model before spending time on anything (unsupported layer types fail here).
-    set_seed(seeds[0])
-    probe = prepared.build_model()
-    zero_probe = prepared.build_model() if prepared.zero_shot else None
-    apply_method(probe, method, prepared.targets, prepared.head)
-    del probe
+    # Check the method on the model before spending time on anything (unsupported layer types fail here), on the
+    # untouched model prepare loaded, which then gives the zero-shot scores: one copy alive at a time.
+    untouched = prepared.take_model()
+    peft_config(method, untouched, prepared.targets, prepared.head, budget_k1(getattr(args, "budget", None)))
     write_json(out / "run.json", {"key": key})
-    zero = None
-    if zero_probe is not None:
+    zero = zero_extra = None
+    if prepared.zero_shot:
         cache = Path(args.zero_shot_cache) if args.zero_shot_cache else out / "zero_shot.json"
-        zero = zero_shot_scores(prepared, zero_probe, cache)
-        del zero_probe
+        zero, zero_extra = zero_shot_scores(prepared, untouched, cache)
+    del untouched
 
     selection = None
     if grid:
@@ -355,7 +368,7 @@ def _run_locked(args, task, seeds, grid, out: Path, extra_callbacks) -> dict:
         lr = args.lr if args.lr is not None else default_lr(method)
     results = [train_seed(prepared, args, method, lr, s, out / "seeds" / f"seed-{s}", prepared.tests,
                           extra_callbacks=extra_callbacks) for s in seeds]
-    metrics = aggregate(prepared, args, method, lr, selection, seeds, results, zero)
+    metrics = aggregate(prepared, args, method, lr, selection, seeds, results, zero, zero_extra)
 
     # The first seed's adapter and the run's results become DIR's published results together, in one step; the
     # previous ones stay readable until then.
@@ -370,39 +383,69 @@ def _run_locked(args, task, seeds, grid, out: Path, extra_callbacks) -> dict:
     return metrics
 
 
+def _check_scoring(args, task) -> None:
+    """--scoring: one clear error for a mode the task does not offer, before anything is loaded."""
+    mode = getattr(args, "scoring", None)
+    supported = getattr(task, "SCORING", ())
+    if mode is not None and mode not in supported:
+        offer = (f"supports {', '.join(supported)}" if supported else
+                 "has one way to score (its model's predicted class); --scoring applies to the commonsense task")
+        raise ValueError(f"--scoring {mode!r}: task {args.task!r} {offer}")
+
+
 def _check_quantize(args) -> None:
     """--quantize: one clear error for a task, method or missing backend it cannot serve, before any loading."""
     from ..quant import bnb_config
 
     if args.task != "commonsense":
         raise ValueError(f"--quantize applies to the causal-LM task 'commonsense', not {args.task!r}")
-    if args.method == "full":
+    from ..specs import get_spec
+
+    if get_spec(args.method).trains_base:
         raise ValueError("--quantize needs an adapter method: full fine-tuning cannot train quantized weights")
     bnb_config(args.quantize)  # raises when bitsandbytes is not installed
 
 
-def aggregate(prepared: Prepared, args, method, lr, selection, seeds, results, zero) -> dict:
-    tests = {name: {"group": prepared.groups[name], **mean_std([r["scores"][name] for r in results])}
+def _extra_blocks(prepared: Prepared, results: list[dict], name: str) -> dict:
+    names = sorted({k for r in results for k in r.get("extra_scores", {}).get(name, {})})
+    return {k: mean_std([r.get("extra_scores", {}).get(name, {}).get(k) for r in results]) for k in names}
+
+
+def aggregate(prepared: Prepared, args, method, lr, selection, seeds, results, zero, zero_extra=None) -> dict:
+    tests = {name: {"group": prepared.groups[name], **mean_std([r["scores"][name] for r in results]),
+                    "extra": _extra_blocks(prepared, results, name),
+                    "baseline": prepared.baselines.get(name)}
              for name in prepared.tests}
     per_seed_groups = [group_means(r["scores"], prepared.groups) for r in results]
     groups = {g: mean_std([pg[g] for pg in per_seed_groups]) for g in ("ID", "NID", "OOD")
               if any(g in pg for pg in per_seed_groups)}
+    per_seed_balanced = [group_means({n: v[BALANCED] for n, v in r.get("extra_scores", {}).items() if BALANCED in v},
+                                     prepared.groups) for r in results]
+    balanced_groups = {g: mean_std([pg.get(g) for pg in per_seed_balanced]) for g in groups
+                       if any(g in pg for pg in per_seed_balanced)}
+    baselines = {"tests": prepared.baselines, "groups": group_baselines(prepared.baselines, prepared.groups)}
     zero_block, rgen = None, None
     if zero is not None:
         zero_groups = group_means(zero, prepared.groups)
+        zero_extra = zero_extra or {}
         zero_block = {"tests": {n: zero[n] for n in prepared.tests}, "validation": zero.get("validation"),
-                      "groups": zero_groups}
+                      "groups": zero_groups, "extra": {n: zero_extra.get(n, {}) for n in prepared.tests},
+                      "balanced_groups": group_means({n: v[BALANCED] for n, v in zero_extra.items()
+                                                      if BALANCED in v and n in prepared.tests}, prepared.groups)}
         rgen = mean_std([r_gen(pg, zero_groups) for pg in per_seed_groups])
     spectral_rows = [spectral_means(r["spectral"]) for r in results]
     first = results[0]
     return {
         "task": prepared.task, "method": method, "model": prepared.model_path, "data": prepared.data_args,
+        "budget": getattr(args, "budget", None) or "low", "k1": budget_k1(getattr(args, "budget", None)),
         "seeds": seeds, "learning_rate": lr, "lr_selection": selection, "metric": prepared.metric,
         "trainable_params": first["trainable_params"], "total_params": first["total_params"],
         "targets": prepared.targets, "head": prepared.head, "sizes": prepared.sizes,
         "training": {"steps": first["steps"], "batch_size": first["batch_size"]},
         "validation": mean_std([r["scores"]["validation"] for r in results]),
-        "tests": tests, "groups": groups, "zero_shot": zero_block, "r_gen": rgen,
+        "tests": tests, "groups": groups, "balanced_groups": balanced_groups, "baselines": baselines,
+        "not_above_majority": [name for name, _, _ in not_above_majority(tests, prepared.baselines)],
+        "zero_shot": zero_block, "r_gen": rgen,
         "spectral": first["spectral"],
         "spectral_summary": {k: mean_std([row[k] for row in spectral_rows])
                              for k in ("effective_rank", "nuclear_norm", "frobenius_norm")},
@@ -436,11 +479,22 @@ def format_summary(m: dict) -> str:
         sel = m["lr_selection"]
         grid = ", ".join(f"{k}: {v:.3f}" for k, v in sel["grid"].items())
         lines.append(f"learning rate picked on the validation split ({sel['metric']}): {sel['picked']:g}  [{grid}]")
-    lines.append(f"{'test set':<24} {'group':<5} {m['metric'] + ' (mean ± std)':>24} {'zero-shot':>10}")
+    lines.append(f"{'test set':<24} {'group':<5} {m['metric'] + ' (mean ± std)':>24} {'balanced acc.':>16} "
+                 f"{'zero-shot':>10} {'majority':>9} {'chance':>7}")
     zs = (m.get("zero_shot") or {}).get("tests", {})
+    flagged = set(m.get("not_above_majority", []))
     for name, t in m["tests"].items():
         z = f"{zs[name]:.3f}" if name in zs else "-"
-        lines.append(f"{name:<24} {t['group']:<5} {_pm(t):>24} {z:>10}")
+        bal = _pm((t.get("extra") or {}).get(BALANCED))
+        base = t.get("baseline") or {}
+        major = f"{base['majority']:.3f}" if base else "-"
+        chance = f"{base['chance']:.3f}" if base else "-"
+        mark = " (not above majority)" if name in flagged else ""
+        lines.append(f"{name:<24} {t['group']:<5} {_pm(t):>24} {bal:>16} {z:>10} {major:>9} {chance:>7}{mark}")
+    for name, t in m["tests"].items():
+        others = {k: b for k, b in (t.get("extra") or {}).items() if k != BALANCED}
+        if others:
+            lines.append(f"{name}: " + ", ".join(f"{k} {_pm(b)}" for k, b in others.items()))
     groups = "  ".join(f"{g} {_pm(b)}" for g, b in m["groups"].items())
     lines.append(f"groups: {groups}   r_gen: " + (_pm(m["r_gen"], 2) if m.get("r_gen") else
                                                   "n/a (no zero-shot baseline: the head is trained from scratch)"))

@@ -25,11 +25,12 @@ from .config import KRAdapterConfig, check_alpha, check_k1
 from .._delta_model import DeltaTuner
 from .._geometry import weight_geometry
 from .conv_nd import Conv1d, Conv3d
+from .dispatch import dispatch_quantized
 from .embedding import Embedding, embedding_blocker
 from .layer import Conv2d, KRAdapterLayer, Linear
 from . import bnb
 from .mha import MultiheadAttention, mha_blocker
-from .quantized import QuantizedLinear, dispatch_quantized
+from .quantized import QuantizedLinear
 
 # The paper adapts attention key and value (sections 4.3 and H); used when target_modules is not given.
 DEFAULT_TARGET_MODULES: dict[str, list[str]] = {

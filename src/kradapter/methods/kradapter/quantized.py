@@ -225,30 +225,3 @@ def is_plain_float_layer(base: nn.Module) -> bool:
     """True for a layer whose weight is an ordinary floating-point tensor (no quantization to handle)."""
     weight = getattr(base, "weight", None)
     return type(weight) in (nn.Parameter, torch.Tensor) and weight.is_floating_point()
-
-
-def dispatch_quantized(target: nn.Module, adapter_name: str, quantization_kwargs: dict, **kwargs) -> Optional[nn.Module]:
-    """A KRAdapter layer for a quantized linear ``target``, or None when the target is not quantized.
-
-    bitsandbytes layers get their own classes (bnb.py); any other backend PEFT recognises (torchao, HQQ, GPTQ, ...)
-    gets QuantizedLinear with PEFT's backend, which refuses to merge where the backend cannot dequantize.
-    """
-    base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
-    if not isinstance(base, nn.Linear) or is_plain_float_layer(base):
-        return None
-    from ..._compat import resolve_quantization_backend
-
-    from . import bnb
-
-    layer_cls = bnb.layer_class_for(base)
-    backend = resolve_quantization_backend(base, **quantization_kwargs)
-    if layer_cls is not None:
-        return layer_cls(target, adapter_name, backend, **kwargs)
-    if backend is None:
-        if base.weight.is_floating_point():  # e.g. a DTensor shard under FSDP: an ordinary float weight
-            return None
-        from ..._compat import ForwardOnlyQuantizationBackend
-
-        # An nn.Linear subclass with a non-float weight that PEFT does not know: train on it, never merge into it.
-        backend = ForwardOnlyQuantizationBackend(f"unrecognised {type(base).__name__}")
-    return QuantizedLinear(target, adapter_name, backend, **kwargs)

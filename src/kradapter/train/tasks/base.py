@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from torch import nn
 
@@ -16,12 +16,15 @@ class Prepared:
     task: str
     model_path: str
     build_model: Callable[[], nn.Module]  # a fresh base model (call after seeding: heads are initialised here)
+    # One task base: prepare() loads the model once (to resolve targets) and hands it over as `loaded`.
     train: Any  # datasets.Dataset, already tokenised / transformed
     validation: Any
     tests: dict[str, Any]
     groups: dict[str, str]  # test name -> "ID" | "NID" | "OOD"
     collator: Callable
-    evaluate: Callable[[nn.Module, Any], float]  # primary metric of a model on one prepared set
+    # Primary metric of a model on one prepared set: a number, or a dict of named scores holding `metric`
+    # (e.g. also "balanced_accuracy", "acc_norm").
+    evaluate: Callable[[nn.Module, Any], float | dict]
     metric: str
     targets: list[str]  # full module names to adapt
     head: list[str] = field(default_factory=list)  # module names trained and saved besides the adapters
@@ -30,6 +33,16 @@ class Prepared:
     sizes: dict = field(default_factory=dict)  # rows per split, for the summary
     defaults: dict = field(default_factory=dict)  # task defaults: max_steps, epochs, batch_size, lr per method
     data_args: list = field(default_factory=list)  # the --data entries this run used (defaults spelled out)
+    # test name -> {"majority", "chance", "majority_balanced"} (train/baselines.py), for accuracy-scored sets
+    baselines: dict = field(default_factory=dict)
+    loaded: Optional[nn.Module] = field(default=None, repr=False)  # the untouched model prepare read targets from
+
+    def take_model(self) -> nn.Module:
+        """The untouched base model prepare loaded, handed over once (later calls build a fresh one): the runner
+        checks the method and scores zero-shot on it, so a run loads the model once per seed plus once, and never
+        holds two copies."""
+        model, self.loaded = self.loaded, None
+        return model if model is not None else self.build_model()
 
 
 def load_or_explain(what: str, path: str, loader: Callable[[], Any]) -> Any:

@@ -17,6 +17,7 @@ from torch import nn
 
 from .base import Prepared, load_or_explain, resolve_targets, split_csv
 from ..data import spec_args
+from ..baselines import set_baselines
 from .image import evaluate_logits, load_image_sets, pixel_transform, split_image_sets, stack_collate
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -96,7 +97,6 @@ def prepare(args: argparse.Namespace) -> Prepared:
         mean, std = tuple(proc.image_mean), tuple(proc.image_std)
     except Exception:  # no processor saved with the model: OpenAI CLIP's statistics
         mean, std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-    del model
     train, validation, tests = split_image_sets(args, raw, specs, using_default=False)
     transform = pixel_transform(args.image_column, size, mean, std)
 
@@ -107,11 +107,12 @@ def prepare(args: argparse.Namespace) -> Prepared:
         task="clip", model_path=model_path, build_model=build_model, train=train.with_transform(transform),
         validation=validation.with_transform(transform), tests={n: d.with_transform(transform) for n, d in tests.items()},
         groups={s.name: s.group for s in specs if s.role == "test"}, collator=stack_collate,
-        evaluate=evaluate_logits(args), metric="accuracy", targets=targets, head=[], zero_shot=True,
+        evaluate=evaluate_logits(args), metric="accuracy", targets=targets, head=[], zero_shot=True, loaded=model,
         run_info={"task": "clip", "model": model_path, "classes": classes, "prompt": args.prompt},
         sizes={"train": len(train), "validation": len(validation), **{n: len(d) for n, d in tests.items()}},
         defaults={"max_steps": None, "epochs": 10, "batch_size": 32},
         data_args=spec_args(specs),
+        baselines={n: set_baselines(d["labels"], len(classes)) for n, d in tests.items()},
     )
 
 

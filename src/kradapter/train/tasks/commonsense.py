@@ -18,7 +18,9 @@ import re
 import torch
 
 from ..data import load_file, parse_data_args, require_columns, spec_args, split_off, subsample
+from ..baselines import BALANCED, balanced_accuracy, set_baselines
 from ..metrics import accuracy
+from .choice_scoring import CONTINUATION, check_choices, choice_logprobs, pick, row_choices
 from .base import Prepared, batched, load_or_explain, resolve_targets, split_csv
 
 PROMPT = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
@@ -34,7 +36,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("commonsense task")
     g.add_argument("--cutoff-len", type=int, default=256, help="max tokens of prompt + response (default 256)")
     g.add_argument("--max-new-tokens", type=int, default=16,
-                   help="tokens generated per test question (default 16)")
+                   help="tokens generated per test question with --scoring generate (default 16)")
+    g.add_argument("--scoring", default=None, metavar="MODE",
+                   help="commonsense: loglik (default: each choice's log-likelihood, acc and acc_norm, as "
+                   "lm-evaluation-harness) or generate (greedy generation and LLM-Adapters' answer extraction)")
+
+
+SCORING = ("loglik", "generate")  # the --scoring modes this task supports; the first is the default
 
 
 def prompt_of(instruction: str, input_text: str | None = None) -> str:
@@ -122,7 +130,6 @@ def prepare(args: argparse.Namespace) -> Prepared:
 
     targets = resolve_targets(model, split_csv(args.target_modules), DEFAULT_TARGET_MODULES.get(config.model_type, []),
                               where=f" ({config.model_type})", kinds=(nn.Linear, Conv1D))
-    del model
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:
         raise ValueError(f"tokenizer of '{model_path}' has neither a pad nor an eos token")
@@ -171,7 +178,29 @@ def prepare(args: argparse.Namespace) -> Prepared:
             ids[i, width - n:], mask[i, width - n:] = torch.tensor(r["input_ids"]), 1
         return {"input_ids": ids, "attention_mask": mask, "answers": [r["answer"] for r in rows]}
 
-    def evaluate(model, ds) -> float:
+    scoring = getattr(args, "scoring", None) or SCORING[0]
+    choices_of = {}  # set name -> each question's choices (checked now, before any training)
+    if scoring == "loglik":  # whole files first, so an error names the file's own row
+        for spec in tests + ([by_role["validation"]] if "validation" in by_role else []):
+            check_choices(raw[spec.name], spec.path)
+        if "validation" not in by_role:
+            check_choices(validation, f"the validation split held out of {by_role['train'].path}")
+        for name, ds in {"validation": validation, **test_sets}.items():
+            choices_of[name] = [row_choices(r) for r in ds]
+
+    def evaluate_loglik(model, ds) -> dict:
+        choices = ds["choices"]
+        texts = [[CONTINUATION.format(choice=c) for c in cs] for cs in choices]
+        conts = [[tokenizer(t, add_special_tokens=False)["input_ids"] for t in ts] for ts in texts]
+        lps = choice_logprobs(model, list(ds["input_ids"]), conts, args.eval_batch_size, pad_id)
+        acc, norm = pick(lps, choices, texts)
+        gold = list(ds["answer"])
+        return {"accuracy": accuracy(acc, gold), "acc_norm": accuracy(norm, gold),
+                BALANCED: balanced_accuracy(acc, gold)}
+
+    def evaluate(model, ds) -> dict:
+        if scoring == "loglik":
+            return evaluate_loglik(model, ds)
         pattern = answer_pattern(list(ds["answer"]))
 
         def step(m, batch):
@@ -181,7 +210,8 @@ def prepare(args: argparse.Namespace) -> Prepared:
             return [(extract_answer(t, pattern), g) for t, g in zip(texts, batch["answers"])]
 
         pairs = batched(model, ds, eval_collate, max(1, args.eval_batch_size // 2), step, desc="generating")
-        return accuracy([p for p, _ in pairs], [g for _, g in pairs])
+        pred, gold = [p for p, _ in pairs], [g for _, g in pairs]
+        return {"accuracy": accuracy(pred, gold), BALANCED: balanced_accuracy(pred, gold)}
 
     def build_model():
         return load_model(model_path, getattr(args, "quantize", None))
@@ -189,17 +219,24 @@ def prepare(args: argparse.Namespace) -> Prepared:
     def tokenize_train(ds):
         return ds.map(encode_train, remove_columns=ds.column_names, keep_in_memory=True)
 
-    def tokenize_eval(ds):
-        return ds.map(encode_eval, remove_columns=ds.column_names, keep_in_memory=True)
+    def tokenize_eval(ds, name):
+        out = ds.map(encode_eval, remove_columns=ds.column_names, keep_in_memory=True)
+        return out.add_column("choices", choices_of[name]) if name in choices_of else out
+
+    def set_baselines_of(name, ds):
+        counts = [len(c) for c in choices_of[name]] if name in choices_of else [
+            len(c) if (c := row_choices(r)) else len(set(ds["answer"])) for r in ds]
+        return set_baselines(ds["answer"], counts)
 
     return Prepared(
         task="commonsense", model_path=model_path, build_model=build_model, train=tokenize_train(train),
-        validation=tokenize_eval(validation), tests={n: tokenize_eval(d) for n, d in test_sets.items()},
+        validation=tokenize_eval(validation, "validation"), tests={n: tokenize_eval(d, n) for n, d in test_sets.items()},
         groups={s.name: s.group for s in tests}, collator=train_collate, evaluate=evaluate, metric="accuracy",
-        targets=targets, head=[], zero_shot=True, run_info={"task": "commonsense", "model": model_path},
+        targets=targets, head=[], zero_shot=True, loaded=model,
+        run_info={"task": "commonsense", "model": model_path, "scoring": scoring},
         sizes={"train": len(train), "validation": len(validation), **{n: len(d) for n, d in test_sets.items()}},
         defaults={"max_steps": 150 if using_default else None, "epochs": 4, "batch_size": 8},
-        data_args=spec_args(specs),
+        data_args=spec_args(specs), baselines={n: set_baselines_of(n, d) for n, d in test_sets.items()},
     )
 
 

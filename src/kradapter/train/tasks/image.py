@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import load_file, parse_data_args, require_columns, spec_args, split_off, subsample
+from ..baselines import BALANCED, balanced_accuracy, set_baselines
 from ..metrics import accuracy
 from .base import Prepared, batched, load_or_explain, resolve_targets, split_csv
 
@@ -145,7 +146,8 @@ def evaluate_logits(args):
             return list(zip(logits.argmax(-1).cpu().tolist(), batch["labels"].cpu().tolist()))
 
         pairs = batched(model, ds, stack_collate, args.eval_batch_size, step, desc="evaluating")
-        return accuracy([p for p, _ in pairs], [g for _, g in pairs])
+        pred, gold = [p for p, _ in pairs], [g for _, g in pairs]
+        return {"accuracy": accuracy(pred, gold), BALANCED: balanced_accuracy(pred, gold)}
 
     return evaluate
 
@@ -226,7 +228,6 @@ def prepare(args: argparse.Namespace) -> Prepared:
                               kinds=(nn.Conv2d, nn.Linear))
     head = ["backbone._fc"] if model_path == EFFICIENTNET else [
         f"backbone.{n}" for n, _ in model.backbone.named_children() if n in ("classifier", "score", "fc")]
-    del model
     size, mean, std, scale01 = _normalisation(model_path, args.image_size or (64 if using_default else None))
     train, validation, tests = split_image_sets(args, raw, specs, using_default)
     transform = pixel_transform(args.image_column, size, mean, std, scale01)
@@ -238,11 +239,12 @@ def prepare(args: argparse.Namespace) -> Prepared:
         task="image", model_path=model_path, build_model=build_model, train=train.with_transform(transform),
         validation=validation.with_transform(transform), tests={n: d.with_transform(transform) for n, d in tests.items()},
         groups={s.name: s.group for s in specs if s.role == "test"}, collator=stack_collate,
-        evaluate=evaluate_logits(args), metric="accuracy", targets=targets, head=head, zero_shot=False,
+        evaluate=evaluate_logits(args), metric="accuracy", targets=targets, head=head, zero_shot=False, loaded=model,
         run_info={"task": "image", "model": model_path, "num_labels": len(classes), "classes": classes},
         sizes={"train": len(train), "validation": len(validation), **{n: len(d) for n, d in tests.items()}},
         defaults={"max_steps": 200 if using_default else None, "epochs": 10, "batch_size": 32},
         data_args=spec_args(specs),
+        baselines={n: set_baselines(d["labels"], len(classes)) for n, d in tests.items()},
     )
 
 
