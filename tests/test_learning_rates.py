@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from kradapter.learning_rates import DEFAULT_LR, default_lr, is_measured
+from kradapter.learning_rates import default_lr, is_measured
+from kradapter.specs import method_names
 from kradapter.train.compare import _seed_caption, _untuned, parse_lr_map
 
 
 def test_defaults_are_the_documented_ones():
-    assert DEFAULT_LR == {"kradapter": 3e-2, "lora": 3e-3, "full": 3e-4, "randlora": 3e-4}
+    measured = {m: default_lr(m) for m in method_names() if is_measured(m)}
+    assert measured == {"kradapter": 3e-2, "lora": 3e-3, "full": 3e-4, "randlora": 3e-4}
     assert default_lr("dora") == 1e-3 and not is_measured("dora") and is_measured("lora")
 
 

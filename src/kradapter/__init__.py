@@ -2,6 +2,7 @@
 
 Importing this package registers every method it defines with PEFT, so ``peft.get_peft_model`` and
 ``peft.PeftModel.from_pretrained`` accept their configs in any process that ran ``import kradapter``.
+A peft or transformers outside the tested ranges (``_compat.TESTED_RANGES``, as in pyproject) gets one warning.
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -10,7 +11,7 @@ from . import _quiet
 
 _quiet.install_bitsandbytes_filter()  # before PEFT imports bitsandbytes (see _quiet)
 
-from . import _peft_guards, _registry  # noqa: E402
+from . import _compat, _peft_guards, _registry  # noqa: E402
 from .methods.kradapter import KRAdapterConfig, KRAdapterLayer, KRAdapterModel
 from .methods.kronlora import KronLoRAConfig, KronLoRAModel, quantize_kronlora_
 from .methods.sinlora import SinLoRAConfig, SinLoRAModel
@@ -22,6 +23,7 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
+_compat.warn_if_untested()
 _registry.register("kradapter", KRAdapterConfig, KRAdapterModel)
 _registry.register("sinlora", SinLoRAConfig, SinLoRAModel)
 _registry.register("kronlora", KronLoRAConfig, KronLoRAModel)

@@ -17,8 +17,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
+from ._compat import Conv1D
 from .specs import OutOfReach, get_spec, method_names
 
 # The built-in methods, in the order tables list them; method_names() adds any a user registered.
@@ -162,7 +162,9 @@ def target_layers(model: nn.Module, target_modules, task_type=None) -> dict[str,
         ValueError: If ``target_modules`` is empty, matches nothing, or matches a module of a type KRAdapter
             does not adapt.
     """
-    from peft.tuners.tuners_utils import BaseTunerLayer, _maybe_include_all_linear_layers, check_target_module_exists
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from ._compat import _maybe_include_all_linear_layers, check_target_module_exists
 
     from .methods._geometry import weight_geometry
     from .methods.kradapter.config import KRAdapterConfig

@@ -169,7 +169,7 @@ def merge_to_full_precision(
 
 def _check_dequantizable(model: nn.Module) -> None:
     """Every quantized layer, adapted or not, must dequantize correctly; checked before anything is copied."""
-    from peft.utils import get_quantization_kwargs, resolve_quantization_backend
+    from ._compat import get_quantization_kwargs, resolve_quantization_backend
 
     adapted = quantized_layers(model)
     for name, layer in adapted.items():
@@ -189,7 +189,7 @@ def _check_dequantizable(model: nn.Module) -> None:
 
 def _dequantize_remaining_(model: nn.Module, dtype: torch.dtype) -> None:
     """Replace the quantized linears no adapter targeted with dequantized nn.Linear; drop quantization metadata."""
-    from peft.utils import get_quantization_kwargs, resolve_quantization_backend
+    from ._compat import get_quantization_kwargs, resolve_quantization_backend
 
     kwargs = get_quantization_kwargs(model)
     for name, module in list(model.named_modules()):

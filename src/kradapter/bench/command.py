@@ -34,16 +34,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="measure every method's peak memory in one process (quicker; by default one process each)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda or cuda:N (default: cuda when available, else cpu); on CUDA the timings "
+                        "synchronise the GPU and peak memory is torch.cuda.max_memory_allocated")
 
 
 def options_from_args(args: argparse.Namespace) -> BenchOptions:
+    import torch
+
     k1 = int(args.k1) if args.k1.isdigit() else args.k1
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     opts = BenchOptions(
         sections=parse_sections(args.sections), tokens=args.tokens, shapes=parse_shapes(args.shapes), k1=k1,
         repeats=args.repeats, warmup=args.warmup, hidden=args.hidden, layers=args.layers, heads=args.heads,
         kv_heads=args.kv_heads, intermediate=args.intermediate, vocab=args.vocab, batch=args.batch, seq=args.seq,
         model_repeats=args.model_repeats, memory_steps=args.memory_steps,
         memory_one_process=args.memory_one_process, seed=args.seed, threads=args.threads,
+        device=device,
     )
     opts.validate()
     return opts

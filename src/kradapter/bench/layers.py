@@ -64,12 +64,13 @@ def _build_layers(d_in: int, d_out: int, k1: int | str) -> dict[str, nn.Module]:
     }
 
 
-def layer_case(d_in: int, d_out: int, tokens: int, k1: int | str, seed: int):
-    """(candidates: name -> fwd+bwd closure, modules, x) for one shape."""
-    modules = build_layers(d_in, d_out, k1, seed)
+def layer_case(d_in: int, d_out: int, tokens: int, k1: int | str, seed: int, device: str = "cpu"):
+    """(candidates: name -> fwd+bwd closure, modules, x) for one shape, on `device` (built on CPU, then moved, so
+    every device gets the same values)."""
+    modules = {name: m.to(device) for name, m in build_layers(d_in, d_out, k1, seed).items()}
     g = torch.Generator().manual_seed(seed + 1)
-    x = torch.randn(tokens, d_in, generator=g).requires_grad_(True)
-    dy = torch.randn(tokens, d_out, generator=g)
+    x = torch.randn(tokens, d_in, generator=g).to(device).requires_grad_(True)
+    dy = torch.randn(tokens, d_out, generator=g).to(device)
     w = modules["frozen"].proj.weight.detach()
 
     def fwd_bwd(module):

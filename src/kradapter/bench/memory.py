@@ -7,6 +7,9 @@ what the graph adds). It is exact and independent of the allocator.
 peak_rss: training runs in a fresh process (memory_worker.py) with glibc told to mmap every allocation of 64 KiB
 or more, so freed tensors go back to the OS and the resident set follows live memory; the peak is the kernel's
 high-water mark (VmHWM, reset through /proc/self/clear_refs before the measured span).
+
+On a GPU the training memory is the GPU's, so the worker reports CUDA's allocator instead: torch.cuda.memory_allocated
+before and after building the model, and torch.cuda.max_memory_allocated over the steps (peak stats reset first).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -49,6 +52,17 @@ def read_status_kib(field: str) -> int:
 def reset_peak_rss() -> None:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # "5" resets the peak RSS (VmHWM) to the current RSS (Linux >= 4.0)
+
+
+def cuda_allocated_kib(device, peak: bool = False) -> int:
+    """KiB the CUDA caching allocator holds in tensors on `device` now, or at its peak since the last reset."""
+    read = torch.cuda.max_memory_allocated if peak else torch.cuda.memory_allocated
+    return read(device) // 1024
+
+
+def reset_cuda_peak(device) -> None:
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
 
 
 def peak_rss_in_subprocess(methods: list[str], options: dict) -> dict:

@@ -3,7 +3,8 @@ process: `python -m kradapter.bench.memory_worker OPTIONS_JSON METHOD...` prints
 
 The bench runs one method per process. Given several, they run one after another, each measured from the resident
 set just before its model is built (glibc returns freed tensors to the OS here, see memory.py); the peak is taken
-over the training steps only.
+over the training steps only. On a CUDA device the same three figures come from CUDA's allocator
+(memory.cuda_allocated_kib), and "source" says which was measured.
 """
 
 from __future__ import annotations
@@ -16,25 +17,45 @@ import sys
 def measure(method: str, opts) -> dict:
     import torch
 
-    from .memory import read_status_kib, reset_peak_rss
+    from .memory import cuda_allocated_kib, read_status_kib, reset_cuda_peak, reset_peak_rss
     from .model import build_base, make_batch, prepare, train_step
+
+    on_cuda = torch.device(opts.device).type == "cuda"
+    if on_cuda:
+        def now():
+            return cuda_allocated_kib(opts.device)
+
+        def reset():
+            reset_cuda_peak(opts.device)
+
+        def peak_now():
+            return cuda_allocated_kib(opts.device, peak=True)
+    else:
+        def now():
+            return read_status_kib("VmRSS")
+
+        reset = reset_peak_rss
+
+        def peak_now():
+            return read_status_kib("VmHWM")
 
     gc.collect()
     torch.manual_seed(opts.seed)
-    rss_start = read_status_kib("VmRSS")
+    start = now()
     model = prepare(method, build_base(opts), opts)
     step = train_step(model, make_batch(opts))
-    rss_model = read_status_kib("VmRSS")
-    reset_peak_rss()  # building the model is not part of the measured span
+    at_model = now()
+    reset()  # building the model is not part of the measured span
     for _ in range(opts.memory_steps):  # the first step also creates gradients and optimizer state
         step()
-    peak = read_status_kib("VmHWM")
+    peak = peak_now()
     del step, model
     gc.collect()
     return {
-        "peak_kib": peak - rss_start,  # weights + gradients + optimizer state + activations at the worst moment
-        "model_kib": rss_model - rss_start,  # the model (with adapters) before any step
-        "training_kib": peak - rss_model,  # what training adds on top of the model
+        "peak_kib": peak - start,  # weights + gradients + optimizer state + activations at the worst moment
+        "model_kib": at_model - start,  # the model (with adapters) before any step
+        "training_kib": peak - at_model,  # what training adds on top of the model
+        "source": "cuda max_memory_allocated" if on_cuda else "peak RSS (VmHWM)",
     }
 
 

@@ -41,7 +41,7 @@ def build_base(opts: BenchOptions) -> nn.Module:
 
     with torch.random.fork_rng(devices=[]):  # seeded weights, the caller's RNG left as it was
         torch.manual_seed(opts.seed)
-        return LlamaForCausalLM(llama_config(opts)).eval()
+        return LlamaForCausalLM(llama_config(opts)).to(opts.device).eval()
 
 
 def kv_shape(opts: BenchOptions) -> tuple[int, int]:
@@ -62,12 +62,12 @@ def prepare(method: str, base: nn.Module, opts: BenchOptions, kradapter_init_wei
         kr_total = budget.match_model(REFERENCE, base, TARGETS, k1=opts.k1)["trainable"]
         config = budget.peft_config_for(method, base, TARGETS, budget=kr_total)
     with peft_deprecations_silenced():
-        return get_peft_model(base, config)
+        return get_peft_model(base, config).to(opts.device)  # adapters on the base's device, whatever the method
 
 
 def make_batch(opts: BenchOptions) -> torch.Tensor:
     g = torch.Generator().manual_seed(opts.seed + 1)
-    return torch.randint(0, opts.vocab, (opts.batch, opts.seq), generator=g)
+    return torch.randint(0, opts.vocab, (opts.batch, opts.seq), generator=g).to(opts.device)
 
 
 def train_step(model: nn.Module, ids: torch.Tensor) -> Callable[[], float]:

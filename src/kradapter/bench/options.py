@@ -38,6 +38,19 @@ def parse_sections(text: str) -> tuple[str, ...]:
     return names
 
 
+def check_device(device: str) -> None:
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device {device!r} is not a torch device (give cpu, cuda or cuda:N)") from err
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: the bench runs on cpu or cuda")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: torch.cuda.is_available() is False on this machine")
+
+
 @dataclass
 class BenchOptions:
     """Sizes and repeats. Defaults are the issue's: N = 4096 tokens, four layer shapes, a Llama-shaped model with
@@ -62,6 +75,7 @@ class BenchOptions:
     memory_one_process: bool = False  # quick runs: all methods' peak memory in one process instead of one each
     seed: int = 0
     threads: int | None = None  # torch threads for every measurement; None keeps torch's default
+    device: str = "cpu"  # "cuda" / "cuda:N": timing synchronises CUDA, memory is CUDA's peak allocation
 
     def validate(self) -> None:
         """Check every option before any work.
@@ -78,6 +92,7 @@ class BenchOptions:
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
                                          or self.threads < 1):
             raise ValueError(f"threads must be an int >= 1, got {self.threads!r}")
+        check_device(self.device)
         if not isinstance(self.memory_one_process, bool):
             raise ValueError(f"memory_one_process must be True or False, got {self.memory_one_process!r}")
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:

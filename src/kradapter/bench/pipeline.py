@@ -38,7 +38,7 @@ def count_units(opts: BenchOptions) -> int:
     return n
 
 
-def machine_info() -> dict:
+def machine_info(device: str = "cpu") -> dict:
     import peft
     import transformers
 
@@ -57,6 +57,8 @@ def machine_info() -> dict:
         "torch": torch.__version__,
         "peft": peft.__version__,
         "transformers": transformers.__version__,
+        "device": device,
+        "gpu": torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else None,
     }
 
 
@@ -73,7 +75,8 @@ def layer_section(opts: BenchOptions, tick: Callable[[str], None]) -> tuple[list
     timed, saved = [], []
     for d_in, d_out in opts.shapes:
         label = f"layer {d_in}x{d_out}"
-        candidates, modules, x = layers.layer_case(d_in, d_out, opts.tokens, opts.k1, opts.seed)
+        candidates, modules, x = layers.layer_case(d_in, d_out, opts.tokens, opts.k1, opts.seed,
+                                                     opts.device)
         info = {
             "d_in": d_in,
             "d_out": d_out,
@@ -89,7 +92,8 @@ def layer_section(opts: BenchOptions, tick: Callable[[str], None]) -> tuple[list
             saved.append({**info, "saved": per})
             tick(f"saved {d_in}x{d_out}")
         if "layer" in opts.sections:
-            samples = interleaved_times(candidates, opts.repeats, opts.warmup, on_round=lambda: tick(label))
+            samples = interleaved_times(candidates, opts.repeats, opts.warmup, on_round=lambda: tick(label),
+                                        device=opts.device)
             ratios, paired = _ratios(samples, [("kradapter", "3gemm"), ("naive", "kradapter"), ("lora", "3gemm"),
                                                ("naive", "3gemm"), ("frozen", "3gemm"), ("kradapter", "lora")])
             timed.append({
@@ -110,7 +114,8 @@ def model_section(opts: BenchOptions, tick: Callable[[str], None]) -> dict:
         m.train()
         saved[name] = saved_bytes(lambda m=m: m(input_ids=ids, labels=ids).loss, m.parameters())
     steps = {name: model.train_step(m, ids) for name, m in models.items()}
-    samples = interleaved_times(steps, opts.model_repeats, max(opts.warmup, 1), on_round=lambda: tick("train steps"))
+    samples = interleaved_times(steps, opts.model_repeats, max(opts.warmup, 1), on_round=lambda: tick("train steps"),
+                                device=opts.device)
     ratios, paired = _ratios(samples, [("kradapter", "lora"), ("full", "lora"), ("kradapter", "full")])
     result = {
         "config": model.llama_config(opts).to_dict(),
@@ -142,7 +147,8 @@ def inference_section(opts: BenchOptions, tick: Callable[[str], None]) -> dict:
     models = model.inference_models(opts)
     ids = model.make_batch(opts)
     runs = {name: model.forward_only(m, ids) for name, m in models.items()}
-    samples = interleaved_times(runs, opts.model_repeats, max(opts.warmup, 1), on_round=lambda: tick("inference"))
+    samples = interleaved_times(runs, opts.model_repeats, max(opts.warmup, 1), on_round=lambda: tick("inference"),
+                                device=opts.device)
     ratios, paired = _ratios(samples, [("kradapter_merged", "base"), ("kradapter", "lora"), ("kradapter", "base"),
                                        ("lora", "base")])
     return {
@@ -171,7 +177,7 @@ def run_bench(opts: BenchOptions, progress: Optional[Callable[[str], None]] = No
     """
     opts.validate()
     tick = progress or (lambda label: None)
-    results: dict = {"machine": machine_info(), "options": opts.to_dict(), "load_average_start": os.getloadavg()}
+    results: dict = {"machine": machine_info(opts.device), "options": opts.to_dict(), "load_average_start": os.getloadavg()}
     if "layer" in opts.sections or "saved" in opts.sections:
         timed, saved = layer_section(opts, tick)
         if timed:

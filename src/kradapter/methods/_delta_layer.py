@@ -17,9 +17,10 @@ from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
-from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from .._compat import check_adapters_to_merge
 from ._mixed_batch import mixed_batch_forward
 from ._geometry import summed_in_float32, to_weight_layout, weight_geometry
 

@@ -13,9 +13,9 @@ from typing import Any, Optional
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
-from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
-from transformers.pytorch_utils import Conv1D
+
+from .._compat import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, Conv1D
 
 from ._delta_layer import DeltaLayer
 from ._mixed_batch import mixed_batch_hooks

@@ -11,7 +11,8 @@ import math
 
 import torch
 from torch import nn
-from transformers.pytorch_utils import Conv1D
+
+from .._compat import Conv1D
 
 # Convolutions whose kernel (out, in/groups, *k) flattens to an out x (in/groups * prod(k)) matrix.
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)

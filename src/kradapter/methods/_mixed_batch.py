@@ -14,7 +14,8 @@ from functools import partial
 from typing import Any, Callable, Optional
 
 import torch
-from peft.utils.other import AuxiliaryTrainingWrapper
+
+from .._compat import AuxiliaryTrainingWrapper
 
 BASE = "__base__"
 

@@ -44,7 +44,7 @@ def positive_int(value, where: str) -> int:
 
 def as_matrix(layer: nn.Module, weight: torch.Tensor) -> torch.Tensor:
     """A weight-shaped update as d_out x d_in: Conv1D's (in, out) transposed, a conv kernel flattened."""
-    from transformers.pytorch_utils import Conv1D
+    from .._compat import Conv1D
 
     base = layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer
     if isinstance(base, Conv1D):

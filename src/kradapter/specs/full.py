@@ -13,7 +13,7 @@ class FullSpec(MethodSpec):
     knob = None
     flattened = grouped = True
     trains_base = True
-    default_lr = 1e-4
+    default_lr = 3e-4  # kradapter/learning_rates.py
 
     def count(self, d_out, d_in):
         return d_out * d_in

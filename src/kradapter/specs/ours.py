@@ -21,8 +21,7 @@ class KRAdapterSpec(_OwnLayer):
     hparams = {"k1": "sqrt"}
     knob = "k1"
     flattened = grouped = multihead_attention = True
-    # at its default alpha 0.1 best at 1e-2 (image) and 3e-2 (text), LoRA at 3e-3 on both (benchmarks/RECIPES.md)
-    default_lr = 1e-2
+    default_lr = 3e-2  # at alpha 0.1; where it comes from: kradapter/learning_rates.py
 
     def count(self, d_out, d_in, k1="sqrt"):
         k1, k2 = resolve_k(d_out, d_in, k1)

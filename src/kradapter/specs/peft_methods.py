@@ -15,6 +15,7 @@ from .search import ceil_div_starts, divisors, runs, smallest_affine
 class LoRASpec(MethodSpec):
     name = "lora"
     summary = "PEFT LoRA: (lora_alpha / r) B A, r (d_out + d_in) parameters"
+    default_lr = 3e-3  # kradapter/learning_rates.py
     hparams = {"r": 8}
     knob = "r"
     flattened = True  # LoRA's conv factors are in*k and out wide, as the flattened matrix, when groups == 1
@@ -73,6 +74,7 @@ class DoRASpec(LoRASpec):
 class RandLoRASpec(MethodSpec):
     name = "randlora"
     summary = "PEFT RandLoRA: frozen random bases, ceil(n / r) (r + n) trainable parameters"
+    default_lr = 3e-4  # kradapter/learning_rates.py
     hparams = {"r": 32}
     knob = "r"
 

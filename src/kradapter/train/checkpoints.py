@@ -16,6 +16,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from ..bench.timing import synchronize
+
 WEIGHTS = (
     "adapter_model.safetensors",
     "model.safetensors",
@@ -93,10 +95,12 @@ class StepTimer(TrainerCallback, ExportableState):
         self.steps = int(saved.get("args", {}).get("steps", 0))
 
     def on_step_begin(self, args, state, control, **kwargs):
+        synchronize()  # on CUDA the clock must cover the step's kernels, not just their launch
         self._last = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
         if self._last is not None:
+            synchronize()
             self.seconds += time.perf_counter() - self._last
             self.steps += 1
             self._last = None

@@ -19,7 +19,7 @@ def dispatch_quantized(target: nn.Module, adapter_name: str, quantization_kwargs
     base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
     if not isinstance(base, nn.Linear) or is_plain_float_layer(base):
         return None
-    from peft.utils import resolve_quantization_backend
+    from ..._compat import resolve_quantization_backend
 
     layer_cls = bnb.layer_class_for(base)
     backend = resolve_quantization_backend(base, **quantization_kwargs)
@@ -28,7 +28,7 @@ def dispatch_quantized(target: nn.Module, adapter_name: str, quantization_kwargs
     if backend is None:
         if base.weight.is_floating_point():  # e.g. a DTensor shard under FSDP: an ordinary float weight
             return None
-        from peft.utils.quantization_utils import ForwardOnlyQuantizationBackend
+        from ..._compat import ForwardOnlyQuantizationBackend
 
         # An nn.Linear subclass with a non-float weight that PEFT does not know: train on it, never merge into it.
         backend = ForwardOnlyQuantizationBackend(f"unrecognised {type(base).__name__}")

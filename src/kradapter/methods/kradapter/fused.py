@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
-from transformers.pytorch_utils import Conv1D
+
+from ..._compat import Conv1D
 
 from .._geometry import summed_in_float32
 

@@ -21,10 +21,10 @@ import warnings
 from typing import Any, Optional
 
 import torch
-from peft.tuners.tuners_utils import check_adapters_to_merge
 from torch import nn
 from torch.func import functional_call
 
+from ..._compat import check_adapters_to_merge
 from .._geometry import summed_in_float32
 from .layer import KRAdapterLayer, Linear
 

@@ -14,13 +14,11 @@ import copy
 from typing import Optional
 
 import torch
-from peft.tuners.tuners_utils import BaseTunerLayer, _maybe_include_all_linear_layers
-from peft.utils import get_quantization_kwargs
-from peft.utils.constants import DUMMY_TARGET_MODULES
-from peft.utils.other import AuxiliaryTrainingWrapper, _get_submodules, get_pattern_key
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
+from ..._compat import (DUMMY_TARGET_MODULES, AuxiliaryTrainingWrapper, Conv1D, _get_submodules,
+                        _maybe_include_all_linear_layers, get_pattern_key, get_quantization_kwargs)
 from ...ops import resolve_k
 from .combine import COMBINATIONS
 from .config import KRAdapterConfig, check_alpha, check_k1

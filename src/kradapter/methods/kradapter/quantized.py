@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
-from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from ..._compat import check_adapters_to_merge
 from .layer import Linear
 
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from peft.utils.other import get_pattern_key
-
+from ..._compat import get_pattern_key
 from .._delta_model import DeltaTuner
 from .combine import COMBINATIONS
 from .config import SinLoRAConfig

@@ -126,7 +126,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
     config = load_or_explain("model path", model_path, lambda: AutoConfig.from_pretrained(model_path))
     model = load_or_explain("model path", model_path, lambda: load_model(model_path, getattr(args, "quantize", None)))
     from torch import nn
-    from transformers.pytorch_utils import Conv1D
+    from ..._compat import Conv1D
 
     targets = resolve_targets(model, split_csv(args.target_modules), DEFAULT_TARGET_MODULES.get(config.model_type, []),
                               where=f" ({config.model_type})", kinds=(nn.Linear, Conv1D))

@@ -113,7 +113,7 @@ def prepare_classification(args, *, task: str, text_column: str, pair_column: st
 
     model = load_or_explain("model path", model_path, build_model)
     from torch import nn
-    from transformers.pytorch_utils import Conv1D
+    from ..._compat import Conv1D
 
     targets = resolve_targets(model, split_csv(args.target_modules),
                               DEFAULT_TARGET_MODULES.get(config.model_type, []),
