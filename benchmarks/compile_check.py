@@ -39,8 +39,10 @@ def main() -> None:
         start = time.perf_counter()
         grads(compiled)
         steady.append(time.perf_counter() - start)
-    print(f"torch {torch.__version__}, inductor, fullgraph=True: first call (compile) {first:.1f} s, then "
-          f"{sorted(steady)[2] * 1e3:.1f} ms per fwd+bwd; outputs and gradients equal eager: {same}")
+    print(
+        f"torch {torch.__version__}, inductor, fullgraph=True: first call (compile) {first:.1f} s, then "
+        f"{sorted(steady)[2] * 1e3:.1f} ms per fwd+bwd; outputs and gradients equal eager: {same}"
+    )
 
 
 if __name__ == "__main__":

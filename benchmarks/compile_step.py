@@ -39,8 +39,12 @@ def main() -> None:
     parser.add_argument("--backend", default="inductor")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    opts = BenchOptions(**{k: getattr(args, k) for k in ("hidden", "layers", "heads", "kv_heads", "intermediate",
-                                                          "vocab", "batch", "seq")})
+    opts = BenchOptions(
+        **{
+            k: getattr(args, k)
+            for k in ("hidden", "layers", "heads", "kv_heads", "intermediate", "vocab", "batch", "seq")
+        }
+    )
     opts.validate()
     device = torch.device(args.device)
     ids = make_batch(opts).to(device)
@@ -64,17 +68,23 @@ def main() -> None:
             times[key].append(time.perf_counter() - start)
 
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    print(f"torch {torch.__version__}, device {device}, backend {args.backend}, fullgraph=True; hidden {opts.hidden}, "
-          f"layers {opts.layers}, heads {opts.heads}/{opts.kv_heads}, batch {opts.batch} x seq {opts.seq}; "
-          f"median of {args.repeats} rounds; load average {load}; {torch.get_num_threads()} threads")
-    print("| method | eager step (ms) | compiled step (ms) | compiled / eager | first compiled step (s) | "
-          "first loss eager = compiled |")
+    print(
+        f"torch {torch.__version__}, device {device}, backend {args.backend}, fullgraph=True; hidden {opts.hidden}, "
+        f"layers {opts.layers}, heads {opts.heads}/{opts.kv_heads}, batch {opts.batch} x seq {opts.seq}; "
+        f"median of {args.repeats} rounds; load average {load}; {torch.get_num_threads()} threads"
+    )
+    print(
+        "| method | eager step (ms) | compiled step (ms) | compiled / eager | first compiled step (s) | "
+        "first loss eager = compiled |"
+    )
     print("|---|---|---|---|---|---|")
     for method in METHODS:
         eager, comp = (statistics.median(times[method, m]) for m in ("eager", "compiled"))
         same = abs(first[method, "eager"][0] - first[method, "compiled"][0]) <= 1e-4 * abs(first[method, "eager"][0])
-        print(f"| {method} | {eager * 1e3:.1f} | {comp * 1e3:.1f} | {comp / eager:.2f} | "
-              f"{first[method, 'compiled'][1]:.1f} | {same} |")
+        print(
+            f"| {method} | {eager * 1e3:.1f} | {comp * 1e3:.1f} | {comp / eager:.2f} | "
+            f"{first[method, 'compiled'][1]:.1f} | {same} |"
+        )
 
 
 if __name__ == "__main__":

@@ -33,12 +33,19 @@ def main() -> None:
     predicted = []
     with torch.no_grad():
         for i in range(0, len(rows), 32):
-            batch = tokenizer([r["text"] for r in rows[i:i + 32]], truncation=True, max_length=128, padding=True,
-                              return_tensors="pt")
+            batch = tokenizer(
+                [r["text"] for r in rows[i : i + 32]],
+                truncation=True,
+                max_length=128,
+                padding=True,
+                return_tensors="pt",
+            )
             predicted += [classes[k] for k in model(**batch).logits.argmax(-1).tolist()]
     accuracy = sum(p == r["label"] for p, r in zip(predicted, rows)) / len(rows)
-    print(f"{args.adapter_dir}: {len(rows)} rows; gold {dict(collections.Counter(r['label'] for r in rows))}; "
-          f"predicted {dict(collections.Counter(predicted))}; accuracy {accuracy:.3f}")
+    print(
+        f"{args.adapter_dir}: {len(rows)} rows; gold {dict(collections.Counter(r['label'] for r in rows))}; "
+        f"predicted {dict(collections.Counter(predicted))}; accuracy {accuracy:.3f}"
+    )
 
 
 if __name__ == "__main__":

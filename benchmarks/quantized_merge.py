@@ -36,20 +36,31 @@ def main() -> None:
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=512, hidden_size=args.hidden, intermediate_size=2 * args.hidden, num_hidden_layers=2,
-        num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=128,
+        vocab_size=512,
+        hidden_size=args.hidden,
+        intermediate_size=2 * args.hidden,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=128,
     )
     data = torch.randint(0, 512, (args.steps, 8, 32), generator=torch.Generator().manual_seed(1))
-    print(f"Llama hidden {args.hidden}, 2 layers; KRAdapter on q,k,v,o, alpha {args.alpha}, AdamW lr {args.lr}, "
-          f"{args.steps} steps (batch 8 x 32 tokens)")
-    print(f"{'base':<6} {'lost share of update':>22} {'error / |W|':>16} {'logit shift of':>16} {'requantized':>12} "
-          f"{'fp copy':>9}")
+    print(
+        f"Llama hidden {args.hidden}, 2 layers; KRAdapter on q,k,v,o, alpha {args.alpha}, AdamW lr {args.lr}, "
+        f"{args.steps} steps (batch 8 x 32 tokens)"
+    )
+    print(
+        f"{'base':<6} {'lost share of update':>22} {'error / |W|':>16} {'logit shift of':>16} {'requantized':>12} "
+        f"{'fp copy':>9}"
+    )
     print(f"{'':<6} {'median':>10} {'max':>11} {'median':>16} {'the adapter':>16} {'merge':>12} {'merge':>9}")
     with tempfile.TemporaryDirectory() as directory:
         LlamaForCausalLM(config).save_pretrained(directory)
         for kind in quant.QUANTIZE_CHOICES:
             torch.manual_seed(0)
-            base = LlamaForCausalLM.from_pretrained(directory, quantization_config=quant.bnb_config(kind), device_map="cpu")
+            base = LlamaForCausalLM.from_pretrained(
+                directory, quantization_config=quant.bnb_config(kind), device_map="cpu"
+            )
             model = get_peft_model(
                 prepare_model_for_kbit_training(base, use_gradient_checkpointing=False),
                 KRAdapterConfig(target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], alpha=args.alpha),
@@ -72,10 +83,14 @@ def main() -> None:
             lost = [e.of_update for e in errors.values()]
             relative = [e.relative for e in errors.values()]
             adapter_shift = (adapted - plain).abs().max().item()
-            print(f"{kind:<6} {statistics.median(lost):>10.3f} {max(lost):>11.3f} {statistics.median(relative):>16.4f} "
-                  f"{adapter_shift:>16.4f} {requant_shift:>12.4f} {copy_shift:>9.2e}")
-    print("lost share of update: ||W_merged - (W + alpha dW)|| / ||alpha dW||, per adapted layer; logit shifts: max "
-          "|logits - logits of the unmerged adapted model| on a training batch")
+            print(
+                f"{kind:<6} {statistics.median(lost):>10.3f} {max(lost):>11.3f} {statistics.median(relative):>16.4f} "
+                f"{adapter_shift:>16.4f} {requant_shift:>12.4f} {copy_shift:>9.2e}"
+            )
+    print(
+        "lost share of update: ||W_merged - (W + alpha dW)|| / ||alpha dW||, per adapted layer; logit shifts: max "
+        "|logits - logits of the unmerged adapted model| on a training batch"
+    )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ round; prints median seconds per step and ratios to LoRA.
 
 import argparse
 import copy
-import dataclasses
 import statistics
 import time
 
@@ -67,13 +66,15 @@ def main() -> None:
         steps[name] = step
     times = {name: [] for name in steps}
     for r in range(args.rounds):
-        for name in (list(steps) if r % 2 == 0 else list(steps)[::-1]):
+        for name in list(steps) if r % 2 == 0 else list(steps)[::-1]:
             start = time.perf_counter()
             steps[name]()
             times[name].append(time.perf_counter() - start)
     med = {name: statistics.median(t) for name, t in times.items()}
-    print(f"task {args.task}: {len(targets)} adapted modules, batch {batch}, {args.threads} thread(s), "
-          f"{args.rounds} rounds")
+    print(
+        f"task {args.task}: {len(targets)} adapted modules, batch {batch}, {args.threads} thread(s), "
+        f"{args.rounds} rounds"
+    )
     for name, m in med.items():
         paired = statistics.median(a / b for a, b in zip(times[name], times["lora"]))
         print(f"  {name:<16} {m:.3f} s per training step   / LoRA {m / med['lora']:.3f} (paired {paired:.3f})")

@@ -23,8 +23,19 @@ def prepared_for(scoring: str, args):
     _load_commands()
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)
-    targs = parser.parse_args(["--task", "commonsense", "--scoring", scoring, "--quiet",
-                               "--max-eval-examples", str(args.questions), "--eval-batch-size", str(args.batch_size)])
+    targs = parser.parse_args(
+        [
+            "--task",
+            "commonsense",
+            "--scoring",
+            scoring,
+            "--quiet",
+            "--max-eval-examples",
+            str(args.questions),
+            "--eval-batch-size",
+            str(args.batch_size),
+        ]
+    )
     return prepare(targs)
 
 
@@ -36,10 +47,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
 
+    import datasets
     import torch
     from transformers.utils import logging as hf_logging
-
-    import datasets
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -55,8 +65,10 @@ def main() -> None:
         scores[name] = prep.evaluate(model, ds)
         times[name] = time.perf_counter() - t0
     load = os.getloadavg()[0]
-    print(f"{len(ds_l)} questions of {args.set}, SmolLM2-135M-Instruct zero-shot, {args.threads} thread(s), "
-          f"load average {load:.2f}")
+    print(
+        f"{len(ds_l)} questions of {args.set}, SmolLM2-135M-Instruct zero-shot, {args.threads} thread(s), "
+        f"load average {load:.2f}"
+    )
     for name in times:
         shown = ", ".join(f"{k} {100 * v:.1f}" for k, v in scores[name].items())
         print(f"  {name:<9} {times[name]:7.1f} s   {shown}")

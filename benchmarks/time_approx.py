@@ -42,11 +42,14 @@ def main() -> int:
         return proc.returncode
     base = (base_before + base_after) / 2
     print(f"command: kradapter approx {' '.join(args)}")
-    print(f"wall clock {wall:.1f} s, CPU time (user+sys) {usage.ru_utime + usage.ru_stime:.1f} s, "
-          f"{os.cpu_count()} cores")
+    print(
+        f"wall clock {wall:.1f} s, CPU time (user+sys) {usage.ru_utime + usage.ru_stime:.1f} s, {os.cpu_count()} cores"
+    )
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1-min)")
-    print(f"baseline (200 matmuls, 1 thread): {base_before:.2f} s before, {base_after:.2f} s after; "
-          f"run = {wall / base:.0f} baselines")
+    print(
+        f"baseline (200 matmuls, 1 thread): {base_before:.2f} s before, {base_after:.2f} s after; "
+        f"run = {wall / base:.0f} baselines"
+    )
     return 0
 
 

@@ -25,9 +25,18 @@ def word_tokenizer(texts: list[str], path: Path, eos_last: bool = False, append_
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     if append_eos:
-        tok.post_processor = processors.TemplateProcessing(single="$A [EOS]", special_tokens=[("[EOS]", vocab["[EOS]"])])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                                   sep_token="[SEP]", bos_token="[BOS]", eos_token="[EOS]")
+        tok.post_processor = processors.TemplateProcessing(
+            single="$A [EOS]", special_tokens=[("[EOS]", vocab["[EOS]"])]
+        )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        bos_token="[BOS]",
+        eos_token="[EOS]",
+    )
     fast.save_pretrained(path)
     return fast
 
@@ -44,7 +53,11 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 # --- text ---------------------------------------------------------------------------------------------------------
-MOODS = {"negative": ["awful", "bad", "sad"], "neutral": ["okay", "plain", "fine"], "positive": ["great", "happy", "good"]}
+MOODS = {
+    "negative": ["awful", "bad", "sad"],
+    "neutral": ["okay", "plain", "fine"],
+    "positive": ["great", "happy", "good"],
+}
 FILLER = ["the", "movie", "was", "really", "day", "food", "and", "a", "it"]
 
 
@@ -65,8 +78,14 @@ def tiny_bert(tmp: Path) -> str:
     texts = [" ".join(FILLER + sum(MOODS.values(), []))]
     tok = word_tokenizer(texts, tmp / "bert")
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=37, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+    )
     BertModel(config).save_pretrained(tmp / "bert")
     return str(tmp / "bert")
 
@@ -91,7 +110,9 @@ def commonsense_rows(n: int, seed: int, kind: str) -> list[dict]:
             b = rng.random() < 0.5
             instruction = f"Please answer the following question with true or false, question: is it {'yes' if b else 'no'} ? Answer format: true/false"
             answer = "true" if b else "false"
-        rows.append({"instruction": instruction, "input": "", "output": f"the correct answer is {answer}", "answer": answer})
+        rows.append(
+            {"instruction": instruction, "input": "", "output": f"the correct answer is {answer}", "answer": answer}
+        )
     return rows
 
 
@@ -100,13 +121,23 @@ def tiny_llama(tmp: Path) -> str:
 
     from kradapter.train.tasks.commonsense import PROMPT
 
-    texts = [PROMPT] + [r["instruction"] + " " + r["output"] for kind in ("choice", "bool")
-                        for r in commonsense_rows(30, 0, kind)]
+    texts = [PROMPT] + [
+        r["instruction"] + " " + r["output"] for kind in ("choice", "bool") for r in commonsense_rows(30, 0, kind)
+    ]
     tok = word_tokenizer(texts, tmp / "llama")
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+    )
     LlamaForCausalLM(config).save_pretrained(tmp / "llama")
     return str(tmp / "llama")
 
@@ -116,9 +147,11 @@ def commonsense_data(tmp: Path) -> list[str]:
         (tmp / name).write_text(json.dumps(rows))
         return tmp / name
 
-    return [f"train={dump('cs_train.json', commonsense_rows(40, 0, 'choice'))}",
-            f"id:choice={dump('cs_test.json', commonsense_rows(10, 1, 'choice'))}",
-            f"ood:yesno={dump('cs_ood.json', commonsense_rows(10, 2, 'bool'))}"]
+    return [
+        f"train={dump('cs_train.json', commonsense_rows(40, 0, 'choice'))}",
+        f"id:choice={dump('cs_test.json', commonsense_rows(10, 1, 'choice'))}",
+        f"ood:yesno={dump('cs_ood.json', commonsense_rows(10, 2, 'bool'))}",
+    ]
 
 
 # --- images -----------------------------------------------------------------------------------------------------------
@@ -132,23 +165,26 @@ def image_folder(root: Path, classes: list[str], per_class: int, seed: int, size
         for i in range(per_class):
             img = rng.randint(0, 60, size=(size, size, 3)).astype(np.uint8)
             band = (c * size) // len(classes)
-            img[band:band + max(1, size // len(classes)), :, :] = 230
+            img[band : band + max(1, size // len(classes)), :, :] = 230
             Image.fromarray(img).save(root / name / f"{i}.png")
     return root
 
 
 def image_data(tmp: Path, classes=("circle", "square", "triangle")) -> list[str]:
-    return [f"train={image_folder(tmp / 'img_train', list(classes), 8, 0)}",
-            f"test={image_folder(tmp / 'img_test', list(classes), 4, 1)}",
-            f"ood:dim={image_folder(tmp / 'img_ood', list(classes)[:2], 3, 2)}"]
+    return [
+        f"train={image_folder(tmp / 'img_train', list(classes), 8, 0)}",
+        f"test={image_folder(tmp / 'img_test', list(classes), 4, 1)}",
+        f"ood:dim={image_folder(tmp / 'img_ood', list(classes)[:2], 3, 2)}",
+    ]
 
 
 def tiny_resnet(tmp: Path) -> str:
     from transformers import ResNetConfig, ResNetForImageClassification
 
     torch.manual_seed(0)
-    config = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
-                          num_labels=3)
+    config = ResNetConfig(
+        num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=3
+    )
     ResNetForImageClassification(config).save_pretrained(tmp / "resnet")
     return str(tmp / "resnet")
 
@@ -159,11 +195,26 @@ def tiny_clip(tmp: Path, classes=("circle", "square", "triangle")) -> str:
     tok = word_tokenizer([f"An image of a {c} ." for c in classes], tmp / "clip", eos_last=True, append_eos=True)
     torch.manual_seed(0)
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=16, intermediate_size=24, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=16, eos_token_id=2, pad_token_id=0),
-        vision_config=dict(image_size=16, patch_size=8, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
-                           num_attention_heads=2),
-        projection_dim=8)
+        text_config=dict(
+            vocab_size=len(tok),
+            hidden_size=16,
+            intermediate_size=24,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            eos_token_id=2,
+            pad_token_id=0,
+        ),
+        vision_config=dict(
+            image_size=16,
+            patch_size=8,
+            hidden_size=16,
+            intermediate_size=24,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+        ),
+        projection_dim=8,
+    )
     CLIPModel(config).save_pretrained(tmp / "clip")
     return str(tmp / "clip")
 

@@ -1,4 +1,4 @@
-"""`kradapter approx`: targets, PEFT-built updates, determinism, outputs, real checkpoints and bad input (small sizes)."""
+"""`kradapter approx`: targets, PEFT-built updates, determinism, outputs, real checkpoints, bad input (small sizes)."""
 
 import json
 import math
@@ -48,8 +48,9 @@ def test_synthetic_targets_have_the_promised_structure():
         assert abs(float(t.matrix.double().pow(2).mean().sqrt()) - 1.0) < 1e-5  # unit RMS
         again = make_target(name, d_out, d_in, 3, RealSpec(), {})
         assert torch.equal(t.matrix, again.matrix)
-    assert not torch.equal(make_target("random", 8, 8, 0, RealSpec(), {}).matrix,
-                           make_target("random", 8, 8, 1, RealSpec(), {}).matrix)
+    assert not torch.equal(
+        make_target("random", 8, 8, 0, RealSpec(), {}).matrix, make_target("random", 8, 8, 1, RealSpec(), {}).matrix
+    )
 
 
 def test_fit_to_shape_crops_first_rows_and_tiles_short_sides():
@@ -122,8 +123,10 @@ def _strip_timings(doc):
 
 def test_run_is_deterministic_and_writes_everything(tmp_path):
     # Same seed, same numbers -- also when the fits run on two threads instead of one.
-    docs = [run_approx(ApproxConfig(out=str(tmp_path / f"run{i}"), targets=list(SYNTHETIC), workers=i + 1, **SMALL))
-            for i in range(2)]
+    docs = [
+        run_approx(ApproxConfig(out=str(tmp_path / f"run{i}"), targets=list(SYNTHETIC), workers=i + 1, **SMALL))
+        for i in range(2)
+    ]
     assert _strip_timings(docs[0]) == _strip_timings(docs[1])
     on_disk = json.loads((tmp_path / "run0" / "approx.json").read_text())
     assert _strip_timings(on_disk) == _strip_timings(docs[0])
@@ -174,9 +177,30 @@ def _checkpoint_pair(tmp_path):
 def test_checkpoint_delta_target(tmp_path, capsys):
     a, b = _checkpoint_pair(tmp_path)
     out = tmp_path / "out"
-    code = main(["approx", "--out", str(out), "--size", "24", "16", "--iters", "5", "--figure5-size", "8",
-                 "--targets", "checkpoint,random", "--methods", "kradapter,lora",
-                 "--real-a", str(tmp_path / "a"), "--real-b", str(tmp_path / "b.safetensors"), "--tensor", "enc.q.weight"])
+    code = main(
+        [
+            "approx",
+            "--out",
+            str(out),
+            "--size",
+            "24",
+            "16",
+            "--iters",
+            "5",
+            "--figure5-size",
+            "8",
+            "--targets",
+            "checkpoint,random",
+            "--methods",
+            "kradapter,lora",
+            "--real-a",
+            str(tmp_path / "a"),
+            "--real-b",
+            str(tmp_path / "b.safetensors"),
+            "--tensor",
+            "enc.q.weight",
+        ]
+    )
     assert code == 0
     doc = json.loads((out / "approx.json").read_text())
     info = doc["targets"]["checkpoint"]["info"]
@@ -190,16 +214,19 @@ def test_checkpoint_delta_target(tmp_path, capsys):
     assert "checkpoint" in printed and "kradapter" in printed and "nuclear_err" in printed
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--methods", "kradapter,lorra"], "unknown method(s) 'lorra'; valid: kradapter, lora"),
-    (["--targets", "random,noise"], "unknown target 'noise'; valid: random, sparse"),
-    (["--size", "0", "16"], "size d_out must be a positive integer, got 0"),
-    (["--size", "16", "-3"], "size d_in must be a positive integer, got -3"),
-    (["--iters", "0"], "iters must be a positive integer, got 0"),
-    (["--lr", "-1"], "lr must be a positive finite number"),
-    (["--targets", "checkpoint"], "target 'checkpoint' needs --real-a PATH --tensor NAME"),
-    (["--real-a", "/nonexistent/ckpt", "--tensor", "w"], "checkpoint /nonexistent/ckpt does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--methods", "kradapter,lorra"], "unknown method(s) 'lorra'; valid: kradapter, lora"),
+        (["--targets", "random,noise"], "unknown target 'noise'; valid: random, sparse"),
+        (["--size", "0", "16"], "size d_out must be a positive integer, got 0"),
+        (["--size", "16", "-3"], "size d_in must be a positive integer, got -3"),
+        (["--iters", "0"], "iters must be a positive integer, got 0"),
+        (["--lr", "-1"], "lr must be a positive finite number"),
+        (["--targets", "checkpoint"], "target 'checkpoint' needs --real-a PATH --tensor NAME"),
+        (["--real-a", "/nonexistent/ckpt", "--tensor", "w"], "checkpoint /nonexistent/ckpt does not exist"),
+    ],
+)
 def test_bad_input_gives_one_clear_error_before_any_work(tmp_path, capsys, argv, message):
     out = tmp_path / "out"
     assert main(["approx", "--out", str(out), "--figure5-size", "0"] + argv) == 2
@@ -227,9 +254,11 @@ def test_unwritable_output_dir_is_refused(tmp_path, capsys):
 
 
 def test_pct_of_lora():
-    rows = {"lora": {"nuclear_error": 2.0, "frobenius_error": 4.0},
-            "kradapter": {"nuclear_error": 1.0, "frobenius_error": 4.0},
-            "x": {"nuclear_error": None, "frobenius_error": None}}
+    rows = {
+        "lora": {"nuclear_error": 2.0, "frobenius_error": 4.0},
+        "kradapter": {"nuclear_error": 1.0, "frobenius_error": 4.0},
+        "x": {"nuclear_error": None, "frobenius_error": None},
+    }
     add_pct_of_lora(rows)
     assert rows["kradapter"]["sq_nuclear_pct_of_lora"] == 25.0 and rows["x"]["sq_nuclear_pct_of_lora"] is None
     assert rows["kradapter"]["sq_frobenius_pct_of_lora"] == 100.0 and rows["x"]["sq_frobenius_pct_of_lora"] is None

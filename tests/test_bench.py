@@ -10,8 +10,24 @@ from kradapter.bench.layers import build_layers, kradapter_count, lora_rank_at_b
 from kradapter.bench.memory import saved_bytes
 from kradapter.cli import main
 
-TINY_MODEL = ["--hidden", "32", "--layers", "1", "--heads", "4", "--kv-heads", "2", "--intermediate", "48",
-              "--vocab", "64", "--batch", "2", "--seq", "8"]
+TINY_MODEL = [
+    "--hidden",
+    "32",
+    "--layers",
+    "1",
+    "--heads",
+    "4",
+    "--kv-heads",
+    "2",
+    "--intermediate",
+    "48",
+    "--vocab",
+    "64",
+    "--batch",
+    "2",
+    "--seq",
+    "8",
+]
 
 
 def test_lora_rank_matches_kradapter_budget():
@@ -36,8 +52,23 @@ def test_layer_variants_and_saved_bytes():
 
 
 def test_bench_cli_quick_run_writes_valid_json(tmp_path, capsys):
-    args = ["bench", "--out", str(tmp_path), "--tokens", "32", "--shapes", "16x24,24x16", "--repeats", "2",
-            "--model-repeats", "1", "--memory-steps", "1", "--memory-one-process", *TINY_MODEL]
+    args = [
+        "bench",
+        "--out",
+        str(tmp_path),
+        "--tokens",
+        "32",
+        "--shapes",
+        "16x24,24x16",
+        "--repeats",
+        "2",
+        "--model-repeats",
+        "1",
+        "--memory-steps",
+        "1",
+        "--memory-one-process",
+        *TINY_MODEL,
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "(a) one layer" in printed and "(d) inference" in printed and "targets" in printed
@@ -99,14 +130,20 @@ def test_bench_out_must_be_a_directory(tmp_path, capsys):
 def test_a_memory_figure_of_zero_gives_no_ratio_and_an_unmet_target():
     from kradapter.bench.report import evaluate_targets, format_report
 
-    results = {"machine": {"cpu": "x", "cpu_count": 1, "torch": "t", "torch_threads": 1},
-               "load_average_start": (0.0, 0.0, 0.0), "load_average_end": (0.0, 0.0, 0.0),
-               "model": {"ratios": {"kradapter/lora": 1.0, "full/lora": 2.0},
-                         "paired_ratios": {"kradapter/lora": 1.0},
-                         "memory_ratios": {"peak_kib kradapter/lora": 1.0, "training_kib kradapter/lora": None}}}
+    results = {
+        "machine": {"cpu": "x", "cpu_count": 1, "torch": "t", "torch_threads": 1},
+        "load_average_start": (0.0, 0.0, 0.0),
+        "load_average_end": (0.0, 0.0, 0.0),
+        "model": {
+            "ratios": {"kradapter/lora": 1.0, "full/lora": 2.0},
+            "paired_ratios": {"kradapter/lora": 1.0},
+            "memory_ratios": {"peak_kib kradapter/lora": 1.0, "training_kib kradapter/lora": None},
+        },
+    }
     targets = evaluate_targets(results)
     unmeasured = [t for t in targets if "training part" in t["target"]]
-    assert unmeasured == [{"target": unmeasured[0]["target"], "value": None, "paired": None, "limit": 1.05,
-                           "kind": "<=", "met": False}]
+    assert unmeasured == [
+        {"target": unmeasured[0]["target"], "value": None, "paired": None, "limit": 1.05, "kind": "<=", "met": False}
+    ]
     results["targets"] = targets
     assert "n/a" in format_report({k: v for k, v in results.items() if k != "model"})

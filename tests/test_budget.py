@@ -60,11 +60,21 @@ def test_cli_bad_method_is_one_line_error(capsys):
 
 SHAPES = [(24, 16), (12, 30), (20, 20)]
 CASES = [
-    ("kradapter", {"k1": "sqrt"}), ("kradapter", {"k1": 3}), ("lora", {"r": 1}), ("lora", {"r": 5}),
-    ("dora", {"r": 2}), ("randlora", {"r": 1}), ("randlora", {"r": 3}), ("randlora", {"r": 7}),
-    ("krona", {"decompose_factor": -1}), ("krona", {"decompose_factor": 2}), ("krona", {"decompose_factor": 4}),
-    ("krona", {"decompose_factor": 4, "r": 1}), ("sinlora", {"r": 2}),
-    ("kronlora", {"kron_shape": 2, "r": 1}), ("kronlora", {"kron_shape": 4, "r": 2}),
+    ("kradapter", {"k1": "sqrt"}),
+    ("kradapter", {"k1": 3}),
+    ("lora", {"r": 1}),
+    ("lora", {"r": 5}),
+    ("dora", {"r": 2}),
+    ("randlora", {"r": 1}),
+    ("randlora", {"r": 3}),
+    ("randlora", {"r": 7}),
+    ("krona", {"decompose_factor": -1}),
+    ("krona", {"decompose_factor": 2}),
+    ("krona", {"decompose_factor": 4}),
+    ("krona", {"decompose_factor": 4, "r": 1}),
+    ("sinlora", {"r": 2}),
+    ("kronlora", {"kron_shape": 2, "r": 1}),
+    ("kronlora", {"kron_shape": 4, "r": 2}),
 ]
 
 
@@ -118,8 +128,12 @@ def test_all_linear_targets_like_peft():
     torch.manual_seed(0)
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=16))
     layers = budget.target_layers(gpt2, "all-linear")
-    assert set(layers) == {"transformer.h.0.attn.c_attn", "transformer.h.0.attn.c_proj",
-                           "transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj"}  # no lm_head
+    assert set(layers) == {
+        "transformer.h.0.attn.c_attn",
+        "transformer.h.0.attn.c_proj",
+        "transformer.h.0.mlp.c_fc",
+        "transformer.h.0.mlp.c_proj",
+    }  # no lm_head
     assert layers["transformer.h.0.attn.c_attn"] == (48, 16)  # Conv1D: (d_out, d_in) read from the transposed weight
     config = peft_config_for("sinlora", gpt2, "all-linear")
     assert peft_trainable(gpt2, config) == budget.match_model("sinlora", gpt2, "all-linear")["trainable"]
@@ -176,7 +190,11 @@ def test_model_total_is_matched_over_mixed_layers():
 def test_overrides_pass_through():
     model = one_layer(24, 16)
     config = peft_config_for("lora", model, ["fc"], lora_alpha=32, lora_dropout=0.1)
-    assert config.lora_alpha == 32 and config.lora_dropout == 0.1 and config.r == match_layer("lora", 24, 16)["hparams"]["r"]
+    assert (
+        config.lora_alpha == 32
+        and config.lora_dropout == 0.1
+        and config.r == match_layer("lora", 24, 16)["hparams"]["r"]
+    )
     config = peft_config_for("sinlora", model, ["fc"], freq=7.0)
     assert config.freq == 7.0
     config = peft_config_for("dora", model, ["fc"])
@@ -194,10 +212,15 @@ def test_overrides_pass_through():
         (lambda: match_all(8, 8, methods=["lora", "nope"]), "unknown method 'nope'"),
         (lambda: peft_config_for("bogus", one_layer(4, 4), ["fc"]), "unknown method 'bogus'"),
         (lambda: peft_config_for("lora", one_layer(4, 4), ["nothere"]), "no module of the model matches"),
-        (lambda: peft_config_for("lora", one_layer(4, 4), ["fc"], lora_alfa=2), r"LoraConfig has no field\(s\) \['lora_alfa'\]"),
+        (
+            lambda: peft_config_for("lora", one_layer(4, 4), ["fc"], lora_alfa=2),
+            r"LoraConfig has no field\(s\) \['lora_alfa'\]",
+        ),
         (lambda: peft_config_for("sinlora", nn.Sequential(nn.Conv2d(3, 3, 3)), ["0"]), "target module '0' is a Conv2d"),
-        (lambda: peft_config_for("lora", nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)), ["0"]),
-         "'0' is a Conv2d with groups > 1; lora is matched on"),
+        (
+            lambda: peft_config_for("lora", nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)), ["0"]),
+            "'0' is a Conv2d with groups > 1; lora is matched on",
+        ),
     ],
 )
 def test_bad_input_one_clear_error(call, message):

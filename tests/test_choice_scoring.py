@@ -8,10 +8,10 @@ import json
 
 import pytest
 import torch
-from recipe_fixtures import commonsense_data, commonsense_rows, tiny_llama, train_args
 
 from kradapter.train.runner import run
 from kradapter.train.tasks.choice_scoring import check_choices, choice_logprobs, pick, row_choices
+from recipe_fixtures import commonsense_data, commonsense_rows, tiny_llama, train_args
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +56,22 @@ def test_choice_logprobs_match_a_plain_forward_pass(llama):
 
 
 def test_choices_come_from_a_column_or_the_answer_format_line():
-    assert row_choices({"instruction": "Q? Answer format: answer1/answer2/answer3"}) == ["answer1", "answer2", "answer3"]
+    assert row_choices({"instruction": "Q? Answer format: answer1/answer2/answer3"}) == [
+        "answer1",
+        "answer2",
+        "answer3",
+    ]
     assert row_choices({"instruction": "Answer format: a/b\n\nthen Answer format: true/false"}) == ["true", "false"]
     assert row_choices({"instruction": "no format", "choices": ["x", "y"]}) == ["x", "y"]
     assert row_choices({"instruction": "no format here"}) is None
     with pytest.raises(ValueError, match=r"f.json: row 1 has no choices"):
-        check_choices([{"instruction": "Answer format: true/false", "answer": "true"},
-                       {"instruction": "what?", "answer": "true"}], "f.json")
+        check_choices(
+            [
+                {"instruction": "Answer format: true/false", "answer": "true"},
+                {"instruction": "what?", "answer": "true"},
+            ],
+            "f.json",
+        )
     with pytest.raises(ValueError, match=r"f.json: row 0 has answer 'maybe', not one of its choices"):
         check_choices([{"instruction": "Answer format: true/false", "answer": "maybe"}], "f.json")
     # acc picks the largest sum; acc_norm the largest sum per character of continuation

@@ -24,8 +24,15 @@ def make_layer(kind: str, d_in: int, d_out: int, fused: bool, seed: int = 0, **k
     else:
         base = Conv1D(d_out, d_in) if kind == "conv1d" else nn.Linear(d_in, d_out)
         layer_cls = Linear
-    return layer_cls(base.requires_grad_(False), "default", k1=kwargs.pop("k1", "sqrt"), alpha=0.7,
-                     init_weights=False, fused=fused, **kwargs)
+    return layer_cls(
+        base.requires_grad_(False),
+        "default",
+        k1=kwargs.pop("k1", "sqrt"),
+        alpha=0.7,
+        init_weights=False,
+        fused=fused,
+        **kwargs,
+    )
 
 
 def make_input(kind: str, d_in: int, seed: int = 1) -> torch.Tensor:
@@ -108,8 +115,14 @@ def test_adapter_dropout_and_merged_layers_compile_without_graph_breaks():
 def tiny_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
-                      num_attention_heads=4, num_key_value_heads=2)  # k_proj, v_proj: 32 -> 16 (d_out < d_in)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )  # k_proj, v_proj: 32 -> 16 (d_out < d_in)
     torch.manual_seed(0)
     return LlamaForCausalLM(cfg)
 

@@ -12,10 +12,9 @@ from peft import PeftModel, get_peft_model
 from transformers.pytorch_utils import Conv1D
 
 import kradapter  # noqa: F401  (registers the methods)
+from _tiny import fresh
 from kradapter import KronLoRAConfig, SinLoRAConfig
 from kradapter.ops import kronlora_delta, sinlora_delta
-
-from _tiny import fresh
 
 CONFIGS = {
     "sinlora": lambda **kw: SinLoRAConfig(target_modules=["fc1", "fc2"], r=3, lora_alpha=6.0, freq=5.0, **kw),
@@ -52,7 +51,7 @@ def test_kronlora_delta_matches_blockwise_reference():
     ref = torch.zeros(8, 15)
     for i in range(2):
         for j in range(3):
-            ref[i * 4:(i + 1) * 4, j * 5:(j + 1) * 5] = A[i, j] * B
+            ref[i * 4 : (i + 1) * 4, j * 5 : (j + 1) * 5] = A[i, j] * B
     assert torch.allclose(kronlora_delta(A, B1, B2, 0.5), 0.5 * ref)
 
 
@@ -173,8 +172,14 @@ def test_second_adapter_and_delete(method):
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"r": 0}, "r must be an int >= 1"), ({"freq": 0}, "freq=0"), ({"freq": float("nan")}, "freq must be a finite"),
-     ({"scale": -1.0}, "scale must be > 0"), ({"dropout": 1.5}, "dropout=1.5"), ({"lora_alpha": "x"}, "lora_alpha")],
+    [
+        ({"r": 0}, "r must be an int >= 1"),
+        ({"freq": 0}, "freq=0"),
+        ({"freq": float("nan")}, "freq must be a finite"),
+        ({"scale": -1.0}, "scale must be > 0"),
+        ({"dropout": 1.5}, "dropout=1.5"),
+        ({"lora_alpha": "x"}, "lora_alpha"),
+    ],
 )
 def test_sinlora_bad_config(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -183,8 +188,13 @@ def test_sinlora_bad_config(kwargs, message):
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"r": 0}, "r must be an int >= 1"), ({"kron_shape": 0}, "kron_shape=0"), ({"kron_shape": [2, 2, 2]}, "pair"),
-     ({"module_dropout": -0.1}, "module_dropout"), ({"alpha": float("inf")}, "alpha must be a finite")],
+    [
+        ({"r": 0}, "r must be an int >= 1"),
+        ({"kron_shape": 0}, "kron_shape=0"),
+        ({"kron_shape": [2, 2, 2]}, "pair"),
+        ({"module_dropout": -0.1}, "module_dropout"),
+        ({"alpha": float("inf")}, "alpha must be a finite"),
+    ],
 )
 def test_kronlora_bad_config(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -226,8 +236,11 @@ def test_bfloat16_base_keeps_float32_adapter_and_merges(method):
 @pytest.mark.parametrize("method", ["sinlora", "kronlora", "kradapter"])
 def test_set_scale_multiplies_the_update_and_unscale_resets_it(method):
     torch.manual_seed(0)
-    config = (kradapter.KRAdapterConfig(target_modules=["fc1", "fc2"], init_weights=False) if method == "kradapter"
-              else CONFIGS[method](init_weights=False))
+    config = (
+        kradapter.KRAdapterConfig(target_modules=["fc1", "fc2"], init_weights=False)
+        if method == "kradapter"
+        else CONFIGS[method](init_weights=False)
+    )
     model = get_peft_model(fresh(0), config)
     layer = model.base_model.model.fc1
     x = torch.randn(4, 16)

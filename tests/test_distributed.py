@@ -84,8 +84,19 @@ def test_init_outside_torchrun_is_a_clear_error(monkeypatch):
 
 
 # --- `kradapter train` itself under torchrun and accelerate launch (transformers' Trainer, use_cpu=True) --------------
-TRAIN_ARGS = ["--max-steps", "3", "--batch-size", "4", "--logging-steps", "1", "--eval-batch-size", "16",
-              "--max-new-tokens", "4", "--quiet"]
+TRAIN_ARGS = [
+    "--max-steps",
+    "3",
+    "--batch-size",
+    "4",
+    "--logging-steps",
+    "1",
+    "--eval-batch-size",
+    "16",
+    "--max-new-tokens",
+    "4",
+    "--quiet",
+]
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +130,17 @@ def test_kradapter_train_on_two_processes_trains_like_one(commonsense, tmp_path,
     if launcher == "torchrun":
         run = torchrun("-m", "kradapter", *cli_args(commonsense, out, quantize))
     else:  # accelerate launch's multi-process launcher is torchrun's; the Trainer's use_cpu=True makes it gloo
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "-m", "kradapter", *cli_args(commonsense, out, quantize)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "-m",
+            "kradapter",
+            *cli_args(commonsense, out, quantize),
+        ]
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-4000:]
     assert run.stdout.count("results: ") == 1  # only rank 0 prints
@@ -146,7 +166,9 @@ def test_kradapter_train_on_two_processes_trains_like_one(commonsense, tmp_path,
         assert (got[name] - weight).abs().max().item() < TOL, name
 
 
-def test_kradapter_train_refuses_a_world_size_that_does_not_divide_the_batch(commonsense, tmp_path, monkeypatch, capsys):
+def test_kradapter_train_refuses_a_world_size_that_does_not_divide_the_batch(
+    commonsense, tmp_path, monkeypatch, capsys
+):
     from kradapter.cli import main
 
     monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it; the check comes before any process group is needed
@@ -155,5 +177,8 @@ def test_kradapter_train_refuses_a_world_size_that_does_not_divide_the_batch(com
     args[args.index("--batch-size") + 1] = "3"
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "kradapter train: error: global batch size 3 does not divide evenly over 2 processes; use a multiple of 2"
+    assert (
+        err
+        == "kradapter train: error: global batch size 3 does not divide evenly over 2 processes; use a multiple of 2"
+    )
     assert not (tmp_path / "run" / "seeds").exists()

@@ -257,14 +257,21 @@ def test_fused_setting_is_per_adapter():
 def test_fused_and_plain_paths_agree_in_a_peft_model():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     ids = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(0))
     losses, grads = {}, {}
     for fused in (True, False):
         torch.manual_seed(0)
-        model = get_peft_model(LlamaForCausalLM(cfg).double(),
-                               KRAdapterConfig(init_weights=False, fused=fused, alpha=0.5))
+        model = get_peft_model(
+            LlamaForCausalLM(cfg).double(), KRAdapterConfig(init_weights=False, fused=fused, alpha=0.5)
+        )
         calls = []
         orig = fused_mod.KRAdapterLinearFunction.apply
         fused_mod.KRAdapterLinearFunction.apply = lambda *a: calls.append(1) or orig(*a)
@@ -297,8 +304,14 @@ def test_torch_checkpoint_gives_the_same_gradients(use_reentrant):
 def test_transformers_gradient_checkpointing_gives_the_same_gradients():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     ids = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(1))
     grads = []
     for ckpt in (False, True):

@@ -92,7 +92,10 @@ def test_dequantized_once_equals_transformers_reading_and_trains(gguf_dir, monke
     assert direct_sd.keys() == plain_sd.keys()
     assert all(torch.equal(direct_sd[k], plain_sd[k]) for k in direct_sd)
     tok = AutoTokenizer.from_pretrained(path)
-    assert tok("ab a")["input_ids"] == AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file="tiny.gguf")("ab a")["input_ids"]
+    assert (
+        tok("ab a")["input_ids"]
+        == AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file="tiny.gguf")("ab a")["input_ids"]
+    )
 
     model = get_peft_model(plain, kradapter.KRAdapterConfig(target_modules=["k_proj", "v_proj"], init_weights=False))
     ids = torch.tensor([tok("ab a")["input_ids"]])

@@ -18,10 +18,39 @@ pytestmark = pytest.mark.gpu
 
 
 def test_bench_on_cuda_reports_cuda_peak_memory(tmp_path, capsys):
-    args = ["bench", "--out", str(tmp_path), "--device", "cuda", "--tokens", "64", "--shapes", "32x48,48x32",
-            "--repeats", "2", "--hidden", "64", "--layers", "1", "--heads", "4", "--kv-heads", "2",
-            "--intermediate", "96", "--vocab", "128", "--batch", "1", "--seq", "16", "--model-repeats", "2",
-            "--memory-steps", "1"]
+    args = [
+        "bench",
+        "--out",
+        str(tmp_path),
+        "--device",
+        "cuda",
+        "--tokens",
+        "64",
+        "--shapes",
+        "32x48,48x32",
+        "--repeats",
+        "2",
+        "--hidden",
+        "64",
+        "--layers",
+        "1",
+        "--heads",
+        "4",
+        "--kv-heads",
+        "2",
+        "--intermediate",
+        "96",
+        "--vocab",
+        "128",
+        "--batch",
+        "1",
+        "--seq",
+        "16",
+        "--model-repeats",
+        "2",
+        "--memory-steps",
+        "1",
+    ]
     assert main(args) == 0
     data = json.loads((tmp_path / "bench.json").read_text())
     assert data["machine"]["device"] == "cuda" and data["machine"]["gpu"]
@@ -41,8 +70,9 @@ def test_kradapter_on_cuda_matches_cpu_and_round_trips(tmp_path):
     torch.manual_seed(1)
     gpu.add_adapter(kradapter.KRAdapterConfig(**config))
     with torch.no_grad():
-        torch.testing.assert_close(gpu(input_ids=ids.cuda()).logits.cpu(), cpu(input_ids=ids).logits,
-                                   rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            gpu(input_ids=ids.cuda()).logits.cpu(), cpu(input_ids=ids).logits, rtol=1e-4, atol=1e-4
+        )
 
     gpu.train()
     loss = gpu(input_ids=ids.cuda(), labels=ids.cuda()).loss
@@ -55,5 +85,4 @@ def test_kradapter_on_cuda_matches_cpu_and_round_trips(tmp_path):
     fresh = tiny_llama(seed=0).cuda()
     fresh.load_adapter(str(tmp_path / "adapter"), adapter_name="default")
     with torch.no_grad():
-        torch.testing.assert_close(fresh(input_ids=ids.cuda()).logits, gpu(input_ids=ids.cuda()).logits,
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(fresh(input_ids=ids.cuda()).logits, gpu(input_ids=ids.cuda()).logits, rtol=0, atol=0)

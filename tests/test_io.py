@@ -4,8 +4,15 @@ import json
 
 import pytest
 
-from kradapter.io import (atomic_path, cache_dir, check_writable_dir, publish_dir, save_safetensors, staging_dir,
-                          write_json)
+from kradapter.io import (
+    atomic_path,
+    cache_dir,
+    check_writable_dir,
+    publish_dir,
+    save_safetensors,
+    staging_dir,
+    write_json,
+)
 
 
 def test_interrupted_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):

@@ -1,9 +1,7 @@
 """Named adapters, modules_to_save, target selection (all-linear, layer indices, defaults) and per-module patterns."""
 
-import pytest
 import torch
 from peft import get_peft_model
-from torch import nn
 
 from _kradapter_models import MLP, tiny_bert_classifier, tiny_gpt2, tiny_llama
 from kradapter import KRAdapterConfig
@@ -72,8 +70,12 @@ def test_modules_to_save_trains_and_saves_a_copy_of_the_head(tmp_path):
     assert not torch.equal(head.modules_to_save["default"].weight, original)
     model.save_pretrained(tmp_path)
     saved = load_file(tmp_path / "adapter_model.safetensors")
-    assert set(saved) == {"base_model.model.lin0.kradapter_U", "base_model.model.lin0.kradapter_V",
-                          "base_model.model.head.weight", "base_model.model.head.bias"}
+    assert set(saved) == {
+        "base_model.model.lin0.kradapter_U",
+        "base_model.model.lin0.kradapter_V",
+        "base_model.model.head.weight",
+        "base_model.model.head.bias",
+    }
 
 
 def test_all_linear_targets_every_linear_but_the_output_head():
@@ -99,8 +101,9 @@ def test_default_targets_for_llama_are_key_and_value():
 
 
 def test_default_targets_for_bert_and_gpt2():
-    assert {n.rsplit(".", 1)[-1] for n in adapter_layers(get_peft_model(tiny_bert_classifier(), KRAdapterConfig()))} \
-        == {"key", "value"}
+    assert {
+        n.rsplit(".", 1)[-1] for n in adapter_layers(get_peft_model(tiny_bert_classifier(), KRAdapterConfig()))
+    } == {"key", "value"}
     assert {n.rsplit(".", 1)[-1] for n in adapter_layers(get_peft_model(tiny_gpt2(), KRAdapterConfig()))} == {"c_attn"}
 
 
@@ -114,8 +117,10 @@ def test_trainable_parameter_count_on_llama():
 
 
 def test_layers_to_transform_and_layers_pattern():
-    model = get_peft_model(tiny_llama(layers=3), KRAdapterConfig(
-        target_modules=["k_proj", "v_proj"], layers_to_transform=[0, 2], layers_pattern="layers"))
+    model = get_peft_model(
+        tiny_llama(layers=3),
+        KRAdapterConfig(target_modules=["k_proj", "v_proj"], layers_to_transform=[0, 2], layers_pattern="layers"),
+    )
     assert sorted(adapter_layers(model)) == [
         f"model.layers.{i}.self_attn.{p}" for i in (0, 2) for p in ("k_proj", "v_proj")
     ]
@@ -130,7 +135,9 @@ def test_exclude_modules():
 
 def test_alpha_pattern_and_k1_pattern_override_per_module():
     config = KRAdapterConfig(
-        target_modules=["k_proj", "v_proj", "o_proj"], alpha=0.1, k1="sqrt",
+        target_modules=["k_proj", "v_proj", "o_proj"],
+        alpha=0.1,
+        k1="sqrt",
         alpha_pattern={"v_proj": 0.5, r"layers\.1\.self_attn\.k_proj": 2.0},
         k1_pattern={"o_proj": "qdrt", "v_proj": 3},
     )
@@ -141,9 +148,9 @@ def test_alpha_pattern_and_k1_pattern_override_per_module():
     assert layers[att.format(1, "k_proj")].alpha["default"] == 2.0
     assert layers[att.format(0, "v_proj")].alpha["default"] == 0.5
     assert layers[att.format(0, "o_proj")].alpha["default"] == 0.1
-    assert layers[att.format(0, "k_proj")].k1["default"] == 5   # sqrt(32)
+    assert layers[att.format(0, "k_proj")].k1["default"] == 5  # sqrt(32)
     assert layers[att.format(0, "v_proj")].k1["default"] == 3
-    assert layers[att.format(0, "o_proj")].k1["default"] == 2   # qdrt(32)
+    assert layers[att.format(0, "o_proj")].k1["default"] == 2  # qdrt(32)
     assert layers[att.format(0, "o_proj")].kradapter_U["default"].shape == (2, 32)
     assert layers[att.format(0, "o_proj")].kradapter_V["default"].shape == (16, 32)
 

@@ -17,8 +17,14 @@ class Mixed(nn.Module):
     def __init__(self):
         super().__init__()
         self.first = nn.Linear(8, 8)
-        self.block = nn.ModuleDict({"emb": nn.Embedding(10, 8), "conv1d": nn.Conv1d(8, 8, 3), "norm": nn.LayerNorm(8),
-                                     "convt": nn.ConvTranspose1d(8, 8, 3)})
+        self.block = nn.ModuleDict(
+            {
+                "emb": nn.Embedding(10, 8),
+                "conv1d": nn.Conv1d(8, 8, 3),
+                "norm": nn.LayerNorm(8),
+                "convt": nn.ConvTranspose1d(8, 8, 3),
+            }
+        )
         self.last = nn.Linear(8, 30)
 
 
@@ -34,14 +40,20 @@ def test_target_matching_no_module():
 
 
 def test_layers_to_transform_matching_no_layer():
-    assert_rejected(tiny_llama(), KRAdapterConfig(target_modules=["k_proj"], layers_to_transform=[7]),
-                    r"not found in the base model.*layers_to_transform")
+    assert_rejected(
+        tiny_llama(),
+        KRAdapterConfig(target_modules=["k_proj"], layers_to_transform=[7]),
+        r"not found in the base model.*layers_to_transform",
+    )
 
 
-@pytest.mark.parametrize("target,path,type_name", [
-    ("convt", "block.convt", "torch.nn.modules.conv.ConvTranspose1d"),
-    ("norm", "block.norm", "torch.nn.modules.normalization.LayerNorm"),
-])
+@pytest.mark.parametrize(
+    "target,path,type_name",
+    [
+        ("convt", "block.convt", "torch.nn.modules.conv.ConvTranspose1d"),
+        ("norm", "block.norm", "torch.nn.modules.normalization.LayerNorm"),
+    ],
+)
 def test_unsupported_layer_type_names_module_and_type(target, path, type_name):
     config = KRAdapterConfig(target_modules=["first", target, "last"])
     assert_rejected(Mixed(), config, rf"cannot adapt module '{path}' of type {type_name}; supported: torch\.nn\.Linear")

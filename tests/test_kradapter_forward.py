@@ -88,9 +88,12 @@ def test_gradients_reach_only_u_v_and_modules_to_save():
     model = get_peft_model(MLP(), KRAdapterConfig(target_modules=["lin0", "lin1"], modules_to_save=["head"]))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {
-        "base_model.model.lin0.kradapter_U.default", "base_model.model.lin0.kradapter_V.default",
-        "base_model.model.lin1.kradapter_U.default", "base_model.model.lin1.kradapter_V.default",
-        "base_model.model.head.modules_to_save.default.weight", "base_model.model.head.modules_to_save.default.bias",
+        "base_model.model.lin0.kradapter_U.default",
+        "base_model.model.lin0.kradapter_V.default",
+        "base_model.model.lin1.kradapter_U.default",
+        "base_model.model.lin1.kradapter_V.default",
+        "base_model.model.head.modules_to_save.default.weight",
+        "base_model.model.head.modules_to_save.default.bias",
     }
     model(torch.randn(6, 12)).pow(2).sum().backward()
     for name, p in model.named_parameters():

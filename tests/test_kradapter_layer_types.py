@@ -8,9 +8,8 @@ from peft import PeftModel, get_peft_model
 from torch import nn
 
 import kradapter  # noqa: F401
-from kradapter import KRAdapterConfig
-
 from _kradapter_models import assert_same_snapshot, snapshot
+from kradapter import KRAdapterConfig
 
 
 class EmbNet(nn.Module):

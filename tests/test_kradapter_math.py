@@ -58,8 +58,16 @@ def test_truncation_keeps_the_first_m_rows():
 
 @pytest.mark.parametrize(
     "m,word,k1,k2",
-    [(1000, "cbrt", 10, 100), (999, "cbrt", 9, 111), (1024, "sqrt", 32, 32), (1023, "sqrt", 31, 33),
-     (4096, "qdrt", 8, 512), (4095, "qdrt", 7, 585), (768, "sqrt", 27, 29), (2, "qdrt", 1, 2)],
+    [
+        (1000, "cbrt", 10, 100),
+        (999, "cbrt", 9, 111),
+        (1024, "sqrt", 32, 32),
+        (1023, "sqrt", 31, 33),
+        (4096, "qdrt", 8, 512),
+        (4095, "qdrt", 7, 585),
+        (768, "sqrt", 27, 29),
+        (2, "qdrt", 1, 2),
+    ],
 )
 def test_budget_words_are_exact_integer_roots(m, word, k1, k2):
     assert resolve_k(m, 1, word) == (k1, k2)
@@ -104,7 +112,10 @@ def test_theorem_3_1_full_column_rank_for_random_factors(k):
     for n in sorted({k, (k + k * k) // 2, k * k}):
         for draw in ("gauss", "uniform"):
             if draw == "gauss":
-                U, V = torch.randn(k, n, generator=gen, dtype=torch.float64), torch.randn(k, n, generator=gen, dtype=torch.float64)
+                U, V = (
+                    torch.randn(k, n, generator=gen, dtype=torch.float64),
+                    torch.randn(k, n, generator=gen, dtype=torch.float64),
+                )
             else:
                 U = torch.rand(k, n, generator=gen, dtype=torch.float64) * 2 - 1
                 V = torch.rand(k, n, generator=gen, dtype=torch.float64) * 2 - 1

@@ -22,10 +22,13 @@ def base_weights(model):
     return {n: p.detach().clone() for n, p in model.named_parameters() if "kradapter_" not in n}
 
 
-@pytest.mark.parametrize("model_cls,targets,shape", [
-    (MLP, ("lin0", "lin1"), (7, 12)),
-    (ConvNet, ("conv0", "conv1", "head"), (2, 3, 8, 8)),
-])
+@pytest.mark.parametrize(
+    "model_cls,targets,shape",
+    [
+        (MLP, ("lin0", "lin1"), (7, 12)),
+        (ConvNet, ("conv0", "conv1", "head"), (2, 3, 8, 8)),
+    ],
+)
 def test_merge_unmerge_round_trip(model_cls, targets, shape):
     model = adapted(model_cls, targets).eval()
     x = torch.randn(*shape)
@@ -134,7 +137,9 @@ def test_low_precision_base_keeps_adapter_in_fp32_by_default(dtype):
     layer = model.base_model.model.lin0
     base = layer.get_base_layer()
     x = torch.randn(3, 12).to(dtype)
-    exact = torch.nn.functional.linear(x.float(), base.weight.float() + layer.delta_matrix("default"), base.bias.float())
+    exact = torch.nn.functional.linear(
+        x.float(), base.weight.float() + layer.delta_matrix("default"), base.bias.float()
+    )
     torch.testing.assert_close(layer(x).float(), exact, rtol=2e-2, atol=2e-2)
     assert not torch.allclose(base(x).float(), exact, rtol=2e-2, atol=2e-2)  # the adapter's part is visible
 
@@ -142,8 +147,9 @@ def test_low_precision_base_keeps_adapter_in_fp32_by_default(dtype):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_autocast_adapter_dtype_false_keeps_base_dtype(dtype):
     torch.manual_seed(0)
-    model = get_peft_model(MLP().to(dtype), KRAdapterConfig(target_modules=["lin0"], init_weights=False),
-                           autocast_adapter_dtype=False)
+    model = get_peft_model(
+        MLP().to(dtype), KRAdapterConfig(target_modules=["lin0"], init_weights=False), autocast_adapter_dtype=False
+    )
     adapter_params = [p for n, p in model.named_parameters() if "kradapter_" in n]
     assert adapter_params and all(p.dtype == dtype for p in adapter_params)
     out = model(torch.randn(3, 12).to(dtype))

@@ -1,17 +1,14 @@
 """KRAdapter on nn.MultiheadAttention (in_proj and out_proj, as PEFT's LoRA): outputs against a plain module holding
 W0 + alpha Delta W, gradients, merge / unmerge / unload, save / load, several adapters, and the refusals."""
 
-import copy
-
 import pytest
 import torch
 from peft import PeftModel, get_peft_model
 from torch import nn
 
 import kradapter  # noqa: F401
-from kradapter import KRAdapterConfig
-
 from _kradapter_models import assert_same_snapshot, snapshot
+from kradapter import KRAdapterConfig
 
 
 class Encoder(nn.Module):
@@ -40,8 +37,13 @@ def adapted(seed=1, **kw):
 def plain_reference(model, name="default"):
     """An Encoder whose attention weights are W0 + alpha Delta W, built from the adapter's own delta_matrix."""
     ref = Encoder()
-    ref.load_state_dict({k.replace("base_layer.", "").replace("out_proj.base_layer", "out_proj"): v
-                         for k, v in model.get_base_model().state_dict().items() if "kradapter" not in k})
+    ref.load_state_dict(
+        {
+            k.replace("base_layer.", "").replace("out_proj.base_layer", "out_proj"): v
+            for k, v in model.get_base_model().state_dict().items()
+            if "kradapter" not in k
+        }
+    )
     with torch.no_grad():
         for i, layer in enumerate(model.get_base_model().layers):
             attn = layer.self_attn
@@ -89,7 +91,9 @@ def test_merge_unmerge_unload_and_save_load(tmp_path):
         torch.testing.assert_close(reloaded(x, mask=mask), out)
         merged = reloaded.merge_and_unload()
     attn = merged.layers[0].self_attn
-    assert type(attn) is nn.MultiheadAttention and type(attn.out_proj) is nn.modules.linear.NonDynamicallyQuantizableLinear
+    assert (
+        type(attn) is nn.MultiheadAttention and type(attn.out_proj) is nn.modules.linear.NonDynamicallyQuantizableLinear
+    )
     with torch.no_grad():
         torch.testing.assert_close(merged(x, mask=mask), out, atol=1e-5, rtol=1e-5)
 
@@ -127,8 +131,10 @@ def test_refusals():
 def test_budget_counts_both_projections():
     from kradapter.budget import peft_config_for, target_layers
 
-    assert target_layers(Encoder(), ["layers.0.self_attn"]) == {"layers.0.self_attn": (48, 16),
-                                                                "layers.0.self_attn:out_proj": (16, 16)}
+    assert target_layers(Encoder(), ["layers.0.self_attn"]) == {
+        "layers.0.self_attn": (48, 16),
+        "layers.0.self_attn:out_proj": (16, 16),
+    }
     kr = adapted()
     kr_count = sum(p.numel() for p in kr.parameters() if p.requires_grad)
     lora = get_peft_model(Encoder(), peft_config_for("lora", Encoder(), ["self_attn"]))
@@ -155,9 +161,11 @@ def test_tiny_open_clip_model_from_a_config(tmp_path):
 
     def tiny_clip():
         torch.manual_seed(0)
-        return CLIP(embed_dim=16, vision_cfg=CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8,
-                                                           image_size=16),
-                    text_cfg=CLIPTextCfg(context_length=8, vocab_size=64, width=32, heads=2, layers=1)).eval()
+        return CLIP(
+            embed_dim=16,
+            vision_cfg=CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8, image_size=16),
+            text_cfg=CLIPTextCfg(context_length=8, vocab_size=64, width=32, heads=2, layers=1),
+        ).eval()
 
     torch.manual_seed(3)
     model = get_peft_model(tiny_clip(), KRAdapterConfig(target_modules=["attn"], init_weights=False, alpha=0.5))

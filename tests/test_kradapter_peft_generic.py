@@ -113,8 +113,9 @@ def test_save_and_load_restores_adapter_state_and_outputs(case, safe_serializati
         assert torch.equal(reloaded[key], saved[key]), key
     torch.testing.assert_close(loaded(x), out)
     ignore = {"inference_mode", "auto_mapping"}  # set by loading / by saving, not by the user
-    assert {k: v for k, v in loaded.peft_config["default"].to_dict().items() if k not in ignore} == \
-        {k: v for k, v in model.peft_config["default"].to_dict().items() if k not in ignore}
+    assert {k: v for k, v in loaded.peft_config["default"].to_dict().items() if k not in ignore} == {
+        k: v for k, v in model.peft_config["default"].to_dict().items() if k not in ignore
+    }
 
 
 @case_ids
@@ -247,8 +248,9 @@ def test_forward_on_half_precision_base(case, dtype, autocast_adapter_dtype):
     model_cls, kwargs = CASES[case]
     torch.manual_seed(0)
     base = model_cls().to(dtype)
-    model = get_peft_model(base, KRAdapterConfig(init_weights=False, **kwargs),
-                           autocast_adapter_dtype=autocast_adapter_dtype).eval()
+    model = get_peft_model(
+        base, KRAdapterConfig(init_weights=False, **kwargs), autocast_adapter_dtype=autocast_adapter_dtype
+    ).eval()
     expected = torch.float32 if autocast_adapter_dtype else dtype
     assert all(p.dtype == expected for n, p in model.named_parameters() if "kradapter_" in n)
     x = inputs(model_cls)
@@ -290,8 +292,9 @@ def test_disable_context_restores_the_previous_layer_state(case):
 def test_only_adapter_and_saved_modules_train(case):
     model, x = make(case, init_weights=True)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {n for n, _ in model.named_parameters()
-                         if "kradapter_" in n or ".modules_to_save.default." in n}
+    assert trainable == {
+        n for n, _ in model.named_parameters() if "kradapter_" in n or ".modules_to_save.default." in n
+    }
 
 
 @case_ids
@@ -435,8 +438,9 @@ def test_low_level_api_inject_and_state_dict():
     state = get_peft_model_state_dict(model)
     assert set(state) == {f"{m}.kradapter_{p}" for m in ("lin0", "lin1") for p in "UV"}
     torch.manual_seed(1)
-    other = inject_adapter_in_model(KRAdapterConfig(target_modules=["lin0", "lin1"], init_weights=False),
-                                    fresh_base("linear-one"))
+    other = inject_adapter_in_model(
+        KRAdapterConfig(target_modules=["lin0", "lin1"], init_weights=False), fresh_base("linear-one")
+    )
     set_peft_model_state_dict(other, state)
     x = inputs(MLP)
     torch.testing.assert_close(other(x), model(x))
@@ -448,12 +452,23 @@ def test_config_round_trips_and_dispatches_by_peft_type(tmp_path):
     from peft import PeftConfig
     from peft.utils.peft_types import PeftType
 
-    config = KRAdapterConfig(target_modules=["lin0"], k1="qdrt", alpha=0.25, alpha_pattern={"lin0": 0.5},
-                             k1_pattern={"lin1": 3}, layers_to_transform=[0], layers_pattern="layers")
+    config = KRAdapterConfig(
+        target_modules=["lin0"],
+        k1="qdrt",
+        alpha=0.25,
+        alpha_pattern={"lin0": 0.5},
+        k1_pattern={"lin1": 3},
+        layers_to_transform=[0],
+        layers_pattern="layers",
+    )
     assert config.peft_type == PeftType.KRADAPTER == "KRADAPTER"
     config.save_pretrained(tmp_path)
-    for loaded in (KRAdapterConfig.from_pretrained(tmp_path), PeftConfig.from_pretrained(tmp_path),
-                   pickle.loads(pickle.dumps(config)), copy.deepcopy(config)):
+    for loaded in (
+        KRAdapterConfig.from_pretrained(tmp_path),
+        PeftConfig.from_pretrained(tmp_path),
+        pickle.loads(pickle.dumps(config)),
+        copy.deepcopy(config),
+    ):
         assert type(loaded) is KRAdapterConfig
         assert loaded.to_dict() == config.to_dict()
     with pytest.raises(TypeError):

@@ -56,7 +56,10 @@ def test_from_pretrained_in_a_fresh_process_gives_same_outputs(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (*sys.path, os.environ.get("PYTHONPATH", "")) if p)}
     proc = subprocess.run(
         [sys.executable, "-c", LOAD_IN_FRESH_PROCESS, str(TESTS_DIR), str(tmp_path / "adapter"), str(out)],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     torch.testing.assert_close(torch.load(out), logits)
@@ -70,7 +73,8 @@ def test_from_pretrained_in_process_trainable_flag_and_merge(tmp_path):
     torch.testing.assert_close(loaded(input_ids=ids).logits, logits)
     trainable = PeftModel.from_pretrained(tiny_llama(seed=0), tmp_path / "adapter", is_trainable=True)
     assert {n for n, p in trainable.named_parameters() if p.requires_grad} == {
-        n for n, _ in trainable.named_parameters() if "kradapter_" in n}
+        n for n, _ in trainable.named_parameters() if "kradapter_" in n
+    }
     merged = trainable.merge_and_unload()
     torch.testing.assert_close(merged(input_ids=ids).logits, logits, rtol=1e-4, atol=1e-4)
 
@@ -103,16 +107,20 @@ def test_directory_without_config_is_one_clear_error(tmp_path):
 
 def save_mlp_adapter(path, **config):
     torch.manual_seed(0)
-    get_peft_model(MLP(), KRAdapterConfig(target_modules=["lin0", "lin1"], init_weights=False, **config)
-                   ).save_pretrained(path)
+    get_peft_model(
+        MLP(), KRAdapterConfig(target_modules=["lin0", "lin1"], init_weights=False, **config)
+    ).save_pretrained(path)
 
 
 def test_weights_for_another_model_are_rejected_and_base_left_untouched(tmp_path):
     save_mlp_adapter(tmp_path)
     base = MLP(d_in=12, hidden=30)  # lin0 30 x 12, lin1 15 x 30: other shapes
     before = snapshot(base)
-    with pytest.raises(ValueError, match=r"tensor 'base_model\.model\.lin0\.kradapter_U' has shape \(4, 12\) in the "
-                                         r"checkpoint but \(5, 12\) in the model"):
+    with pytest.raises(
+        ValueError,
+        match=r"tensor 'base_model\.model\.lin0\.kradapter_U' has shape \(4, 12\) in the "
+        r"checkpoint but \(5, 12\) in the model",
+    ):
         PeftModel.from_pretrained(base, tmp_path)
     assert_same_snapshot(before, snapshot(base))
     assert not any(isinstance(m, KRAdapterLayer) for m in base.modules())
@@ -127,8 +135,11 @@ def test_weights_edited_to_wrong_shape_are_rejected(tmp_path):
     save_file(weights, tmp_path / "adapter_model.safetensors")
     base = MLP()
     before = snapshot(base)
-    with pytest.raises(ValueError, match=r"'base_model\.model\.lin1\.kradapter_V' has shape \(2, 10\) in the checkpoint "
-                                         r"but \(5, 10\) in the model"):
+    with pytest.raises(
+        ValueError,
+        match=r"'base_model\.model\.lin1\.kradapter_V' has shape \(2, 10\) in the checkpoint "
+        r"but \(5, 10\) in the model",
+    ):
         PeftModel.from_pretrained(base, tmp_path, is_trainable=True)
     assert_same_snapshot(before, snapshot(base))
 
@@ -171,7 +182,10 @@ def test_saved_head_of_another_size_is_rejected_and_base_left_untouched(tmp_path
     get_peft_model(MLP(), KRAdapterConfig(target_modules=["lin0"], modules_to_save=["head"])).save_pretrained(tmp_path)
     base = MLP(d_out=5)
     before = snapshot(base)
-    with pytest.raises(ValueError, match=r"tensor 'base_model\.model\.head\.modules_to_save\.weight' has shape \(3, 10\) "
-                                         r"in the checkpoint but \(5, 10\) in the model"):
+    with pytest.raises(
+        ValueError,
+        match=r"tensor 'base_model\.model\.head\.modules_to_save\.weight' has shape \(3, 10\) "
+        r"in the checkpoint but \(5, 10\) in the model",
+    ):
         PeftModel.from_pretrained(base, tmp_path)
     assert_same_snapshot(before, snapshot(base))

@@ -15,7 +15,7 @@ def test_effective_rank_of_known_spectra():
     # two equal singular values and one twice as large: p = (1/2, 1/4, 1/4), entropy = 1.5 ln 2
     s = torch.tensor([2.0, 1.0, 1.0])
     assert math.isclose(effective_rank(s, is_spectrum=True), math.exp(1.5 * math.log(2)), rel_tol=1e-12)
-    assert math.isclose(effective_rank(torch.diag(s)), 2 ** 1.5, rel_tol=1e-12)
+    assert math.isclose(effective_rank(torch.diag(s)), 2**1.5, rel_tol=1e-12)
 
 
 def test_spectral_summary_of_a_diagonal_matrix():

@@ -7,16 +7,16 @@ import torch
 from peft import get_peft_model
 
 import kradapter  # noqa: F401
+from _tiny import fresh
 from kradapter import KronLoRAConfig, quantize_kronlora_
 from kradapter.methods.kronlora import absmax_quantize, fake_quantize
-
-from _tiny import fresh
 
 
 def kron_model(seed: int = 0):
     torch.manual_seed(seed)
-    return get_peft_model(fresh(seed), KronLoRAConfig(target_modules=["fc1", "fc2"], r=2, kron_shape=4,
-                                                      init_weights=False))
+    return get_peft_model(
+        fresh(seed), KronLoRAConfig(target_modules=["fc1", "fc2"], r=2, kron_shape=4, init_weights=False)
+    )
 
 
 @pytest.mark.parametrize("bits", [8, 4])
@@ -72,8 +72,11 @@ def test_eight_bits_is_closer_than_four():
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"bits": 16}, r"bits must be an int in \[2, 8\]"), ({"bits": 4, "granularity": "column"}, "granularity='column'"),
-     ({"bits": 4, "adapter_names": ["nope"]}, "adapter 'nope' is not on Kron-LoRA layer")],
+    [
+        ({"bits": 16}, r"bits must be an int in \[2, 8\]"),
+        ({"bits": 4, "granularity": "column"}, "granularity='column'"),
+        ({"bits": 4, "adapter_names": ["nope"]}, "adapter 'nope' is not on Kron-LoRA layer"),
+    ],
 )
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):

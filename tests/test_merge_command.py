@@ -19,8 +19,15 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 def llama(hidden=64, seed=0):
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=128, hidden_size=hidden, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    cfg = LlamaConfig(
+        vocab_size=128,
+        hidden_size=hidden,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -51,8 +58,22 @@ def dirs(tmp_path_factory):
 def test_merge_writes_a_plain_sharded_model_equal_to_the_adapted_one(dirs, capsys):
     root, ids, expected = dirs
     out = root / "merged"
-    assert main(["merge", "--base", str(root / "base"), "--adapter", str(root / "adapter"), "--out", str(out),
-                 "--max-shard-size", "100KB"]) == 0
+    assert (
+        main(
+            [
+                "merge",
+                "--base",
+                str(root / "base"),
+                "--adapter",
+                str(root / "adapter"),
+                "--out",
+                str(out),
+                "--max-shard-size",
+                "100KB",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "largest logit difference" in printed
     diff = float(printed.rsplit(":", 1)[1])
@@ -99,8 +120,17 @@ def test_merge_refuses_a_non_empty_out_dir(dirs, tmp_path):
 def test_merge_names_the_tensor_when_base_and_adapter_do_not_match(dirs, tmp_path, capsys):
     root, _, _ = dirs
     llama(hidden=32).save_pretrained(tmp_path / "other_base")
-    code = main(["merge", "--base", str(tmp_path / "other_base"), "--adapter", str(root / "adapter"),
-                 "--out", str(tmp_path / "out")])
+    code = main(
+        [
+            "merge",
+            "--base",
+            str(tmp_path / "other_base"),
+            "--adapter",
+            str(root / "adapter"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "kradapter_U" in err and "shape" in err and "(" in err
@@ -119,8 +149,9 @@ def test_merge_of_a_4bit_trained_adapter_dequantizes_the_base(tmp_path):
     from kradapter import quant
 
     llama().save_pretrained(tmp_path / "base")
-    base4 = LlamaForCausalLM.from_pretrained(tmp_path / "base", quantization_config=quant.bnb_config("4bit"),
-                                             device_map="cpu")
+    base4 = LlamaForCausalLM.from_pretrained(
+        tmp_path / "base", quantization_config=quant.bnb_config("4bit"), device_map="cpu"
+    )
     torch.manual_seed(2)
     model = get_peft_model(base4, KRAdapterConfig(target_modules=TARGETS, alpha=0.5, init_weights=False)).eval()
     model.save_pretrained(tmp_path / "adapter")
@@ -140,8 +171,10 @@ def test_merge_works_for_the_other_methods_too(dirs, tmp_path):
 
     root, ids, _ = dirs
     torch.manual_seed(4)
-    model = get_peft_model(LlamaForCausalLM.from_pretrained(root / "base").eval(),
-                           KronLoRAConfig(target_modules=["q_proj", "v_proj"], init_weights=False, r=2)).eval()
+    model = get_peft_model(
+        LlamaForCausalLM.from_pretrained(root / "base").eval(),
+        KronLoRAConfig(target_modules=["q_proj", "v_proj"], init_weights=False, r=2),
+    ).eval()
     model.save_pretrained(tmp_path / "kron")
     with torch.no_grad():
         expected = model(input_ids=ids).logits

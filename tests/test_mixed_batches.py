@@ -5,11 +5,10 @@ import torch
 from peft import get_peft_model
 
 import kradapter  # noqa: F401
+from _kradapter_models import MLP, ConvNet, tiny_gpt2, tiny_llama
 from kradapter import KRAdapterConfig
 from kradapter.methods.kronlora.config import KronLoRAConfig
 from kradapter.methods.sinlora.config import SinLoRAConfig
-
-from _kradapter_models import MLP, ConvNet, tiny_gpt2, tiny_llama
 
 NAMES = ["a", "b", "__base__", "a", "b"]
 
@@ -39,11 +38,15 @@ def assert_rows_match(model, names, key, inputs, out=lambda o: o):
     assert not torch.allclose(per["a"], per["b"]) and not torch.allclose(per["a"], per["__base__"])
 
 
-@pytest.mark.parametrize("make_config", [
-    lambda **kw: KRAdapterConfig(target_modules=["lin0", "lin1"], init_weights=False, alpha=0.5, **kw),
-    lambda **kw: SinLoRAConfig(target_modules=["lin0", "lin1"], init_weights=False, r=2, **kw),
-    lambda **kw: KronLoRAConfig(target_modules=["lin0", "lin1"], init_weights=False, r=2, **kw),
-], ids=["kradapter", "sinlora", "kronlora"])
+@pytest.mark.parametrize(
+    "make_config",
+    [
+        lambda **kw: KRAdapterConfig(target_modules=["lin0", "lin1"], init_weights=False, alpha=0.5, **kw),
+        lambda **kw: SinLoRAConfig(target_modules=["lin0", "lin1"], init_weights=False, r=2, **kw),
+        lambda **kw: KronLoRAConfig(target_modules=["lin0", "lin1"], init_weights=False, r=2, **kw),
+    ],
+    ids=["kradapter", "sinlora", "kronlora"],
+)
 def test_linear_mixed_batch_equals_each_adapter_alone(make_config):
     model = two_adapter_model(MLP(), make_config(modules_to_save=["head"]), make_config(modules_to_save=["head"]))
     with torch.no_grad():  # distinct heads per adapter, so modules_to_save is mixed too

@@ -23,8 +23,13 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 def tiny_llama_dir(tmp_path_factory):
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64,
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
     )
     path = tmp_path_factory.mktemp("tiny_llama")
     LlamaForCausalLM(config).save_pretrained(path)
@@ -51,8 +56,12 @@ def packed_weight_reference(data, state):
     codes_state.original_nested = False
     codes, _ = bnb.functional._convert_weight_packed_for_cpu_inverse(data.clone(), codes_state)
     standard = bnb.functional.QuantState(
-        absmax=state.absmax.float().T.reshape(-1), shape=state.shape, code=state.code,
-        blocksize=state.blocksize, quant_type=state.quant_type, dtype=torch.float32,
+        absmax=state.absmax.float().T.reshape(-1),
+        shape=state.shape,
+        code=state.code,
+        blocksize=state.blocksize,
+        quant_type=state.quant_type,
+        dtype=torch.float32,
     )
     return bnb.functional.dequantize_4bit(codes, standard)
 
@@ -119,8 +128,9 @@ def packed_bytes(model):
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.dtype in (torch.uint8, torch.int8)}
 
 
-@pytest.mark.parametrize("kind,layer_cls", [("4bit", kr_bnb.Linear4bit), ("4bit-packed", kr_bnb.Linear4bit),
-                                            ("8bit", kr_bnb.Linear8bitLt)])
+@pytest.mark.parametrize(
+    "kind,layer_cls", [("4bit", kr_bnb.Linear4bit), ("4bit-packed", kr_bnb.Linear4bit), ("8bit", kr_bnb.Linear8bitLt)]
+)
 def test_dispatch_and_outputs_match_dequantized_reference(tiny_llama_dir, kind, layer_cls):
     model = adapted(tiny_llama_dir, kind)
     k_proj = model.get_base_model().model.layers[0].self_attn.k_proj
@@ -208,7 +218,10 @@ def test_merge_needs_a_choice_and_changes_nothing_without_one(tiny_llama_dir, ki
     run_inference_once(model, kind)
     before = packed_bytes(model)
     for merge in (model.merge_adapter, model.merge_and_unload, lambda: model.merge_and_unload(safe_merge=True)):
-        with pytest.raises(ValueError, match=rf"'model\.layers\.0\.self_attn\.q_proj'.*bnb {kind.removesuffix('-packed')}.*merge_requantized.*merge_to_full_precision"):
+        with pytest.raises(
+            ValueError,
+            match=rf"'model\.layers\.0\.self_attn\.q_proj'.*bnb {kind.removesuffix('-packed')}.*merge_requantized.*merge_to_full_precision",
+        ):
             merge()
     assert all(torch.equal(before[k], v) for k, v in packed_bytes(model).items())
     assert not any(m.merged for m in quant.quantized_layers(model).values())
@@ -314,7 +327,9 @@ def test_unknown_quantized_base_trains_but_refuses_to_merge():
     assert model.base_model.model[0].kradapter_U["default"].abs().sum() > 0
     weight = net[0].weight.detach().clone()
     for merge in (model.merge_adapter, model.merge_and_unload, lambda: quant.merge_requantized(model)):
-        with pytest.raises(ValueError, match=r"cannot merge KRAdapter into '0'.*unrecognised Int8Linear.*cannot be dequantized"):
+        with pytest.raises(
+            ValueError, match=r"cannot merge KRAdapter into '0'.*unrecognised Int8Linear.*cannot be dequantized"
+        ):
             merge()
     with pytest.raises(ValueError, match=r"'0'.*cannot be dequantized"):
         quant.merge_to_full_precision(model)
@@ -325,7 +340,9 @@ def test_missing_backend_gives_one_clear_error(monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a)
+    )
     with pytest.raises(ImportError, match=r"4bit quantization needs the 'bitsandbytes' package.*kradapter\[quant\]"):
         quant.bnb_config("4bit")
     with pytest.raises(ValueError, match=r"quantize='3bit'.*\['4bit', '8bit'\]"):
@@ -340,14 +357,19 @@ def test_train_quantize_bad_input_is_one_clear_error(tmp_path, monkeypatch, caps
     base = ["train", "--output-dir", str(tmp_path / "run"), "--quiet"]
     assert main([*base, "--task", "text", "--quantize", "4bit"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "kradapter train: error: --quantize applies to the causal-LM task 'commonsense', not 'text'")
+        "kradapter train: error: --quantize applies to the causal-LM task 'commonsense', not 'text'"
+    )
     assert main([*base, "--task", "commonsense", "--method", "full", "--quantize", "8bit"]) == 2
     assert "full fine-tuning cannot train quantized weights" in capsys.readouterr().err
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a)
+    )
     assert main([*base, "--task", "commonsense", "--quantize", "4bit"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("kradapter train: error: 4bit quantization needs the 'bitsandbytes' package") and "\n" not in err
+    assert (
+        err.startswith("kradapter train: error: 4bit quantization needs the 'bitsandbytes' package") and "\n" not in err
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -359,13 +381,31 @@ def test_kradapter_train_quantize_4bit_in_either_cpu_layout(tmp_path, kind):
     layers from the repack (bnb.watch_cpu_layout); training after a repack is test_qlora_training_...[4bit-packed]."""
     import json
 
+    from kradapter.cli import main
     from recipe_fixtures import commonsense_data, tiny_llama
 
-    from kradapter.cli import main
-
-    args = ["train", "--task", "commonsense", "--model", tiny_llama(tmp_path), "--output-dir", str(tmp_path / "run"),
-            "--max-steps", "3", "--batch-size", "4", "--logging-steps", "1", "--eval-batch-size", "16",
-            "--max-new-tokens", "4", "--quiet", "--quantize", "4bit"]
+    args = [
+        "train",
+        "--task",
+        "commonsense",
+        "--model",
+        tiny_llama(tmp_path),
+        "--output-dir",
+        str(tmp_path / "run"),
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--logging-steps",
+        "1",
+        "--eval-batch-size",
+        "16",
+        "--max-new-tokens",
+        "4",
+        "--quiet",
+        "--quantize",
+        "4bit",
+    ]
     for d in commonsense_data(tmp_path):
         args += ["--data", d]
     assert main(args) == 0

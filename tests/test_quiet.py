@@ -24,8 +24,7 @@ def test_bitsandbytes_kernel_message_is_dropped_and_nothing_else(caplog):
 
 def test_import_prints_nothing():
     # default warning filters: what a user sees
-    done = subprocess.run([sys.executable, "-c", "import kradapter, peft"], capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", "import kradapter, peft"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout == "" and done.stderr == ""
 
 
@@ -33,8 +32,9 @@ def _tiny_bert():
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, num_labels=3)
+    config = BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, num_labels=3
+    )
     return BertForSequenceClassification(config)
 
 
@@ -56,8 +56,10 @@ def test_the_filter_is_narrow():
             warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed", FutureWarning)
             warnings.warn("a FutureWarning about the user's own input", FutureWarning)
             warnings.warn("`is_gradient_checkpointing` is deprecated, as a UserWarning", UserWarning)
-    assert [str(w.message) for w in caught] == ["a FutureWarning about the user's own input",
-                                                 "`is_gradient_checkpointing` is deprecated, as a UserWarning"]
+    assert [str(w.message) for w in caught] == [
+        "a FutureWarning about the user's own input",
+        "`is_gradient_checkpointing` is deprecated, as a UserWarning",
+    ]
 
 
 def test_plain_peft_call_still_warns_where_transformers_deprecates_the_attribute():

@@ -4,18 +4,32 @@ from __future__ import annotations
 
 import json
 
-from recipe_fixtures import text_data, tiny_bert
-
 from kradapter.cli import main
+from recipe_fixtures import text_data, tiny_bert
 
 
 def test_compare_two_methods_per_method_lr(tmp_path, capsys):
     model = tiny_bert(tmp_path)
     data = text_data(tmp_path)
     out = tmp_path / "cmp"
-    argv = ["compare", "--task", "text", "--model", model, "--methods", "kradapter,lora",
-            "--lr", "kradapter=5e-3,lora=2e-3", "--max-steps", "2", "--batch-size", "8", "--output-dir", str(out),
-            "--quiet"]
+    argv = [
+        "compare",
+        "--task",
+        "text",
+        "--model",
+        model,
+        "--methods",
+        "kradapter,lora",
+        "--lr",
+        "kradapter=5e-3,lora=2e-3",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--output-dir",
+        str(out),
+        "--quiet",
+    ]
     for d in data:
         argv += ["--data", d]
     assert main(argv) == 0
@@ -49,8 +63,22 @@ def test_compare_two_methods_per_method_lr(tmp_path, capsys):
 def test_compare_rejects_unknown_method_and_lr_for_another_method(tmp_path, capsys):
     assert main(["compare", "--task", "text", "--methods", "kradapter,nope", "--output-dir", str(tmp_path)]) == 2
     assert "unknown method 'nope'" in capsys.readouterr().err
-    assert main(["compare", "--task", "text", "--methods", "kradapter,lora", "--lr", "full=1e-4",
-                 "--output-dir", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "compare",
+                "--task",
+                "text",
+                "--methods",
+                "kradapter,lora",
+                "--lr",
+                "full=1e-4",
+                "--output-dir",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert "'full' is not one of --methods" in capsys.readouterr().err
 
 
@@ -59,14 +87,35 @@ def test_budgets_run_every_method_at_each_budget_and_plot(tmp_path, capsys):
 
     model = tiny_bert(tmp_path)
     out = tmp_path / "abl"
-    argv = ["compare", "--task", "text", "--model", model, "--methods", "kradapter,lora,full", "--budgets",
-            "low,high", "--max-steps", "1", "--batch-size", "8", "--output-dir", str(out), "--quiet"]
+    argv = [
+        "compare",
+        "--task",
+        "text",
+        "--model",
+        model,
+        "--methods",
+        "kradapter,lora,full",
+        "--budgets",
+        "low,high",
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "8",
+        "--output-dir",
+        str(out),
+        "--quiet",
+    ]
     for d in text_data(tmp_path):
         argv += ["--data", d]
     assert main(argv) == 0
     rows = json.loads((out / "budgets.json").read_text())["table"]["rows"]
-    assert [(r[0], r[1], r[2]) for r in rows] == [("kradapter", "low", "sqrt"), ("kradapter", "high", "qdrt"),
-                                                   ("lora", "low", "sqrt"), ("lora", "high", "qdrt"), ("full", "-", "-")]
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        ("kradapter", "low", "sqrt"),
+        ("kradapter", "high", "qdrt"),
+        ("lora", "low", "sqrt"),
+        ("lora", "high", "qdrt"),
+        ("full", "-", "-"),
+    ]
     # KRAdapter's count at each k1 on the 4 key/value layers (32 x 32), LoRA matched to the smallest count >= it
     for budget, k1 in (("low", "sqrt"), ("high", "qdrt")):
         kr = json.loads((out / f"budget-{budget}" / "kradapter" / "metrics.json").read_text())

@@ -7,10 +7,10 @@ import os
 import signal
 
 import pytest
-from recipe_fixtures import text_data, tiny_bert, train_args, write_jsonl, sentiment_rows
 from transformers import TrainerCallback
 
 from kradapter.train.runner import TrainingInterrupted, run
+from recipe_fixtures import sentiment_rows, text_data, tiny_bert, train_args, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,8 @@ def test_text_kradapter_two_seeds_metrics_schema_and_report(bert, tmp_path, caps
     assert saved["zero_shot"] is None and saved["r_gen"] is None  # fresh head: no zero-shot baseline
     # key and value of both layers are adapted (the paper's default) and each has a spectral row
     assert sorted(saved["spectral"]) == sorted(
-        f"bert.encoder.layer.{i}.attention.self.{kv}" for i in (0, 1) for kv in ("key", "value"))
+        f"bert.encoder.layer.{i}.attention.self.{kv}" for i in (0, 1) for kv in ("key", "value")
+    )
     for row in saved["spectral"].values():
         assert row["effective_rank"] > 1.0 and row["nuclear_norm"] > row["frobenius_norm"] > 0
         assert row["shape"] == [32, 32]
@@ -86,8 +87,9 @@ def test_report_reads_a_plain_peft_adapter(bert, tmp_path, capsys):
 
     model_path, _, _ = bert
     model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2)
-    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["query"], init_lora_weights=False,
-                                                  task_type="SEQ_CLS"))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=2, target_modules=["query"], init_lora_weights=False, task_type="SEQ_CLS")
+    )
     peft_model.save_pretrained(tmp_path / "peft_lora")
     assert main(["report", str(tmp_path / "peft_lora")]) == 0
     out = capsys.readouterr().out
@@ -99,13 +101,29 @@ def test_glue_regression_and_matthews(bert, tmp_path):
     rows = [{"sentence1": r["text"], "sentence2": r["text"], "label": r["score"]} for r in sentiment_rows(40, 0)]
     train = write_jsonl(tmp_path / "stsb_train.jsonl", rows)
     test = write_jsonl(tmp_path / "stsb_dev.jsonl", rows[:12])
-    m = run(train_args("glue", tmp_path / "stsb", model=model, data=[f"train={train}", f"test={test}"],
-                       glue_task="stsb", max_steps=2))
+    m = run(
+        train_args(
+            "glue",
+            tmp_path / "stsb",
+            model=model,
+            data=[f"train={train}", f"test={test}"],
+            glue_task="stsb",
+            max_steps=2,
+        )
+    )
     assert m["metric"] == "pearson" and -1.0 <= m["tests"]["test"]["mean"] <= 1.0
     cola = [{"sentence": r["text"], "label": int(r["label"] == "positive")} for r in sentiment_rows(30, 0)]
     train = write_jsonl(tmp_path / "cola_train.jsonl", cola)
-    m = run(train_args("glue", tmp_path / "cola", model=model, data=[f"train={train}", f"test={train}"],
-                       glue_task="cola", max_steps=2))
+    m = run(
+        train_args(
+            "glue",
+            tmp_path / "cola",
+            model=model,
+            data=[f"train={train}", f"test={train}"],
+            glue_task="cola",
+            max_steps=2,
+        )
+    )
     assert m["metric"] == "matthews"
 
 

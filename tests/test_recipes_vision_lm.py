@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
-from recipe_fixtures import (commonsense_data, image_data, tiny_clip, tiny_llama, tiny_resnet, train_args)
 
 from kradapter.train.runner import run
+from recipe_fixtures import commonsense_data, image_data, tiny_clip, tiny_llama, tiny_resnet, train_args
 
 
 def test_answer_extraction_follows_llm_adapters():
@@ -27,8 +27,18 @@ def test_answer_extraction_follows_llm_adapters():
 def test_commonsense_end_to_end_with_zero_shot_and_groups(tmp_path):
     model = tiny_llama(tmp_path)
     data = commonsense_data(tmp_path) + [f"nid:again={tmp_path / 'cs_test.json'}"]
-    m = run(train_args("commonsense", tmp_path / "run", model=model, data=data, max_steps=3, max_new_tokens=6,
-                       batch_size=4, scoring="generate"))
+    m = run(
+        train_args(
+            "commonsense",
+            tmp_path / "run",
+            model=model,
+            data=data,
+            max_steps=3,
+            max_new_tokens=6,
+            batch_size=4,
+            scoring="generate",
+        )
+    )
     assert set(m["tests"]["choice"]["extra"]) == {"balanced_accuracy"}  # generation has no acc_norm
     assert set(m["tests"]) == {"choice", "yesno", "again"}
     assert {t["group"] for t in m["tests"].values()} == {"ID", "OOD", "NID"}
@@ -36,7 +46,9 @@ def test_commonsense_end_to_end_with_zero_shot_and_groups(tmp_path):
     zero = m["zero_shot"]
     assert set(zero["tests"]) == {"choice", "yesno", "again"} and set(zero["groups"]) == {"ID", "NID", "OOD"}
     assert "r_gen" in m  # None when the ID gain over zero-shot is exactly 0
-    assert sorted(m["spectral"]) == sorted(f"model.layers.{i}.self_attn.{p}" for i in (0, 1) for p in ("k_proj", "v_proj"))
+    assert sorted(m["spectral"]) == sorted(
+        f"model.layers.{i}.self_attn.{p}" for i in (0, 1) for p in ("k_proj", "v_proj")
+    )
     assert (tmp_path / "run" / "zero_shot.json").exists()
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["zero_shot"] == zero
@@ -58,8 +70,7 @@ def test_commonsense_training_masks_the_prompt(tmp_path):
 def test_image_with_conv_targets_and_frozen_batchnorm(tmp_path):
     model = tiny_resnet(tmp_path)
     out = tmp_path / "run"
-    m = run(train_args("image", out, model=model, data=image_data(tmp_path), max_steps=3, image_size=16,
-                       val_size=3))
+    m = run(train_args("image", out, model=model, data=image_data(tmp_path), max_steps=3, image_size=16, val_size=3))
     assert m["targets"] and all("convolution" in t or "shortcut" in t for t in m["targets"])
     assert not any("embedder" in t for t in m["targets"])  # the stem (3 input channels) is left alone
     assert len(m["spectral"]) == len(m["targets"])
@@ -79,15 +90,33 @@ def test_image_with_conv_targets_and_frozen_batchnorm(tmp_path):
 
 
 def test_image_label_outside_training_classes_is_refused(tmp_path, capsys):
-    from recipe_fixtures import image_folder
-
     from kradapter.cli import main
+    from recipe_fixtures import image_folder
 
     model = tiny_resnet(tmp_path)
     data = image_data(tmp_path)
     odd = image_folder(tmp_path / "odd", ["circle", "hexagon"], 2, 3)
-    assert main(["train", "--task", "image", "--model", model, "--data", data[0], "--data", f"test={odd}",
-                 "--output-dir", str(tmp_path / "run"), "--image-size", "16", "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--task",
+                "image",
+                "--model",
+                model,
+                "--data",
+                data[0],
+                "--data",
+                f"test={odd}",
+                "--output-dir",
+                str(tmp_path / "run"),
+                "--image-size",
+                "16",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert str(odd) in err and "'hexagon'" in err and "circle, square, triangle" in err
 
@@ -95,8 +124,11 @@ def test_image_label_outside_training_classes_is_refused(tmp_path, capsys):
 def test_clip_k_shot_both_towers_zero_shot_and_r_gen(tmp_path):
     model = tiny_clip(tmp_path)
     out = tmp_path / "run"
-    m = run(train_args("clip", out, model=model, data=image_data(tmp_path), max_steps=3, shots=2, val_size=3,
-                       towers="vision,text"))
+    m = run(
+        train_args(
+            "clip", out, model=model, data=image_data(tmp_path), max_steps=3, shots=2, val_size=3, towers="vision,text"
+        )
+    )
     assert m["sizes"]["train"] == 6  # 2 shots x 3 classes
     towers = {t.split(".")[1] for t in m["targets"]}
     assert towers == {"vision_model", "text_model"}
@@ -107,8 +139,18 @@ def test_clip_k_shot_both_towers_zero_shot_and_r_gen(tmp_path):
         g = m["groups"]
         expected = (g["OOD"]["mean"] - zs["OOD"]) / (g["ID"]["mean"] - zs["ID"])
         assert m["r_gen"]["mean"] == pytest.approx(expected)
-    vision_only = run(train_args("clip", tmp_path / "vision", model=model, data=image_data(tmp_path), max_steps=1,
-                                 shots=1, val_size=3, towers="vision"))
+    vision_only = run(
+        train_args(
+            "clip",
+            tmp_path / "vision",
+            model=model,
+            data=image_data(tmp_path),
+            max_steps=1,
+            shots=1,
+            val_size=3,
+            towers="vision",
+        )
+    )
     assert {t.split(".")[1] for t in vision_only["targets"]} == {"vision_model"}
     from kradapter.train.report import spectral_report
 

@@ -44,11 +44,14 @@ def test_spectrum_command_writes_json_and_png(tmp_path, capsys):
     assert "eff.rank KR" in printed and "rank KR" in printed
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--shapes", "24x"], "shape '24x' is not D_OUTxD_IN"),
-    (["--shapes", "0x8"], "shape '0x8' is not D_OUTxD_IN"),
-    (["--k", "0"], "--k must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--shapes", "24x"], "shape '24x' is not D_OUTxD_IN"),
+        (["--shapes", "0x8"], "shape '0x8' is not D_OUTxD_IN"),
+        (["--k", "0"], "--k must be >= 1"),
+    ],
+)
 def test_spectrum_bad_input(tmp_path, capsys, argv, message):
     assert main(["spectrum", "--out", str(tmp_path / "s")] + argv) == 2
     assert message in capsys.readouterr().err

@@ -21,8 +21,13 @@ def test_torchao_int8_weight_only_trains_merges_and_restores(tmp_path):
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64,
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
     )
     float_model = LlamaForCausalLM(config)
     float_model.save_pretrained(tmp_path)

@@ -16,8 +16,9 @@ from _kradapter_models import tiny_llama
 
 # q_proj is 32 -> 32, k_proj / v_proj 32 -> 16 (grouped key/value heads): both orientations.
 CONFIGS = {
-    "kradapter": lambda seed: kradapter.KRAdapterConfig(target_modules=["q_proj", "k_proj", "v_proj"],
-                                                        init_weights=False, alpha=0.5),
+    "kradapter": lambda seed: kradapter.KRAdapterConfig(
+        target_modules=["q_proj", "k_proj", "v_proj"], init_weights=False, alpha=0.5
+    ),
     "sinlora": lambda seed: kradapter.SinLoRAConfig(target_modules=["q_proj", "v_proj"], r=2, init_weights=False),
     "kronlora": lambda seed: kradapter.KronLoRAConfig(target_modules=["q_proj", "v_proj"], r=2, init_weights=False),
 }
@@ -105,8 +106,10 @@ def test_loading_without_import_kradapter_fails_naming_the_method(base_dir, tmp_
     model = load_base(base_dir)
     add(model, "kradapter", "default", seed=1)
     model.save_pretrained(tmp_path / "adapter")
-    code = ("from transformers import AutoModelForCausalLM\n"
-            f"AutoModelForCausalLM.from_pretrained({str(tmp_path / 'adapter')!r})\n")
+    code = (
+        "from transformers import AutoModelForCausalLM\n"
+        f"AutoModelForCausalLM.from_pretrained({str(tmp_path / 'adapter')!r})\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert "KeyError: 'KRADAPTER'" in done.stderr.strip().splitlines()[-1]

@@ -35,12 +35,27 @@ def test_sft_trainer_trains_a_kradapter_and_saves_it_with_its_card(tmp_path):
     model = tiny_llama(seed=0)
     model.config.pad_token_id, model.config.eos_token_id = 0, 1
     base_before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    data = Dataset.from_dict({"text": [" ".join(WORDS[i:i + 5]) for i in range(8)]})
-    args = trl.SFTConfig(output_dir=str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=4,
-                         learning_rate=1e-2, max_length=16, logging_steps=1, save_strategy="no", report_to="none",
-                         use_cpu=True, seed=0, disable_tqdm=True)
-    trainer = trl.SFTTrainer(model=model, args=args, train_dataset=data, processing_class=word_tokenizer(),
-                             peft_config=kradapter.KRAdapterConfig(target_modules=["q_proj", "v_proj"]))
+    data = Dataset.from_dict({"text": [" ".join(WORDS[i : i + 5]) for i in range(8)]})
+    args = trl.SFTConfig(
+        output_dir=str(tmp_path / "run"),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        max_length=16,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
+    trainer = trl.SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        processing_class=word_tokenizer(),
+        peft_config=kradapter.KRAdapterConfig(target_modules=["q_proj", "v_proj"]),
+    )
     peft_model = trainer.model
     assert isinstance(peft_model, PeftModel)
     assert isinstance(peft_model.peft_config["default"], kradapter.KRAdapterConfig)

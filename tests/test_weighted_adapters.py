@@ -5,11 +5,10 @@ import torch
 from peft import PeftModel, get_peft_model
 
 import kradapter  # noqa: F401
+from _kradapter_models import MLP
 from kradapter import KRAdapterConfig
 from kradapter.methods.kronlora.config import KronLoRAConfig
 from kradapter.methods.sinlora.config import SinLoRAConfig
-
-from _kradapter_models import MLP
 
 TARGETS = ["lin0", "lin1"]
 WEIGHTS = [0.7, -1.3]
@@ -78,15 +77,19 @@ def test_kradapter_dense_is_exact_for_any_adapters_and_round_trips(tmp_path):
     base = model.base_model.model
     with torch.no_grad():
         reloaded.base_model.model.load_state_dict(
-            {k: v for k, v in base.state_dict().items() if "kradapter" not in k}, strict=False)
+            {k: v for k, v in base.state_dict().items() if "kradapter" not in k}, strict=False
+        )
         torch.testing.assert_close(reloaded(x), out)
 
 
-@pytest.mark.parametrize("weights, match", [
-    ([1.0], "got 1 weights for 2 adapters"),
-    ([1.0, float("nan")], "weight nan for adapter 'b' is not a finite number"),
-    ([1.0, float("inf")], "weight inf for adapter 'b'"),
-])
+@pytest.mark.parametrize(
+    "weights, match",
+    [
+        ([1.0], "got 1 weights for 2 adapters"),
+        ([1.0, float("nan")], "weight nan for adapter 'b' is not a finite number"),
+        ([1.0, float("inf")], "weight inf for adapter 'b'"),
+    ],
+)
 def test_bad_weights_are_refused(weights, match):
     model = two_adapters(kr())
     with pytest.raises(ValueError, match=match):

@@ -41,7 +41,8 @@ def internal_changed(what: str, problem: str) -> InternalAPIChanged:
     """The one error for a changed internal: which one, what is wrong, and the installed vs tested version."""
     package = what.split(".", 1)[0]
     return InternalAPIChanged(
-        f"kradapter relies on {what}, a non-public {package} API: {problem} in {_describe(package)}")
+        f"kradapter relies on {what}, a non-public {package} API: {problem} in {_describe(package)}"
+    )
 
 
 def _internal(module: str, name: str):
@@ -61,7 +62,8 @@ get_pattern_key = _internal("peft.utils.other", "get_pattern_key")
 AuxiliaryTrainingWrapper = _internal("peft.utils.other", "AuxiliaryTrainingWrapper")
 DUMMY_TARGET_MODULES = _internal("peft.utils.constants", "DUMMY_TARGET_MODULES")
 TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING = _internal(
-    "peft.utils.constants", "TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING")
+    "peft.utils.constants", "TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING"
+)
 # PEFT's quantization backends (0.21+): dequantize / requantize any quantized base layer PEFT recognises.
 get_quantization_kwargs = _internal("peft.utils.quantization_utils", "get_quantization_kwargs")
 resolve_quantization_backend = _internal("peft.utils.quantization_utils", "resolve_quantization_backend")
@@ -143,8 +145,7 @@ def bnb_int8_state(layer):
     moved there from the parameter at the first forward)."""
     state = getattr(layer, "state", None)
     if state is None or not all(hasattr(state, a) for a in ("has_fp16_weights", "CB", "SCB")):
-        raise internal_changed("bitsandbytes.nn.Linear8bitLt.state",
-                               "it lacks has_fp16_weights / CB / SCB")
+        raise internal_changed("bitsandbytes.nn.Linear8bitLt.state", "it lacks has_fp16_weights / CB / SCB")
     return state
 
 
@@ -169,7 +170,8 @@ def warn_if_untested() -> None:
     found = untested_versions()
     if found:
         warnings.warn(
-            "kradapter has not been tested with " + ", ".join(found)
+            "kradapter has not been tested with "
+            + ", ".join(found)
             + "; if something fails, install a tested version, e.g. pip install 'kradapter[test]' in a fresh venv",
             UserWarning,
             stacklevel=2,

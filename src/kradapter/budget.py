@@ -165,7 +165,6 @@ def target_layers(model: nn.Module, target_modules, task_type=None) -> dict[str,
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     from ._compat import _maybe_include_all_linear_layers, check_target_module_exists
-
     from .methods._geometry import weight_geometry
     from .methods.kradapter.config import KRAdapterConfig
     from .methods.kradapter.model import SUPPORTED_BASE_TYPES

@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 # Modules that define subcommands; each registers itself with @command when imported.
-COMMAND_MODULES = ("kradapter.demo", "kradapter.budget_command", "kradapter.approx.cli", "kradapter.bench.command",
-                   "kradapter.train.commands", "kradapter.merge_command")
+COMMAND_MODULES = (
+    "kradapter.demo",
+    "kradapter.budget_command",
+    "kradapter.approx.cli",
+    "kradapter.bench.command",
+    "kradapter.train.commands",
+    "kradapter.merge_command",
+)
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
@@ -36,8 +42,10 @@ def run_info(args: argparse.Namespace) -> int:
     import kradapter
     from kradapter._registry import REGISTERED
 
-    print(f"kradapter {kradapter.__version__}  (peft {peft.__version__}, transformers {transformers.__version__}, "
-          f"torch {torch.__version__})")
+    print(
+        f"kradapter {kradapter.__version__}  (peft {peft.__version__}, transformers {transformers.__version__}, "
+        f"torch {torch.__version__})"
+    )
     print("registered PEFT methods:")
     for name, (config_cls, model_cls) in REGISTERED.items():
         print(f"  {name:<12} {config_cls.__name__:<20} {model_cls.__name__:<20} prefix {model_cls.prefix}")
@@ -65,9 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_plugin_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
-                        help="a Python file or module that registers method specs (kradapter.specs.register_spec); "
-                        "repeatable; also read from the KRADAPTER_PLUGINS environment variable")
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="FILE_OR_MODULE",
+        help="a Python file or module that registers method specs (kradapter.specs.register_spec); "
+        "repeatable; also read from the KRADAPTER_PLUGINS environment variable",
+    )
 
 
 def _load_plugins(argv: list[str] | None) -> None:

@@ -32,11 +32,19 @@ def majority_baseline(test: list[tuple[str, int]]) -> tuple[str, float]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=30, help="training steps per method (default 30)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", default=None, metavar="LR | METHOD=LR,...",
-                   help="learning rate for both, or per method (kradapter=3e-2,lora=3e-3); default: each method's "
-                   "documented default (kradapter.learning_rates)")
-    p.add_argument("--alpha", type=float, default=0.1, help="KRAdapter alpha (default 0.1, the paper's; the "
-                   "default rate is for 0.1)")
+    p.add_argument(
+        "--lr",
+        default=None,
+        metavar="LR | METHOD=LR,...",
+        help="learning rate for both, or per method (kradapter=3e-2,lora=3e-3); default: each method's "
+        "documented default (kradapter.learning_rates)",
+    )
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=0.1,
+        help="KRAdapter alpha (default 0.1, the paper's; the default rate is for 0.1)",
+    )
     p.add_argument("--test-size", type=int, default=400, help="held-out tweets scored before and after (default 400)")
     p.add_argument("--seed", type=int, default=0)
 
@@ -85,8 +93,12 @@ def update_ranks(model) -> list[float]:
     return [effective_rank(d) for d in adapter_deltas(model).values()]
 
 
-@command("demo", "KRAdapter vs LoRA at the same budget on a real pretrained MiniLM and real tweets: accuracy "
-         "against the majority class, and the effective rank of each method's updates", add_arguments)
+@command(
+    "demo",
+    "KRAdapter vs LoRA at the same budget on a real pretrained MiniLM and real tweets: accuracy "
+    "against the majority class, and the effective rank of each method's updates",
+    add_arguments,
+)
 def run_demo(args: argparse.Namespace) -> int:
     import torch
     from peft import get_peft_model
@@ -98,8 +110,10 @@ def run_demo(args: argparse.Namespace) -> int:
     from .budget import peft_config_for
 
     if min(args.steps, args.batch_size, args.test_size) < 1:
-        raise ValueError(f"--steps, --batch-size and --test-size must be >= 1, got {args.steps}, {args.batch_size} "
-                         f"and {args.test_size}")
+        raise ValueError(
+            f"--steps, --batch-size and --test-size must be >= 1, got {args.steps}, {args.batch_size} "
+            f"and {args.test_size}"
+        )
     lrs = demo_learning_rates(args.lr)
     hf_logging.set_verbosity_error()  # the fresh head's "newly initialized" notice is expected here
     hf_logging.disable_progress_bar()  # the per-file "Loading weights" bar; the demo shows its own
@@ -152,9 +166,16 @@ def run_demo(args: argparse.Namespace) -> int:
         ranks = update_ranks(model)
         adapter, head = split_trainable(model)
         results[method] = {
-            "lr": lrs[method], "adapter": adapter, "head": head, "accuracy": accuracy(model),
-            "loss_first": losses[0], "loss_last": sum(losses[-5:]) / len(losses[-5:]),
-            "rank": sum(ranks) / len(ranks), "rank_min": min(ranks), "rank_max": max(ranks), "layers": len(ranks),
+            "lr": lrs[method],
+            "adapter": adapter,
+            "head": head,
+            "accuracy": accuracy(model),
+            "loss_first": losses[0],
+            "loss_last": sum(losses[-5:]) / len(losses[-5:]),
+            "rank": sum(ranks) / len(ranks),
+            "rank_min": min(ranks),
+            "rank_max": max(ranks),
+            "layers": len(ranks),
             "hparam": f"alpha {args.alpha:g}" if method == "kradapter" else f"r {config.r}",
         }
     bar.close()  # everything below prints after the bar is gone
@@ -162,8 +183,9 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_report(results: dict, args, path: str, n_train: int, n_test: int, majority: str, majority_acc: float,
-                  acc_before: float) -> str:
+def format_report(
+    results: dict, args, path: str, n_train: int, n_test: int, majority: str, majority_acc: float, acc_before: float
+) -> str:
     from .learning_rates import default_lr
 
     kr, lora = results["kradapter"], results["lora"]
@@ -182,7 +204,8 @@ def format_report(results: dict, args, path: str, n_train: int, n_test: int, maj
         lines.append(
             f"{method:<18} {r['hparam']:>10} {r['lr']:>8g}{tag:<10} {r['adapter']:>19,} {r['head']:>7,} "
             f"{r['loss_first']:>5.2f} -> {r['loss_last']:<4.2f} {acc_before:>6.3f} -> {r['accuracy']:.3f} "
-            f"{r['rank']:>10.1f}")
+            f"{r['rank']:>10.1f}"
+        )
     lines += [
         "",
         f"accuracy: on the {n_test} held-out tweets, before -> after training; always answering their most "
@@ -196,6 +219,7 @@ def format_report(results: dict, args, path: str, n_train: int, n_test: int, maj
     ]
     if kr["accuracy"] <= majority_acc or lora["accuracy"] <= majority_acc:
         below = [m for m, r in results.items() if r["accuracy"] <= majority_acc]
-        lines.append(f"note: {', '.join(below)} did not beat the majority class in {args.steps} steps: "
-                     f"try more --steps")
+        lines.append(
+            f"note: {', '.join(below)} did not beat the majority class in {args.steps} steps: try more --steps"
+        )
     return "\n".join(lines)

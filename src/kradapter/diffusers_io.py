@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 from torch import nn
 
@@ -29,7 +28,7 @@ def _adapter_file(path: str | Path, weight_name: str) -> Path:
     return file
 
 
-def read_adapter(path: str | Path, weight_name: str = WEIGHT_NAME, prefix: Optional[str] = None):
+def read_adapter(path: str | Path, weight_name: str = WEIGHT_NAME, prefix: str | None = None):
     """(PEFT config, state dict without adapter names) from a file diffusers' save_lora_adapter wrote."""
     from peft.config import PeftConfig
     from safetensors import safe_open
@@ -39,22 +38,31 @@ def read_adapter(path: str | Path, weight_name: str = WEIGHT_NAME, prefix: Optio
     with safe_open(str(file), framework="pt") as f:
         header = f.metadata() or {}
     if METADATA_KEY not in header:
-        raise ValueError(f"{file} has no '{METADATA_KEY}' in its header, so its adapter config is unknown; it was not "
-                         "written by diffusers' save_lora_adapter")
+        raise ValueError(
+            f"{file} has no '{METADATA_KEY}' in its header, so its adapter config is unknown; it was not "
+            "written by diffusers' save_lora_adapter"
+        )
     settings = json.loads(header[METADATA_KEY])
     try:
         config = PeftConfig.from_peft_type(**settings)
     except KeyError:
-        raise ValueError(f"{file} holds a {settings.get('peft_type')!r} adapter, a method PEFT does not know in this "
-                         "process; run `import kradapter` first") from None
+        raise ValueError(
+            f"{file} holds a {settings.get('peft_type')!r} adapter, a method PEFT does not know in this "
+            "process; run `import kradapter` first"
+        ) from None
     state_dict = load_file(str(file))
     if prefix is not None:  # pipeline-level files prefix every key with the component ('unet.')
         state_dict = {k.removeprefix(f"{prefix}."): v for k, v in state_dict.items() if k.startswith(f"{prefix}.")}
     return config, state_dict
 
 
-def load_adapter(model: nn.Module, path: str | Path, adapter_name: str = "default", weight_name: str = WEIGHT_NAME,
-                 prefix: Optional[str] = None) -> None:
+def load_adapter(
+    model: nn.Module,
+    path: str | Path,
+    adapter_name: str = "default",
+    weight_name: str = WEIGHT_NAME,
+    prefix: str | None = None,
+) -> None:
     """Add the adapter saved at `path` to `model` (a diffusers model, or any model) as `adapter_name`, weights loaded.
 
     Raises before changing the model if the name is taken; if the file's weights do not all fit the injected layers,
@@ -70,8 +78,12 @@ def load_adapter(model: nn.Module, path: str | Path, adapter_name: str = "defaul
     # diffusers' models keep the configs of their adapters here (add_adapter does the same)
     model.peft_config = {**getattr(model, "peft_config", {}), adapter_name: config}
     layers = {key: m for key, m in model.named_modules() if isinstance(m, BaseTunerLayer)}
-    expected = tuple(f"{key}.{attr}.{adapter_name}" for key, m in layers.items() for attr in m.adapter_layer_names
-                     if adapter_name in getattr(m, attr, {}))
+    expected = tuple(
+        f"{key}.{attr}.{adapter_name}"
+        for key, m in layers.items()
+        for attr in m.adapter_layer_names
+        if adapter_name in getattr(m, attr, {})
+    )
     try:
         result = set_peft_model_state_dict(model, state_dict, adapter_name=adapter_name)
         problem = None
@@ -88,5 +100,6 @@ def load_adapter(model: nn.Module, path: str | Path, adapter_name: str = "defaul
         del model.peft_config[adapter_name]
         if not model.peft_config:
             del model.peft_config
-        raise ValueError(f"the adapter weights in {path} do not fit this model ({problem}); adapter "
-                         f"{adapter_name!r} was not loaded")
+        raise ValueError(
+            f"the adapter weights in {path} do not fit this model ({problem}); adapter {adapter_name!r} was not loaded"
+        )

@@ -118,10 +118,14 @@ def _convert(source: Path, dest: Path) -> None:
     # The GGUF-loaded model carries the quantization marker; a model built from the cleaned config does not.
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
-    tied = {k for k in missing if k.endswith("lm_head.weight")} if getattr(config, "tie_word_embeddings", False) else set()
+    tied = (
+        {k for k in missing if k.endswith("lm_head.weight")} if getattr(config, "tie_word_embeddings", False) else set()
+    )
     if set(missing) - tied or unexpected:
-        raise ValueError(f"{source}: dequantized weights do not fit {type(plain).__name__} (missing "
-                         f"{sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]})")
+        raise ValueError(
+            f"{source}: dequantized weights do not fit {type(plain).__name__} (missing "
+            f"{sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]})"
+        )
     plain.tie_weights()
     plain.save_pretrained(dest)
     AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(dest)

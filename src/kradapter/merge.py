@@ -18,7 +18,6 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import nn
@@ -27,9 +26,20 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 # Files a tokenizer or processor is made of (copied from the base, then from the adapter dir, which wins).
 TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
-    "vocab.txt", "merges.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "chat_template.json",
-    "chat_template.jinja", "preprocessor_config.json", "processor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "chat_template.json",
+    "chat_template.jinja",
+    "preprocessor_config.json",
+    "processor_config.json",
 )
 
 
@@ -61,7 +71,7 @@ def _model_class(config):
     return transformers.AutoModel
 
 
-def load_adapted(base: str, adapter_dir: str, quantize: Optional[str] = None):
+def load_adapted(base: str, adapter_dir: str, quantize: str | None = None):
     """(PeftModel, model class): the base as trained (quantized when `quantize` or its config says so) + adapter."""
     import transformers
     from peft import PeftConfig, PeftModel
@@ -114,8 +124,8 @@ def merge_to_dir(
     base: str,
     adapter_dir: str,
     out_dir: str | os.PathLike,
-    dtype: Optional[str] = None,
-    quantize: Optional[str] = None,
+    dtype: str | None = None,
+    quantize: str | None = None,
     max_shard_size: str | int = "2GB",
 ) -> MergeResult:
     """Merge the adapter in `adapter_dir` into `base` and write a plain transformers model to `out_dir`.
@@ -131,7 +141,9 @@ def merge_to_dir(
     config = adapted.get_base_model().config
     if dtype is None:
         config_dtype = getattr(config, "dtype", None)
-        target = config_dtype if isinstance(config_dtype, torch.dtype) and config_dtype.is_floating_point else torch.float32
+        target = (
+            config_dtype if isinstance(config_dtype, torch.dtype) and config_dtype.is_floating_point else torch.float32
+        )
     else:
         target = DTYPES[dtype]
     inputs = probe_inputs(config)

@@ -23,14 +23,24 @@ class MethodInfo:
 
 
 METHODS = {
-    "KRADAPTER": MethodInfo("KRAdapter (Khatri-Rao adapter)", "kradapter",
-                            "Towards Higher Effective Rank in Parameter-efficient Fine-tuning using Khatri-Rao Product",
-                            "2508.00230"),
-    "SINLORA": MethodInfo("SinLoRA (sine-activated low-rank adapter)", "sinlora",
-                          "Sine Activated Low-Rank Matrices for Parameter Efficient Learning", "2403.19243"),
-    "KRONLORA": MethodInfo("Kron-LoRA (hybrid Kronecker-LoRA adapter)", "kronlora",
-                           "Kronecker-LoRA: hybrid Kronecker-LoRA adapters for scalable, sustainable fine-tuning",
-                           "2508.01961"),
+    "KRADAPTER": MethodInfo(
+        "KRAdapter (Khatri-Rao adapter)",
+        "kradapter",
+        "Towards Higher Effective Rank in Parameter-efficient Fine-tuning using Khatri-Rao Product",
+        "2508.00230",
+    ),
+    "SINLORA": MethodInfo(
+        "SinLoRA (sine-activated low-rank adapter)",
+        "sinlora",
+        "Sine Activated Low-Rank Matrices for Parameter Efficient Learning",
+        "2403.19243",
+    ),
+    "KRONLORA": MethodInfo(
+        "Kron-LoRA (hybrid Kronecker-LoRA adapter)",
+        "kronlora",
+        "Kronecker-LoRA: hybrid Kronecker-LoRA adapters for scalable, sustainable fine-tuning",
+        "2508.01961",
+    ),
 }
 
 
@@ -49,9 +59,11 @@ def card_section(methods: list[str], base_model: str | None) -> str:
     lines = [MARKER, "", "## kradapter", ""]
     for name in methods:
         info = METHODS[name]
-        lines.append(f"This adapter is a **{info.title}**, from *{info.paper}* "
-                     f"([arXiv {info.arxiv}](https://arxiv.org/abs/{info.arxiv})), implemented by "
-                     "[kradapter](https://pypi.org/project/kradapter/) as a PEFT method.")
+        lines.append(
+            f"This adapter is a **{info.title}**, from *{info.paper}* "
+            f"([arXiv {info.arxiv}](https://arxiv.org/abs/{info.arxiv})), implemented by "
+            "[kradapter](https://pypi.org/project/kradapter/) as a PEFT method."
+        )
     base = base_model or "<base model>"
     lines += [
         "",

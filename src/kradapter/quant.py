@@ -199,7 +199,9 @@ def _dequantize_remaining_(model: nn.Module, dtype: torch.dtype) -> None:
         if backend is None or not backend.supports_merge:
             raise ValueError(f"cannot dequantize '{name}' ({type(module).__name__}) for a full-precision copy")
         parent_name, _, child = name.rpartition(".")
-        weight = dequantize_cpu_packed(module.weight) if is_cpu_packed(module.weight) else backend.get_base_weight(module)
+        weight = (
+            dequantize_cpu_packed(module.weight) if is_cpu_packed(module.weight) else backend.get_base_weight(module)
+        )
         full = dequantized_linear(module, weight, dtype)
         setattr(model.get_submodule(parent_name), child, full)
     quantizer = getattr(model, "hf_quantizer", None)

@@ -23,7 +23,8 @@ from peft import get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import kradapter  # noqa: F401  (registers KRAdapter with PEFT)
-from kradapter import KRAdapterConfig, dist as kdist
+from kradapter import KRAdapterConfig
+from kradapter import dist as kdist
 
 STEPS, GLOBAL_BATCH, SEQ, VOCAB, LR = 4, 4, 16, 128, 1e-2
 STRATEGIES = ("ddp", "fsdp1", "fsdp2", "accelerate")
@@ -32,8 +33,13 @@ STRATEGIES = ("ddp", "fsdp1", "fsdp2", "accelerate")
 def tiny_model() -> LlamaForCausalLM:
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64,
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
     )
     return LlamaForCausalLM(config)
 
@@ -99,7 +105,13 @@ def train(strategy: str = "single", out: Path | None = None) -> dict:
         losses.append(mean.item() / world_size)
 
     adapter = kdist.full_adapter_state_dict(model)
-    result = {"strategy": strategy, "rank": rank, "world_size": world_size, "losses": losses, "local_losses": local_losses}
+    result = {
+        "strategy": strategy,
+        "rank": rank,
+        "world_size": world_size,
+        "losses": losses,
+        "local_losses": local_losses,
+    }
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         torch.save(adapter, out / f"rank{rank}.pt")

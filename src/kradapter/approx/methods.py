@@ -13,8 +13,8 @@ Delta W (``spec.delta``, the one definition the spectral report uses too), so a 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
@@ -39,12 +39,12 @@ def make_w0(d_out: int, d_in: int, seed: int) -> torch.Tensor:
 SCALINGS = ("unit", "peft")
 SCALING_HELP = {
     "unit": "every method's output multiplier set to 1 (KRAdapter alpha=1, LoRA/DoRA lora_alpha=r, RandLoRA "
-            "randlora_alpha=r, KronA (LoKr) alpha=r, SinLoRA lora_alpha=r and scale=1 so Delta W = sin(freq B A), "
-            "Kron-LoRA alpha=r), as the paper authors' released toy code does; everything else as the budget "
-            "matcher returns it",
+    "randlora_alpha=r, KronA (LoKr) alpha=r, SinLoRA lora_alpha=r and scale=1 so Delta W = sin(freq B A), "
+    "Kron-LoRA alpha=r), as the paper authors' released toy code does; everything else as the budget "
+    "matcher returns it",
     "peft": "the configs exactly as the budget matcher returns them: library defaults (KRAdapter alpha=0.1, "
-            "LoRA/DoRA lora_alpha=8, RandLoRA randlora_alpha=640, SinLoRA lora_alpha=8 and scale=sqrt(d_in), "
-            "Kron-LoRA alpha=8) except LoKr, which the matcher sets to alpha=r",
+    "LoRA/DoRA lora_alpha=8, RandLoRA randlora_alpha=640, SinLoRA lora_alpha=8 and scale=sqrt(d_in), "
+    "Kron-LoRA alpha=8) except LoKr, which the matcher sets to alpha=r",
 }
 
 

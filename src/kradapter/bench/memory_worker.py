@@ -22,6 +22,7 @@ def measure(method: str, opts) -> dict:
 
     on_cuda = torch.device(opts.device).type == "cuda"
     if on_cuda:
+
         def now():
             return cuda_allocated_kib(opts.device)
 
@@ -31,6 +32,7 @@ def measure(method: str, opts) -> dict:
         def peak_now():
             return cuda_allocated_kib(opts.device, peak=True)
     else:
+
         def now():
             return read_status_kib("VmRSS")
 

@@ -5,15 +5,15 @@ of the merged KRAdapter model against the base model, and of unmerged KRAdapter 
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from peft import get_peft_model
 from torch import nn
 
 from .. import budget
-from ..specs import get_spec
 from .._quiet import peft_deprecations_silenced
+from ..specs import get_spec
 from .options import BenchOptions
 
 TARGETS = ["k_proj", "v_proj"]

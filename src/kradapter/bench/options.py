@@ -84,13 +84,26 @@ class BenchOptions:
             ValueError: If a section is unknown or a size, count or flag is out of range; the message names it.
         """
         parse_sections(",".join(self.sections))
-        for name in ("tokens", "repeats", "hidden", "layers", "heads", "kv_heads", "intermediate", "vocab", "batch",
-                     "seq", "model_repeats", "memory_steps"):
+        for name in (
+            "tokens",
+            "repeats",
+            "hidden",
+            "layers",
+            "heads",
+            "kv_heads",
+            "intermediate",
+            "vocab",
+            "batch",
+            "seq",
+            "model_repeats",
+            "memory_steps",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
-                                         or self.threads < 1):
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
+        ):
             raise ValueError(f"threads must be an int >= 1, got {self.threads!r}")
         check_device(self.device)
         if not isinstance(self.memory_one_process, bool):
@@ -103,8 +116,9 @@ class BenchOptions:
         if not self.shapes:
             raise ValueError("give at least one layer shape")
         if self.hidden % self.heads or self.heads % self.kv_heads:
-            raise ValueError(f"hidden={self.hidden} must divide by heads={self.heads}, and heads by "
-                             f"kv_heads={self.kv_heads}")
+            raise ValueError(
+                f"hidden={self.hidden} must divide by heads={self.heads}, and heads by kv_heads={self.kv_heads}"
+            )
         from ..ops import resolve_k
 
         for d_in, d_out in self.shapes:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 
@@ -75,8 +75,7 @@ def layer_section(opts: BenchOptions, tick: Callable[[str], None]) -> tuple[list
     timed, saved = [], []
     for d_in, d_out in opts.shapes:
         label = f"layer {d_in}x{d_out}"
-        candidates, modules, x = layers.layer_case(d_in, d_out, opts.tokens, opts.k1, opts.seed,
-                                                     opts.device)
+        candidates, modules, x = layers.layer_case(d_in, d_out, opts.tokens, opts.k1, opts.seed, opts.device)
         info = {
             "d_in": d_in,
             "d_out": d_out,
@@ -86,22 +85,34 @@ def layer_section(opts: BenchOptions, tick: Callable[[str], None]) -> tuple[list
             "lora_trainable": layers.trainable_count(modules["lora"]),
         }
         if "saved" in opts.sections:
-            per = {name: saved_bytes(lambda m=m: m(x), m.parameters()) for name, m in modules.items()}
+            per = {name: saved_bytes(lambda m=m, x=x: m(x), m.parameters()) for name, m in modules.items()}
             per["kradapter_param_bytes"] = layers.adapter_bytes(modules["kradapter"])
             per["lora_param_bytes"] = layers.adapter_bytes(modules["lora"])
             saved.append({**info, "saved": per})
             tick(f"saved {d_in}x{d_out}")
         if "layer" in opts.sections:
-            samples = interleaved_times(candidates, opts.repeats, opts.warmup, on_round=lambda: tick(label),
-                                        device=opts.device)
-            ratios, paired = _ratios(samples, [("kradapter", "3gemm"), ("naive", "kradapter"), ("lora", "3gemm"),
-                                               ("naive", "3gemm"), ("frozen", "3gemm"), ("kradapter", "lora")])
-            timed.append({
-                **info,
-                "times": {name: summarize(s) for name, s in samples.items()},
-                "ratios": ratios,
-                "paired_ratios": paired,
-            })
+            samples = interleaved_times(
+                candidates, opts.repeats, opts.warmup, on_round=lambda label=label: tick(label), device=opts.device
+            )
+            ratios, paired = _ratios(
+                samples,
+                [
+                    ("kradapter", "3gemm"),
+                    ("naive", "kradapter"),
+                    ("lora", "3gemm"),
+                    ("naive", "3gemm"),
+                    ("frozen", "3gemm"),
+                    ("kradapter", "lora"),
+                ],
+            )
+            timed.append(
+                {
+                    **info,
+                    "times": {name: summarize(s) for name, s in samples.items()},
+                    "ratios": ratios,
+                    "paired_ratios": paired,
+                }
+            )
         del candidates, modules, x
     return timed, saved
 
@@ -114,13 +125,17 @@ def model_section(opts: BenchOptions, tick: Callable[[str], None]) -> dict:
         m.train()
         saved[name] = saved_bytes(lambda m=m: m(input_ids=ids, labels=ids).loss, m.parameters())
     steps = {name: model.train_step(m, ids) for name, m in models.items()}
-    samples = interleaved_times(steps, opts.model_repeats, max(opts.warmup, 1), on_round=lambda: tick("train steps"),
-                                device=opts.device)
+    samples = interleaved_times(
+        steps, opts.model_repeats, max(opts.warmup, 1), on_round=lambda: tick("train steps"), device=opts.device
+    )
     ratios, paired = _ratios(samples, [("kradapter", "lora"), ("full", "lora"), ("kradapter", "full")])
     result = {
         "config": model.llama_config(opts).to_dict(),
-        "adapted": {"modules": model.TARGETS, "shape_out_in": list(model.kv_shape(opts)),
-                    "lora_rank": models["lora"].peft_config["default"].r},
+        "adapted": {
+            "modules": model.TARGETS,
+            "shape_out_in": list(model.kv_shape(opts)),
+            "lora_rank": models["lora"].peft_config["default"].r,
+        },
         "tokens_per_step": opts.batch * opts.seq,
         "trainable": {name: layers.trainable_count(m) for name, m in models.items()},
         "saved": saved,
@@ -147,10 +162,12 @@ def inference_section(opts: BenchOptions, tick: Callable[[str], None]) -> dict:
     models = model.inference_models(opts)
     ids = model.make_batch(opts)
     runs = {name: model.forward_only(m, ids) for name, m in models.items()}
-    samples = interleaved_times(runs, opts.model_repeats, max(opts.warmup, 1), on_round=lambda: tick("inference"),
-                                device=opts.device)
-    ratios, paired = _ratios(samples, [("kradapter_merged", "base"), ("kradapter", "lora"), ("kradapter", "base"),
-                                       ("lora", "base")])
+    samples = interleaved_times(
+        runs, opts.model_repeats, max(opts.warmup, 1), on_round=lambda: tick("inference"), device=opts.device
+    )
+    ratios, paired = _ratios(
+        samples, [("kradapter_merged", "base"), ("kradapter", "lora"), ("kradapter", "base"), ("lora", "base")]
+    )
     return {
         "tokens": opts.batch * opts.seq,
         "times": {name: summarize(s) for name, s in samples.items()},
@@ -159,7 +176,7 @@ def inference_section(opts: BenchOptions, tick: Callable[[str], None]) -> dict:
     }
 
 
-def run_bench(opts: BenchOptions, progress: Optional[Callable[[str], None]] = None) -> dict:
+def run_bench(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> dict:
     """Run the selected bench sections and return their measurements (the library never prints; the CLI does).
 
     torch's thread count is the caller's (the CLI sets ``--threads``; memory workers set their own).
@@ -177,7 +194,11 @@ def run_bench(opts: BenchOptions, progress: Optional[Callable[[str], None]] = No
     """
     opts.validate()
     tick = progress or (lambda label: None)
-    results: dict = {"machine": machine_info(opts.device), "options": opts.to_dict(), "load_average_start": os.getloadavg()}
+    results: dict = {
+        "machine": machine_info(opts.device),
+        "options": opts.to_dict(),
+        "load_average_start": os.getloadavg(),
+    }
     if "layer" in opts.sections or "saved" in opts.sections:
         timed, saved = layer_section(opts, tick)
         if timed:

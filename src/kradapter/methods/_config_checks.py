@@ -50,8 +50,10 @@ def check_field_types(config, checked_below: tuple[str, ...] = ()) -> None:
             continue
         value = getattr(config, f.name)
         if not _fits(value, hints[f.name]):
-            raise ValueError(f"{type(config).__name__}.{f.name} must be {_describe(hints[f.name])}, got {value!r} "
-                             f"({type(value).__name__})")
+            raise ValueError(
+                f"{type(config).__name__}.{f.name} must be {_describe(hints[f.name])}, got {value!r} "
+                f"({type(value).__name__})"
+            )
 
 
 def _fits(value, tp) -> bool:

@@ -13,7 +13,7 @@ back to ``adapted_forward``, the plain path; a Conv2d layer overrides ``adapter_
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,8 +21,8 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from .._compat import check_adapters_to_merge
-from ._mixed_batch import mixed_batch_forward
 from ._geometry import summed_in_float32, to_weight_layout, weight_geometry
+from ._mixed_batch import mixed_batch_forward
 
 
 class DeltaLayer(BaseTunerLayer):
@@ -74,7 +74,7 @@ class DeltaLayer(BaseTunerLayer):
             if self.has_adapter(name):
                 self.update_scale[name] *= scale
 
-    def unscale_layer(self, scale: Optional[float] = None) -> None:
+    def unscale_layer(self, scale: float | None = None) -> None:
         """Divide the scale of every active adapter by `scale`; None resets it to 1.0 (the configured update)."""
         for name in self.active_adapters:
             if self.has_adapter(name):
@@ -85,13 +85,13 @@ class DeltaLayer(BaseTunerLayer):
         """The update in the base weight's layout (Conv1D transposed, Conv2d kernel shape), adapter dtype."""
         return to_weight_layout(self.get_base_layer(), self.delta_matrix(adapter_name))
 
-    def merged_weight(self, adapter_name: str, weight: Optional[torch.Tensor] = None, sign: float = 1.0) -> torch.Tensor:
+    def merged_weight(self, adapter_name: str, weight: torch.Tensor | None = None, sign: float = 1.0) -> torch.Tensor:
         """W +/- Delta W computed in float32 or better, returned in W's dtype (W untouched). W defaults to the base
         weight, dequantized for a quantized base."""
         weight = self.get_base_weight() if weight is None else weight
         return summed_in_float32(weight, self.get_delta_weight(adapter_name).detach(), sign)
 
-    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         adapter_names = [n for n in check_adapters_to_merge(self, adapter_names) if self.has_adapter(n)]
         if not adapter_names:
             return
@@ -106,7 +106,7 @@ class DeltaLayer(BaseTunerLayer):
 
     def unmerge(self) -> None:
         if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.")
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
             return
         base = self.get_base_layer()
         while self.merged_adapters:

@@ -9,14 +9,13 @@ more module types than nn.Linear / Conv1D overrides ``new_layer``, one with more
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 
 from .._compat import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, Conv1D
-
 from ._delta_layer import DeltaLayer
 from ._mixed_batch import mixed_batch_hooks
 from ._weighted import add_weighted_adapter
@@ -60,12 +59,12 @@ class DeltaTuner(BaseTuner):
         self._replace_module(parent, target_name, new_module, target)
 
     # --- merges: every layer is checked before any is touched, so a refused merge leaves the model unchanged --------
-    def check_merge(self, adapter_names: Optional[list[str]], safe_merge: bool) -> None:
+    def check_merge(self, adapter_names: list[str] | None, safe_merge: bool) -> None:
         """Raise if merging must not start; with safe_merge, also if any layer would get NaN/Inf weights."""
         if safe_merge:
             self._check_merge_finite(adapter_names)
 
-    def _check_merge_finite(self, adapter_names: Optional[list[str]]) -> None:
+    def _check_merge_finite(self, adapter_names: list[str] | None) -> None:
         for key, module in self.model.named_modules():
             if not isinstance(module, self.tuner_layer_cls):
                 continue
@@ -79,7 +78,7 @@ class DeltaTuner(BaseTuner):
                             f"merging adapter '{name}' into '{key}' gives NaN/Inf weights; nothing was merged"
                         )
 
-    def merge_adapter(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
+    def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
         self.check_merge(adapter_names, safe_merge)
         super().merge_adapter(adapter_names=adapter_names, safe_merge=safe_merge)
 
@@ -90,12 +89,14 @@ class DeltaTuner(BaseTuner):
             merge=merge, progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names
         )
 
-    def add_weighted_adapter(self, adapters: list[str], weights: list[float], adapter_name: str,
-                             combination_type: str = "linear") -> None:
+    def add_weighted_adapter(
+        self, adapters: list[str], weights: list[float], adapter_name: str, combination_type: str = "linear"
+    ) -> None:
         """Add adapter `adapter_name` whose Delta W is exactly sum_i weights[i] * Delta W of adapters[i] (see
         _weighted.py; the exact combination types are the method's combine.py)."""
-        add_weighted_adapter(self, adapters, weights, adapter_name, combination_type, self.combinations,
-                             self.tuner_layer_cls.method_name)
+        add_weighted_adapter(
+            self, adapters, weights, adapter_name, combination_type, self.combinations, self.tuner_layer_cls.method_name
+        )
 
     @contextmanager
     def _enable_peft_forward_hooks(self, *args, **kwargs):

@@ -9,9 +9,10 @@ batch, and mixed batches are for inference (refused in training mode).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 from functools import partial
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 
@@ -42,8 +43,12 @@ def check_layer_batch(layer, batch: int, adapter_names: list[str]) -> None:
 
 
 def mixed_batch_forward(
-    layer, x: torch.Tensor, args: tuple, kwargs: dict, adapter_names: list[str],
-    adapter_term: Optional[Callable[[torch.Tensor, str], torch.Tensor]] = None,
+    layer,
+    x: torch.Tensor,
+    args: tuple,
+    kwargs: dict,
+    adapter_names: list[str],
+    adapter_term: Callable[[torch.Tensor, str], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """base(x) plus, for the samples of each adapter, that adapter's update (DeltaLayer's plain formula).
 
@@ -53,9 +58,11 @@ def mixed_batch_forward(
     if layer.disable_adapters:
         return result
     if adapter_term is None:
+
         def adapter_term(sub: torch.Tensor, name: str) -> torch.Tensor:
             h = getattr(layer, layer.dropout_attr)[name](sub.to(layer.adapter_dtype(name)))
             return layer.adapter_output(h, name)
+
     for name, idx in sub_batches(adapter_names, x.device).items():
         if name == BASE or not layer.has_adapter(name):
             continue
@@ -69,7 +76,7 @@ def _inject_adapter_names(module, args, kwargs, adapter_names):
 
 
 @contextmanager
-def mixed_batch_hooks(tuner, adapter_names: Optional[Any], num_beams: Optional[int] = None):
+def mixed_batch_hooks(tuner, adapter_names: Any | None, num_beams: int | None = None):
     """Check ``adapter_names`` and hand it to every adapter layer (and modules_to_save wrapper) for one call."""
     if adapter_names is None:
         yield

@@ -16,8 +16,8 @@ from __future__ import annotations
 import copy
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -48,8 +48,13 @@ def check_weights(adapters: list[str], weights: list[float]) -> list[float]:
 
 
 def add_weighted_adapter(
-    tuner, adapters: list[str], weights: list[float], adapter_name: str, combination_type: str,
-    combinations: dict[str, Combination], method: str,
+    tuner,
+    adapters: list[str],
+    weights: list[float],
+    adapter_name: str,
+    combination_type: str,
+    combinations: dict[str, Combination],
+    method: str,
 ) -> None:
     weights = check_weights(adapters, weights)
     unknown = [a for a in adapters if a not in tuner.peft_config]
@@ -80,8 +85,9 @@ def add_weighted_adapter(
         try:
             plans[key] = combine(layer, adapters, weights)
         except ValueError as err:
-            raise ValueError(f"cannot combine {method} adapters on module '{key}' with '{combination_type}': {err}") \
-                from None
+            raise ValueError(
+                f"cannot combine {method} adapters on module '{key}' with '{combination_type}': {err}"
+            ) from None
 
     config = copy.deepcopy(tuner.peft_config[adapters[0]])
     for attr, value in config_update.items():

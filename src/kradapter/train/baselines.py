@@ -5,7 +5,7 @@ per-class recalls: 1/K for any constant answer), so a table shows at once when a
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -36,9 +36,12 @@ def set_baselines(gold: Sequence, choices: int | Sequence[int]) -> dict:
     per question (multiple choice with varying numbers of answers)."""
     gold = list(gold)
     counts = np.full(len(gold), choices, dtype=np.float64) if np.isscalar(choices) else np.asarray(choices, float)
-    return {"majority": majority_rate(gold), "chance": float((1.0 / counts).mean()) if len(counts) else float("nan"),
-            # a constant answer's balanced accuracy: one class recalled fully, the others not at all
-            "majority_balanced": 1.0 / len(set(gold)) if gold else float("nan")}
+    return {
+        "majority": majority_rate(gold),
+        "chance": float((1.0 / counts).mean()) if len(counts) else float("nan"),
+        # a constant answer's balanced accuracy: one class recalled fully, the others not at all
+        "majority_balanced": 1.0 / len(set(gold)) if gold else float("nan"),
+    }
 
 
 def group_baselines(baselines: dict[str, dict], groups: dict[str, str]) -> dict[str, dict]:

@@ -83,8 +83,16 @@ def parse_budgets(value: str) -> list[str]:
     return words
 
 
-def run_methods(args: argparse.Namespace, methods: list[str], lrs: dict[str, float], grids: dict, out: Path,
-                train, budget: str | None = None, zero_cache: Path | None = None) -> int:
+def run_methods(
+    args: argparse.Namespace,
+    methods: list[str],
+    lrs: dict[str, float],
+    grids: dict,
+    out: Path,
+    train,
+    budget: str | None = None,
+    zero_cache: Path | None = None,
+) -> int:
     # Not fork: a parent that already ran torch (thread pools, CUDA) can deadlock its forked children. A fork
     # server imports the heavy libraries once, in a clean process, and forks each method's run from it.
     if "forkserver" in multiprocessing.get_all_start_methods():
@@ -93,9 +101,15 @@ def run_methods(args: argparse.Namespace, methods: list[str], lrs: dict[str, flo
     else:
         ctx = multiprocessing.get_context("spawn")
     for method in methods:
-        child = dict(vars(args), method=method, lr=None if grids[method] else lrs[method], lr_grid=grids[method],
-                     output_dir=str(out / method), zero_shot_cache=str(zero_cache or out / "zero_shot.json"),
-                     budget=budget)
+        child = dict(
+            vars(args),
+            method=method,
+            lr=None if grids[method] else lrs[method],
+            lr_grid=grids[method],
+            output_dir=str(out / method),
+            zero_shot_cache=str(zero_cache or out / "zero_shot.json"),
+            budget=budget,
+        )
         child.pop("run", None)
         child.pop("budgets", None)
         print(f"== {method} ==", flush=True)
@@ -109,8 +123,9 @@ def run_methods(args: argparse.Namespace, methods: list[str], lrs: dict[str, flo
             except KeyboardInterrupt:  # the child got the same Ctrl-C: let it save its checkpoint
                 interrupted = True
         if interrupted or proc.exitcode == 130:
-            print(f"kradapter compare: interrupted during {method}; run the same command again to resume",
-                  file=sys.stderr)
+            print(
+                f"kradapter compare: interrupted during {method}; run the same command again to resume", file=sys.stderr
+            )
             return 130
         if proc.exitcode != 0:
             print(f"kradapter compare: {method} failed (exit code {proc.exitcode})", file=sys.stderr)
@@ -157,8 +172,10 @@ def baseline_rows(first: dict, n_cols: int, bal: list[str]) -> list[list[str]]:
         for g in bal:  # a constant answer's balanced accuracy is 1/K; a uniform guess's is the chance rate too
             vals = [tests[n][bal_key] for n, t in first["tests"].items() if t["group"] == g and n in tests]
             bal_cells.append(_pct(sum(vals) / len(vals)) if vals else "-")
-        rows.append([label, "-", "-", *[_pct(groups.get(g, {}).get(kind)) for g in GROUPS], *bal_cells]
-                    + ["-"] * (n_cols - 6 - len(bal)))
+        rows.append(
+            [label, "-", "-", *[_pct(groups.get(g, {}).get(kind)) for g in GROUPS], *bal_cells]
+            + ["-"] * (n_cols - 6 - len(bal))
+        )
     return rows
 
 
@@ -169,8 +186,22 @@ def _untuned(method: str, lr: float) -> str:
 
 def comparison_rows(metrics: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
     bal = _balanced_groups(metrics)
-    header = ["method", "trainable", "lr", "ID", "NID", "OOD", *[f"{g} bal." for g in bal], "r_gen", "eff. rank",
-              "nuclear", "Frobenius", "s/epoch", "time x", "peak MB"]
+    header = [
+        "method",
+        "trainable",
+        "lr",
+        "ID",
+        "NID",
+        "OOD",
+        *[f"{g} bal." for g in bal],
+        "r_gen",
+        "eff. rank",
+        "nuclear",
+        "Frobenius",
+        "s/epoch",
+        "time x",
+        "peak MB",
+    ]
     rows = []
     first = next(iter(metrics.values()))
     group_major = {g: b.get("majority") for g, b in ((first.get("baselines") or {}).get("groups") or {}).items()}
@@ -178,23 +209,31 @@ def comparison_rows(metrics: dict[str, dict]) -> tuple[list[str], list[list[str]
     zero = first.get("zero_shot")
     if zero:
         g, zb = zero["groups"], zero.get("balanced_groups") or {}
-        rows.append(["zero-shot", "0", "-"] + [_pct(g.get(k)) for k in GROUPS] + [_pct(zb.get(k)) for k in bal]
-                    + ["n/a"] * 7)
+        rows.append(
+            ["zero-shot", "0", "-"] + [_pct(g.get(k)) for k in GROUPS] + [_pct(zb.get(k)) for k in bal] + ["n/a"] * 7
+        )
     base_time = None
     for method, m in metrics.items():
         spe = m["efficiency"]["seconds_per_epoch"]["mean"]
         base_time = base_time or spe
         s = m["spectral_summary"]
         lr = f"{m['learning_rate']:g}" + ("*" if m.get("lr_selection") else _untuned(method, m["learning_rate"]))
-        rows.append([
-            method, f"{m['trainable_params']:,}", lr,
-            *[_flagged(m["groups"].get(k), group_major.get(k)) for k in GROUPS],
-            *[_cell((m.get("balanced_groups") or {}).get(k)) for k in bal],
-            _cell(m.get("r_gen"), 1.0, 2),
-            _cell(s["effective_rank"], 1.0, 1), _cell(s["nuclear_norm"], 1.0, 3), _cell(s["frobenius_norm"], 1.0, 4),
-            f"{spe:.1f}" if spe else "-", f"{spe / base_time:.2f}" if spe and base_time else "-",
-            f"{m['efficiency']['peak_memory_mb']:.0f}",
-        ])
+        rows.append(
+            [
+                method,
+                f"{m['trainable_params']:,}",
+                lr,
+                *[_flagged(m["groups"].get(k), group_major.get(k)) for k in GROUPS],
+                *[_cell((m.get("balanced_groups") or {}).get(k)) for k in bal],
+                _cell(m.get("r_gen"), 1.0, 2),
+                _cell(s["effective_rank"], 1.0, 1),
+                _cell(s["nuclear_norm"], 1.0, 3),
+                _cell(s["frobenius_norm"], 1.0, 4),
+                f"{spe:.1f}" if spe else "-",
+                f"{spe / base_time:.2f}" if spe and base_time else "-",
+                f"{m['efficiency']['peak_memory_mb']:.0f}",
+            ]
+        )
     return header, rows
 
 
@@ -282,15 +321,24 @@ def plot(metrics: dict[str, dict], path: Path) -> None:
     for i, (method, m) in enumerate(metrics.items()):
         means = [100 * (m["groups"].get(g, {}).get("mean") or 0) for g in groups]
         stds = [100 * (m["groups"].get(g, {}).get("std") or 0) for g in groups]
-        label = method if len(m["seeds"]) == len(next(iter(metrics.values()))["seeds"]) else \
-            f"{method} ({len(m['seeds'])} seed(s))"
+        label = (
+            method
+            if len(m["seeds"]) == len(next(iter(metrics.values()))["seeds"])
+            else f"{method} ({len(m['seeds'])} seed(s))"
+        )
         ax1.bar(x + i * width, means, width, yerr=stds if len(m["seeds"]) > 1 else None, label=label, capsize=3)
     zero = next(iter(metrics.values())).get("zero_shot")
     if zero:
         for j, g in enumerate(groups):
             if g in zero["groups"]:
-                ax1.hlines(100 * zero["groups"][g], j - 0.1, j + 0.9, colors="k", linestyles="dashed",
-                           label="zero-shot" if j == 0 else None)
+                ax1.hlines(
+                    100 * zero["groups"][g],
+                    j - 0.1,
+                    j + 0.9,
+                    colors="k",
+                    linestyles="dashed",
+                    label="zero-shot" if j == 0 else None,
+                )
     ax1.set_xticks(x + width * (len(metrics) - 1) / 2, groups)
     ax1.set_ylabel(f"{next(iter(metrics.values()))['metric']} (%)")
     ax1.set_title(_seed_caption(metrics))
@@ -333,30 +381,54 @@ def summarise(out: Path, methods: list[str], command: str, dirs: dict[str, Path]
         f"to {methods[0]} in this run; peak MB: {first['efficiency']['memory_kind']}.",
     ]
     if (first.get("baselines") or {}).get("tests"):
-        notes.append("majority class: accuracy of always giving a set's most frequent answer; chance: of a uniform "
-                     "guess; bal.: balanced accuracy (mean recall over classes; a constant answer gets 1/K); "
-                     f"{FLAG}: not above the majority-class rate.")
+        notes.append(
+            "majority class: accuracy of always giving a set's most frequent answer; chance: of a uniform "
+            "guess; bal.: balanced accuracy (mean recall over classes; a constant answer gets 1/K); "
+            f"{FLAG}: not above the majority-class rate."
+        )
     notes += majority_flags(metrics)
     for method in methods:
         sel = metrics[method].get("lr_selection")
         if sel:
-            notes.append(f"lr* {method}: picked {sel['picked']:g} on the validation split from "
-                         + ", ".join(f"{k} -> {100 * v:.1f}" for k, v in sel["grid"].items()))
+            notes.append(
+                f"lr* {method}: picked {sel['picked']:g} on the validation split from "
+                + ", ".join(f"{k} -> {100 * v:.1f}" for k, v in sel["grid"].items())
+            )
     lines += notes
     text = "\n".join(lines) + "\n"
     md_extra = []
     for kind, e_header, e_rows in extra_tables:
         md_extra += [f"{kind} x 100:", "", format_table(e_header, e_rows, markdown=True), ""]
-    md = "\n".join([f"`{command}`", "", lines[0], "", format_table(header, rows, markdown=True), "",
-                    format_table(t_header, t_rows, markdown=True), "", *md_extra,
-                    *notes]) + "\n"
+    md = (
+        "\n".join(
+            [
+                f"`{command}`",
+                "",
+                lines[0],
+                "",
+                format_table(header, rows, markdown=True),
+                "",
+                format_table(t_header, t_rows, markdown=True),
+                "",
+                *md_extra,
+                *notes,
+            ]
+        )
+        + "\n"
+    )
     write_text(out / "comparison.txt", text)
     write_text(out / "comparison.md", md)
-    write_json(out / "comparison.json", {"command": command, "methods": methods, "table": {"header": header, "rows": rows},
-                                         "per_test": {"header": t_header, "rows": t_rows},
-                                         "per_test_extra": {k: {"header": h, "rows": r} for k, h, r in extra_tables},
-                                         "not_above_majority": {m: metrics[m].get("not_above_majority", [])
-                                                                for m in methods}})
+    write_json(
+        out / "comparison.json",
+        {
+            "command": command,
+            "methods": methods,
+            "table": {"header": header, "rows": rows},
+            "per_test": {"header": t_header, "rows": t_rows},
+            "per_test_extra": {k: {"header": h, "rows": r} for k, h, r in extra_tables},
+            "not_above_majority": {m: metrics[m].get("not_above_majority", []) for m in methods},
+        },
+    )
     plot(metrics, out / "comparison.png")
     return text
 
@@ -365,8 +437,14 @@ def budget_rows(runs: dict[str, dict[str, dict]]) -> tuple[list[str], list[list[
     """runs[budget][method] = metrics -> one row per method and budget: trainable count and group scores."""
     first = next(iter(next(iter(runs.values())).values()))
     groups = [g for g in GROUPS if g in first["groups"]]
-    header = ["method", "budget", "k1", "trainable", *groups, *[f"{g} bal." for g in groups
-                                                               if g in (first.get("balanced_groups") or {})]]
+    header = [
+        "method",
+        "budget",
+        "k1",
+        "trainable",
+        *groups,
+        *[f"{g} bal." for g in groups if g in (first.get("balanced_groups") or {})],
+    ]
     rows = []
     methods = list(next(iter(runs.values())))
     for method in methods:
@@ -374,10 +452,20 @@ def budget_rows(runs: dict[str, dict[str, dict]]) -> tuple[list[str], list[list[
             m = by_method[method]
             if method == "full" and budget != next(iter(runs)):
                 continue  # one size: listed once
-            rows.append([method, "-" if method == "full" else budget, "-" if method == "full" else m.get("k1", "-"),
-                         f"{m['trainable_params']:,}", *[_cell(m["groups"].get(g)) for g in groups],
-                         *[_cell((m.get("balanced_groups") or {}).get(g)) for g in groups
-                           if g in (first.get("balanced_groups") or {})]])
+            rows.append(
+                [
+                    method,
+                    "-" if method == "full" else budget,
+                    "-" if method == "full" else m.get("k1", "-"),
+                    f"{m['trainable_params']:,}",
+                    *[_cell(m["groups"].get(g)) for g in groups],
+                    *[
+                        _cell((m.get("balanced_groups") or {}).get(g))
+                        for g in groups
+                        if g in (first.get("balanced_groups") or {})
+                    ],
+                ]
+            )
     return header, rows
 
 
@@ -393,10 +481,24 @@ def plot_budgets(runs: dict[str, dict[str, dict]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
     for ax, group in zip(axes[0], groups):
         for method in next(iter(runs.values())):
-            points = sorted({(by[method]["trainable_params"], 100 * by[method]["groups"][group]["mean"],
-                              100 * (by[method]["groups"][group]["std"] or 0)) for by in runs.values()})
-            ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], marker="o",
-                        capsize=3, label=method)
+            points = sorted(
+                {
+                    (
+                        by[method]["trainable_params"],
+                        100 * by[method]["groups"][group]["mean"],
+                        100 * (by[method]["groups"][group]["std"] or 0),
+                    )
+                    for by in runs.values()
+                }
+            )
+            ax.errorbar(
+                [p[0] for p in points],
+                [p[1] for p in points],
+                yerr=[p[2] for p in points],
+                marker="o",
+                capsize=3,
+                label=method,
+            )
         major = ((first.get("baselines") or {}).get("groups") or {}).get(group, {}).get("majority")
         if major is not None:
             ax.axhline(100 * major, color="k", linestyle="dashed", linewidth=1, label="majority class")
@@ -427,18 +529,27 @@ def run_budgets(args, methods, lrs, grids, out: Path, budgets: list[str], comman
         runs[budget] = {m: read_json(dirs[m] / "metrics.json") for m in methods}
     header, rows = budget_rows(runs)
     first = next(iter(runs[budgets[0]].values()))
-    intro = (f"budget ablation: task {first['task']}, metric {first['metric']} x 100, {len(first['seeds'])} seed(s), "
-             f"{first['training']['steps']} steps of batch {first['training']['batch_size']}; budgets "
-             + ", ".join(f"{b} = KRAdapter k1 {budget_k1(b)}" for b in budgets) + ", comparators matched to it")
+    intro = (
+        f"budget ablation: task {first['task']}, metric {first['metric']} x 100, {len(first['seeds'])} seed(s), "
+        f"{first['training']['steps']} steps of batch {first['training']['batch_size']}; budgets "
+        + ", ".join(f"{b} = KRAdapter k1 {budget_k1(b)}" for b in budgets)
+        + ", comparators matched to it"
+    )
     write_text(out / "budgets.txt", intro + "\n\n" + format_table(header, rows) + "\n")
-    write_text(out / "budgets.md", (f"`{command}`\n\n" if command else "") + intro + "\n\n"
-               + format_table(header, rows, markdown=True) + "\n")
-    write_json(out / "budgets.json", {"command": command, "budgets": budgets, "methods": methods,
-                                      "table": {"header": header, "rows": rows}})
+    write_text(
+        out / "budgets.md",
+        (f"`{command}`\n\n" if command else "") + intro + "\n\n" + format_table(header, rows, markdown=True) + "\n",
+    )
+    write_json(
+        out / "budgets.json",
+        {"command": command, "budgets": budgets, "methods": methods, "table": {"header": header, "rows": rows}},
+    )
     plot_budgets(runs, out / "budgets.png")
     print("\n" + intro + "\n\n" + format_table(header, rows))
-    print(f"written: {out}/budgets.txt, budgets.md, budgets.json, budgets.png (and each budget's comparison in "
-          f"{out}/budget-WORD/)")
+    print(
+        f"written: {out}/budgets.txt, budgets.md, budgets.json, budgets.png (and each budget's comparison in "
+        f"{out}/budget-WORD/)"
+    )
     return 0
 
 

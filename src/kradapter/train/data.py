@@ -7,9 +7,9 @@ groups of the paper's tables. F is a .json/.jsonl/.csv/.tsv/.parquet file or an 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 GROUPS = {"id": "ID", "nid": "NID", "ood": "OOD"}
 BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
@@ -29,8 +29,9 @@ def parse_data_args(items: Sequence[str] | None) -> list[DataSpec]:
     for item in items or []:
         key, sep, path = item.partition("=")
         if not sep or not path:
-            raise ValueError(f"--data {item!r}: expected ROLE=PATH with ROLE train, validation, test, id:NAME, "
-                             "nid:NAME or ood:NAME")
+            raise ValueError(
+                f"--data {item!r}: expected ROLE=PATH with ROLE train, validation, test, id:NAME, nid:NAME or ood:NAME"
+            )
         key = key.strip()
         if key in ("train", "validation"):
             specs.append(DataSpec(key, key, "", Path(path)))
@@ -40,8 +41,9 @@ def parse_data_args(items: Sequence[str] | None) -> list[DataSpec]:
             group, name = key.split(":", 1)
             specs.append(DataSpec("test", name, GROUPS[group.lower()], Path(path)))
         else:
-            raise ValueError(f"--data {item!r}: unknown role {key!r}; use train, validation, test, id:NAME, "
-                             "nid:NAME or ood:NAME")
+            raise ValueError(
+                f"--data {item!r}: unknown role {key!r}; use train, validation, test, id:NAME, nid:NAME or ood:NAME"
+            )
     names = [s.name for s in specs]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -68,8 +70,10 @@ def load_file(path: str | Path):
         return load_dataset("imagefolder", data_dir=str(path), split="train", keep_in_memory=True)
     builder = BUILDERS.get(path.suffix.lower())
     if builder is None:
-        raise ValueError(f"{path}: unsupported data format {path.suffix!r}; use one of "
-                         f"{', '.join(sorted(BUILDERS))} or an imagefolder directory")
+        raise ValueError(
+            f"{path}: unsupported data format {path.suffix!r}; use one of "
+            f"{', '.join(sorted(BUILDERS))} or an imagefolder directory"
+        )
     kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
     try:
         return load_dataset(builder, data_files=str(path), split="train", keep_in_memory=True, **kwargs)
@@ -91,8 +95,9 @@ def check_labels(values: Iterable, classes: Sequence, path: str | Path, column: 
     for row, value in enumerate(values):
         if value not in allowed:
             shown = ", ".join(map(str, classes[:20])) + (", ..." if len(classes) > 20 else "")
-            raise ValueError(f"{path}: row {row} has label {value!r} in column '{column}', not one of the "
-                             f"classes [{shown}]")
+            raise ValueError(
+                f"{path}: row {row} has label {value!r} in column '{column}', not one of the classes [{shown}]"
+            )
 
 
 def subsample(ds, n: int | None, seed: int):
@@ -105,8 +110,9 @@ def subsample(ds, n: int | None, seed: int):
 def split_off(ds, n: int, seed: int):
     """(rest, held_out) with n held-out rows chosen with a fixed seed: the validation split when none is given."""
     if n <= 0 or len(ds) < 2:
-        raise ValueError(f"cannot carve a validation split of {n} rows from {len(ds)} training rows; "
-                         "pass --data validation=FILE")
+        raise ValueError(
+            f"cannot carve a validation split of {n} rows from {len(ds)} training rows; pass --data validation=FILE"
+        )
     n = min(n, len(ds) - 1)
     parts = ds.train_test_split(test_size=n, seed=seed, shuffle=True)
     return parts["train"], parts["test"]

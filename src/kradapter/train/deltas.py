@@ -17,7 +17,7 @@ from ..spectral import spectral_summary
 def short_name(name: str) -> str:
     for prefix in ("base_model.model.", "base_model."):
         if name.startswith(prefix):
-            name = name[len(prefix):]
+            name = name[len(prefix) :]
     return name
 
 
@@ -68,11 +68,15 @@ def format_spectral_table(table: dict[str, dict]) -> str:
     lines = [f"{'layer':<{width}} {'shape':>11} {'eff. rank':>9} {'of':>5} {'nuclear':>10} {'Frobenius':>10}"]
     for name, row in table.items():
         shape = "x".join(map(str, row["shape"]))
-        lines.append(f"{name:<{width}} {shape:>11} {row['effective_rank']:>9.1f} {min(row['shape']):>5} "
-                     f"{row['nuclear_norm']:>10.4f} {row['frobenius_norm']:>10.4f}")
+        lines.append(
+            f"{name:<{width}} {shape:>11} {row['effective_rank']:>9.1f} {min(row['shape']):>5} "
+            f"{row['nuclear_norm']:>10.4f} {row['frobenius_norm']:>10.4f}"
+        )
     means = spectral_means(table)
     if means:
-        lines.append(f"{'mean over ' + str(means['layers']) + ' layers':<{width}} {'':>11} "
-                     f"{means['effective_rank']:>9.1f} {'':>5} {means['nuclear_norm']:>10.4f} "
-                     f"{means['frobenius_norm']:>10.4f}")
+        lines.append(
+            f"{'mean over ' + str(means['layers']) + ' layers':<{width}} {'':>11} "
+            f"{means['effective_rank']:>9.1f} {'':>5} {means['nuclear_norm']:>10.4f} "
+            f"{means['frobenius_norm']:>10.4f}"
+        )
     return "\n".join(lines)

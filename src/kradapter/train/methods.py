@@ -31,13 +31,16 @@ def budget_k1(word: str | None) -> str:
     if word is None:
         return BUDGETS["low"]
     if word not in BUDGETS:
-        raise ValueError(f"unknown budget {word!r}; valid budgets: {', '.join(BUDGETS)} "
-                         "(KRAdapter's k1 = m^(1/2), m^(1/3), m^(1/4); comparators matched to it)")
+        raise ValueError(
+            f"unknown budget {word!r}; valid budgets: {', '.join(BUDGETS)} "
+            "(KRAdapter's k1 = m^(1/2), m^(1/3), m^(1/4); comparators matched to it)"
+        )
     return BUDGETS[word]
 
 
-def peft_config(method: str, model: nn.Module, target_modules: list[str], head: list[str] | None = None,
-                k1: str = "sqrt"):
+def peft_config(
+    method: str, model: nn.Module, target_modules: list[str], head: list[str] | None = None, k1: str = "sqrt"
+):
     """The PeftConfig for `method` on `target_modules` (None for full fine-tuning), at the trainable count of
     KRAdapter with this `k1` on the same targets."""
     spec = get_spec(method)
@@ -47,13 +50,16 @@ def peft_config(method: str, model: nn.Module, target_modules: list[str], head: 
         if method == "kradapter":  # the reference method: its own k1, not a count to match
             overrides["k1"] = k1
         else:
-            budget = sum(trainable_count("kradapter", o, i, k1=k1)
-                         for o, i in target_layers(model, list(target_modules)).values())
+            budget = sum(
+                trainable_count("kradapter", o, i, k1=k1)
+                for o, i in target_layers(model, list(target_modules)).values()
+            )
     return peft_config_for(method, model, list(target_modules), budget, **overrides)
 
 
-def apply_method(model: nn.Module, method: str, target_modules: list[str], head: list[str] | None = None,
-                 k1: str = "sqrt"):
+def apply_method(
+    model: nn.Module, method: str, target_modules: list[str], head: list[str] | None = None, k1: str = "sqrt"
+):
     """(model ready to train, reference weights). PEFT methods wrap the model with get_peft_model; full
     fine-tuning trains the targets' weights (budget.full_finetune_) and the head in place, and keeps a copy of the
     targets' initial weights so its update Delta W = W - W0 is analysed like an adapter's."""

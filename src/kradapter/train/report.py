@@ -22,9 +22,16 @@ AUTO_CLASSES = {
 
 
 # Tried in this order when adapter_config.json names no task_type: the first whose modules hold every saved tensor.
-CANDIDATE_CLASSES = ("AutoModel", "AutoModelForSequenceClassification", "AutoModelForCausalLM",
-                     "AutoModelForTokenClassification", "AutoModelForQuestionAnswering", "AutoModelForSeq2SeqLM",
-                     "AutoModelForImageClassification", "AutoModelForMaskedLM")
+CANDIDATE_CLASSES = (
+    "AutoModel",
+    "AutoModelForSequenceClassification",
+    "AutoModelForCausalLM",
+    "AutoModelForTokenClassification",
+    "AutoModelForQuestionAnswering",
+    "AutoModelForSeq2SeqLM",
+    "AutoModelForImageClassification",
+    "AutoModelForMaskedLM",
+)
 
 
 def _saved_keys(directory: Path) -> list[str]:
@@ -90,9 +97,11 @@ def _model_class(path: str, config, keys: list[str]):
             best = (name, missing)
     tried = best[0] if best else ", ".join(names)
     shown = best[1] if best else keys
-    raise ValueError(f"the adapter's saved tensors fit no model class of '{path}' ({tried} lacks "
-                     f"{len(shown)} of them: {', '.join(shown[:5])}{' ...' if len(shown) > 5 else ''}); "
-                     "pass the base model it was trained on with --base")
+    raise ValueError(
+        f"the adapter's saved tensors fit no model class of '{path}' ({tried} lacks "
+        f"{len(shown)} of them: {', '.join(shown[:5])}{' ...' if len(shown) > 5 else ''}); "
+        "pass the base model it was trained on with --base"
+    )
 
 
 def _base_model(directory: Path, base: str | None, config, keys: list[str]):
@@ -129,9 +138,11 @@ def _check_all_loaded(directory: Path, peft_model, keys: list[str]) -> None:
             with safe_open(path, "pt") as f:
                 missing = [k for k in keys if not (f.get_tensor(k).to(loaded[k].dtype) == loaded[k].cpu()).all()]
     if missing:
-        raise ValueError(f"{directory}: {len(missing)} saved tensors were not loaded into the model: "
-                         f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; "
-                         "pass the base model it was trained on with --base")
+        raise ValueError(
+            f"{directory}: {len(missing)} saved tensors were not loaded into the model: "
+            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; "
+            "pass the base model it was trained on with --base"
+        )
 
 
 def spectral_report(directory: str | Path, base: str | None = None) -> dict:
@@ -161,8 +172,10 @@ def spectral_report(directory: str | Path, base: str | None = None) -> dict:
         spec = spec_for_config(config)
         method = method or (spec.name if spec else str(config.peft_type).split(".")[-1].lower())
     else:
-        raise ValueError(f"{directory} holds no adapter: expected adapter_config.json (PEFT) or {FULL_DELTA} "
-                         "(full fine-tuning from kradapter train)")
+        raise ValueError(
+            f"{directory} holds no adapter: expected adapter_config.json (PEFT) or {FULL_DELTA} "
+            "(full fine-tuning from kradapter train)"
+        )
     if not deltas:
         raise ValueError(f"{directory}: the adapter adapts no layer")
     table = spectral_table(deltas)

@@ -27,12 +27,12 @@ import torch
 
 from ..dist import is_main_process, local_batch_size, max_difference_across_ranks, world_size
 from ..io import check_writable_dir, read_json, staging_dir, write_json, write_text
+from ..learning_rates import default_lr
 from ..outdir import OutputLock, clean_interrupted, publish_version
+from .baselines import BALANCED, group_baselines, not_above_majority
 from .callbacks import EffectiveRankCallback, GracefulInterrupt
 from .checkpoints import StepTimer, drop_partial, latest_complete_checkpoint
 from .deltas import adapter_deltas, spectral_means, spectral_table
-from ..learning_rates import default_lr
-from .baselines import BALANCED, group_baselines, not_above_majority
 from .methods import apply_method, budget_k1, check_method, full_deltas, peft_config, trainable_parameters
 from .metrics import group_means, mean_std, r_gen
 from .options import check_options
@@ -96,16 +96,24 @@ def _save_full(model, reference, head: list[str], directory: Path) -> None:
     """Full fine-tuning has no adapter: save Delta W = W - W0 of the targets and the trained head."""
     from safetensors.torch import save_file
 
-    save_file({k: v.contiguous().cpu() for k, v in full_deltas(model, reference).items()},
-              str(directory / FULL_DELTA))
+    save_file({k: v.contiguous().cpu() for k, v in full_deltas(model, reference).items()}, str(directory / FULL_DELTA))
     modules = dict(model.named_modules())
     head_state = {f"{h}.{k}": v.detach().contiguous().cpu() for h in head for k, v in modules[h].state_dict().items()}
     if head_state:
         save_file(head_state, str(directory / FULL_HEAD))
 
 
-def train_seed(prepared: Prepared, args, method: str, lr: float, seed: int, seed_dir: Path,
-               eval_sets: dict, save_adapter: bool = True, extra_callbacks=()) -> dict:
+def train_seed(
+    prepared: Prepared,
+    args,
+    method: str,
+    lr: float,
+    seed: int,
+    seed_dir: Path,
+    eval_sets: dict,
+    save_adapter: bool = True,
+    extra_callbacks=(),
+) -> dict:
     """Train one seed (resuming from its newest complete checkpoint), evaluate, analyse, save. Returns its result
     dict. The seed's previous results (another learning rate) stay until the new ones replace them in one step."""
     from transformers import Trainer, TrainingArguments, set_seed
@@ -119,8 +127,9 @@ def train_seed(prepared: Prepared, args, method: str, lr: float, seed: int, seed
             return done
     set_seed(seed)
     model = prepared.build_model()
-    model, reference = apply_method(model, method, prepared.targets, prepared.head,
-                                    budget_k1(getattr(args, "budget", None)))
+    model, reference = apply_method(
+        model, method, prepared.targets, prepared.head, budget_k1(getattr(args, "budget", None))
+    )
     trainable, total = trainable_parameters(model)
     batch_size, max_steps, epochs = training_size(args, prepared.defaults)
     steps_planned = max_steps or -(-len(prepared.train) // batch_size) * int(epochs)
@@ -132,21 +141,39 @@ def train_seed(prepared: Prepared, args, method: str, lr: float, seed: int, seed
             if stale != ckpt_root:
                 shutil.rmtree(stale, ignore_errors=True)
     targs = TrainingArguments(
-        output_dir=str(ckpt_root), max_steps=max_steps or -1, num_train_epochs=float(epochs),
+        output_dir=str(ckpt_root),
+        max_steps=max_steps or -1,
+        num_train_epochs=float(epochs),
         # --batch-size is the global batch: under torchrun each of the processes takes an equal share.
         per_device_train_batch_size=local_batch_size(batch_size, world_size()),
-        learning_rate=lr, weight_decay=0.0, lr_scheduler_type="linear",
-        warmup_steps=int(args.warmup_ratio * steps_planned), logging_steps=log_every, save_strategy="steps",
-        save_steps=args.save_steps or max(1, steps_planned // 4), save_total_limit=1, seed=seed, data_seed=seed,
-        use_cpu=not torch.cuda.is_available(), report_to="none", remove_unused_columns=False,
-        label_names=["labels"], dataloader_num_workers=0, disable_tqdm=args.quiet,
+        learning_rate=lr,
+        weight_decay=0.0,
+        lr_scheduler_type="linear",
+        warmup_steps=int(args.warmup_ratio * steps_planned),
+        logging_steps=log_every,
+        save_strategy="steps",
+        save_steps=args.save_steps or max(1, steps_planned // 4),
+        save_total_limit=1,
+        seed=seed,
+        data_seed=seed,
+        use_cpu=not torch.cuda.is_available(),
+        report_to="none",
+        remove_unused_columns=False,
+        label_names=["labels"],
+        dataloader_num_workers=0,
+        disable_tqdm=args.quiet,
     )
     timer = StepTimer()  # first: its step time excludes the other callbacks' work
     # ~20 points by default: enough for the effective rank to read as a curve (one SVD per layer each, cheap).
     rank_cb = EffectiveRankCallback(model, args.rank_every or max(1, steps_planned // RANK_POINTS), reference)
     interrupt = GracefulInterrupt()
-    trainer = Trainer(model=model, args=targs, train_dataset=prepared.train, data_collator=prepared.collator,
-                      callbacks=[timer, rank_cb, interrupt, *extra_callbacks])
+    trainer = Trainer(
+        model=model,
+        args=targs,
+        train_dataset=prepared.train,
+        data_collator=prepared.collator,
+        callbacks=[timer, rank_cb, interrupt, *extra_callbacks],
+    )
     last, partial = latest_complete_checkpoint(ckpt_root)
     for path, reason in partial:
         log.warning("ignoring partial checkpoint %s (%s; a run was killed while saving it)", path, reason)
@@ -172,17 +199,42 @@ def train_seed(prepared: Prepared, args, method: str, lr: float, seed: int, seed
     if interrupt.requested:
         saved, _ = latest_complete_checkpoint(ckpt_root)
         finished = " (training had finished)" if steps >= trainer.state.max_steps else ""
-        raise TrainingInterrupted(f"interrupted at step {steps} of {trainer.state.max_steps}{finished}; "
-                                  f"checkpoint saved in {saved}; run the same command again to resume")
+        raise TrainingInterrupted(
+            f"interrupted at step {steps} of {trainer.state.max_steps}{finished}; "
+            f"checkpoint saved in {saved}; run the same command again to resume"
+        )
     try:
-        result = _evaluate_and_save(prepared, args, method, lr, seed, seed_dir, eval_sets, save_adapter, model,
-                                    reference, trainer, timer, rank_cb, trainable, total, batch_size, last)
+        result = _evaluate_and_save(
+            prepared,
+            args,
+            method,
+            lr,
+            seed,
+            seed_dir,
+            eval_sets,
+            save_adapter,
+            model,
+            reference,
+            trainer,
+            timer,
+            rank_cb,
+            trainable,
+            total,
+            batch_size,
+            last,
+        )
     except KeyboardInterrupt:
         saved, _ = latest_complete_checkpoint(ckpt_root)
-        where = (f"its trained weights are in checkpoint {saved}; run the same command again to evaluate them "
-                 "(without training again)" if saved else "no checkpoint of it is left; a rerun trains it again")
-        raise TrainingInterrupted(f"interrupted while evaluating seed {seed} after its {steps} training steps; no "
-                                  f"result of this seed was written; {where}") from None
+        where = (
+            f"its trained weights are in checkpoint {saved}; run the same command again to evaluate them "
+            "(without training again)"
+            if saved
+            else "no checkpoint of it is left; a rerun trains it again"
+        )
+        raise TrainingInterrupted(
+            f"interrupted while evaluating seed {seed} after its {steps} training steps; no "
+            f"result of this seed was written; {where}"
+        ) from None
     if not args.keep_checkpoints and is_main_process():
         shutil.rmtree(ckpt_root, ignore_errors=True)
     del trainer, model
@@ -197,8 +249,25 @@ def training_size(args, defaults: dict) -> tuple[int, int | None, float]:
     return batch_size, max_steps, epochs
 
 
-def _evaluate_and_save(prepared, args, method, lr, seed, seed_dir, eval_sets, save_adapter, model, reference,
-                       trainer, timer, rank_cb, trainable, total, batch_size, resumed_from) -> dict:
+def _evaluate_and_save(
+    prepared,
+    args,
+    method,
+    lr,
+    seed,
+    seed_dir,
+    eval_sets,
+    save_adapter,
+    model,
+    reference,
+    trainer,
+    timer,
+    rank_cb,
+    trainable,
+    total,
+    batch_size,
+    resumed_from,
+) -> dict:
     peak_mb, memory_kind = _peak_memory_mb()
     if not rank_cb.history:  # no step ran in this session (resumed after training had finished)
         rank_cb.measure(trainer.state.global_step)
@@ -211,16 +280,26 @@ def _evaluate_and_save(prepared, args, method, lr, seed, seed_dir, eval_sets, sa
     # includes loading a checkpoint.
     epochs_timed = timer.steps * batch_size / max(1, len(prepared.train))
     result = {
-        "seed": seed, "learning_rate": lr, "scores": scores, "extra_scores": extra, "trainable_params": trainable,
+        "seed": seed,
+        "learning_rate": lr,
+        "scores": scores,
+        "extra_scores": extra,
+        "trainable_params": trainable,
         "total_params": total,
-        "steps": trainer.state.global_step, "batch_size": batch_size,
+        "steps": trainer.state.global_step,
+        "batch_size": batch_size,
         "resumed_from": str(resumed_from.name) if resumed_from else None,
-        "train_seconds": timer.seconds, "steps_timed": timer.steps, "epochs_timed": epochs_timed,
+        "train_seconds": timer.seconds,
+        "steps_timed": timer.steps,
+        "epochs_timed": epochs_timed,
         "seconds_per_epoch": timer.seconds / epochs_timed if epochs_timed > 0 else None,
-        "peak_memory_mb": peak_mb, "memory_kind": memory_kind,
-        "spectral": spectral, "effective_rank_history": rank_cb.history,
-        "train_loss_history": [{"step": h["step"], "loss": h["loss"]}
-                               for h in trainer.state.log_history if "loss" in h],
+        "peak_memory_mb": peak_mb,
+        "memory_kind": memory_kind,
+        "spectral": spectral,
+        "effective_rank_history": rank_cb.history,
+        "train_loss_history": [
+            {"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h
+        ],
         "processes": world_size(),
         # Under torchrun: how far any rank's trained weights are from rank 0's (0.0: the replicas stayed in sync).
         "max_weight_difference_across_ranks": max_difference_across_ranks(model),
@@ -232,8 +311,10 @@ def _evaluate_and_save(prepared, args, method, lr, seed, seed_dir, eval_sets, sa
             model.save_pretrained(str(staging))
         else:
             _save_full(model, reference, prepared.head, staging)
-        write_json(staging / RUN_INFO, {**prepared.run_info, "method": method, "targets": prepared.targets,
-                                        "head": prepared.head})
+        write_json(
+            staging / RUN_INFO,
+            {**prepared.run_info, "method": method, "targets": prepared.targets, "head": prepared.head},
+        )
     write_json(staging / "result.json", result)
     publish_version(staging, seed_dir)
     return result
@@ -256,8 +337,13 @@ def evaluate_sets(prepared: Prepared, model, sets: dict) -> tuple[dict, dict]:
 def zero_shot_scores(prepared: Prepared, model, cache: Path | None) -> tuple[dict, dict]:
     """Scores (primary, other) of the untouched model on every set (cached: compare computes them once for all
     methods)."""
-    key = {"task": prepared.task, "model": prepared.model_path, "data": prepared.data_args, "sizes": prepared.sizes,
-           "run_info": prepared.run_info}
+    key = {
+        "task": prepared.task,
+        "model": prepared.model_path,
+        "data": prepared.data_args,
+        "sizes": prepared.sizes,
+        "run_info": prepared.run_info,
+    }
     if cache is not None and cache.exists():
         stored = read_json(cache)
         if stored.get("key") == json.loads(json.dumps(key)) and "extra" in stored:
@@ -272,19 +358,27 @@ def choose_lr(prepared: Prepared, args, method: str, grid: list[float], seed: in
     """Train the first seed at each learning rate of the grid and keep the best validation score."""
     scores = {}
     for lr in grid:
-        result = train_seed(prepared, args, method, lr, seed, out / "lr-grid" / f"lr-{lr:g}", {},
-                            save_adapter=False)
+        result = train_seed(prepared, args, method, lr, seed, out / "lr-grid" / f"lr-{lr:g}", {}, save_adapter=False)
         scores[f"{lr:g}"] = result["scores"]["validation"]
-    best = max(grid, key=lambda lr: (scores[f"{lr:g}"] if scores[f"{lr:g}"] is not None else float("-inf")))
+    best = max(grid, key=lambda lr: scores[f"{lr:g}"] if scores[f"{lr:g}"] is not None else float("-inf"))
     return best, {"grid": scores, "picked": best, "seed": seed, "metric": prepared.metric, "on": "validation"}
 
 
 def _run_key(args, prepared: Prepared, method: str) -> dict:
     # Not the learning rate: each grid point and each seed records its own, so a grid can be extended later.
-    return {"task": prepared.task, "method": method, "model": prepared.model_path, "data": prepared.data_args,
-            "max_steps": args.max_steps, "epochs": args.epochs,
-            "batch_size": args.batch_size, "targets": prepared.targets, "sizes": prepared.sizes,
-            "scoring": prepared.run_info.get("scoring"), "budget": getattr(args, "budget", None)}
+    return {
+        "task": prepared.task,
+        "method": method,
+        "model": prepared.model_path,
+        "data": prepared.data_args,
+        "max_steps": args.max_steps,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "targets": prepared.targets,
+        "sizes": prepared.sizes,
+        "scoring": prepared.run_info.get("scoring"),
+        "budget": getattr(args, "budget", None),
+    }
 
 
 def _check_output_dir(out: Path, key: dict) -> None:
@@ -296,8 +390,10 @@ def _check_output_dir(out: Path, key: dict) -> None:
         diffs = [k for k in new if old.get(k) != new[k]]
         if diffs:
             k = diffs[0]
-            raise ValueError(f"{out} holds a different run ({k}: {old.get(k)!r} there, {new[k]!r} now); "
-                             "use another --output-dir or delete it")
+            raise ValueError(
+                f"{out} holds a different run ({k}: {old.get(k)!r} there, {new[k]!r} now); "
+                "use another --output-dir or delete it"
+            )
 
 
 def run(args: argparse.Namespace, extra_callbacks=()) -> dict:
@@ -333,9 +429,11 @@ def _interrupted_state(out: Path) -> str:
     published = (out / "metrics.json").exists()
     if not (done or checkpoints or published):
         return f"interrupted; nothing of this run was written to {out} yet"
-    parts = ([f"finished seeds: {', '.join(done)}"] if done else []) + \
-            ([f"checkpoints: {', '.join(checkpoints)}"] if checkpoints else []) + \
-            ([f"{out}/metrics.json holds the previous complete results"] if published else [])
+    parts = (
+        ([f"finished seeds: {', '.join(done)}"] if done else [])
+        + ([f"checkpoints: {', '.join(checkpoints)}"] if checkpoints else [])
+        + ([f"{out}/metrics.json holds the previous complete results"] if published else [])
+    )
     return f"interrupted; {'; '.join(parts)}; run the same command again to resume"
 
 
@@ -362,8 +460,12 @@ def _run_locked(args, task, seeds, grid, out: Path, extra_callbacks) -> dict:
         lr, selection = choose_lr(prepared, args, method, grid, seeds[0], out)
     else:
         lr = args.lr if args.lr is not None else default_lr(method)
-    results = [train_seed(prepared, args, method, lr, s, out / "seeds" / f"seed-{s}", prepared.tests,
-                          extra_callbacks=extra_callbacks) for s in seeds]
+    results = [
+        train_seed(
+            prepared, args, method, lr, s, out / "seeds" / f"seed-{s}", prepared.tests, extra_callbacks=extra_callbacks
+        )
+        for s in seeds
+    ]
     metrics = aggregate(prepared, args, method, lr, selection, seeds, results, zero, zero_extra)
 
     # The first seed's adapter and the run's results become DIR's published results together, in one step; the
@@ -384,8 +486,11 @@ def _check_scoring(args, task) -> None:
     mode = getattr(args, "scoring", None)
     supported = getattr(task, "SCORING", ())
     if mode is not None and mode not in supported:
-        offer = (f"supports {', '.join(supported)}" if supported else
-                 "has one way to score (its model's predicted class); --scoring applies to the commonsense task")
+        offer = (
+            f"supports {', '.join(supported)}"
+            if supported
+            else "has one way to score (its model's predicted class); --scoring applies to the commonsense task"
+        )
         raise ValueError(f"--scoring {mode!r}: task {args.task!r} {offer}")
 
 
@@ -408,43 +513,75 @@ def _extra_blocks(prepared: Prepared, results: list[dict], name: str) -> dict:
 
 
 def aggregate(prepared: Prepared, args, method, lr, selection, seeds, results, zero, zero_extra=None) -> dict:
-    tests = {name: {"group": prepared.groups[name], **mean_std([r["scores"][name] for r in results]),
-                    "extra": _extra_blocks(prepared, results, name),
-                    "baseline": prepared.baselines.get(name)}
-             for name in prepared.tests}
+    tests = {
+        name: {
+            "group": prepared.groups[name],
+            **mean_std([r["scores"][name] for r in results]),
+            "extra": _extra_blocks(prepared, results, name),
+            "baseline": prepared.baselines.get(name),
+        }
+        for name in prepared.tests
+    }
     per_seed_groups = [group_means(r["scores"], prepared.groups) for r in results]
-    groups = {g: mean_std([pg[g] for pg in per_seed_groups]) for g in ("ID", "NID", "OOD")
-              if any(g in pg for pg in per_seed_groups)}
-    per_seed_balanced = [group_means({n: v[BALANCED] for n, v in r.get("extra_scores", {}).items() if BALANCED in v},
-                                     prepared.groups) for r in results]
-    balanced_groups = {g: mean_std([pg.get(g) for pg in per_seed_balanced]) for g in groups
-                       if any(g in pg for pg in per_seed_balanced)}
+    groups = {
+        g: mean_std([pg[g] for pg in per_seed_groups])
+        for g in ("ID", "NID", "OOD")
+        if any(g in pg for pg in per_seed_groups)
+    }
+    per_seed_balanced = [
+        group_means({n: v[BALANCED] for n, v in r.get("extra_scores", {}).items() if BALANCED in v}, prepared.groups)
+        for r in results
+    ]
+    balanced_groups = {
+        g: mean_std([pg.get(g) for pg in per_seed_balanced]) for g in groups if any(g in pg for pg in per_seed_balanced)
+    }
     baselines = {"tests": prepared.baselines, "groups": group_baselines(prepared.baselines, prepared.groups)}
     zero_block, rgen = None, None
     if zero is not None:
         zero_groups = group_means(zero, prepared.groups)
         zero_extra = zero_extra or {}
-        zero_block = {"tests": {n: zero[n] for n in prepared.tests}, "validation": zero.get("validation"),
-                      "groups": zero_groups, "extra": {n: zero_extra.get(n, {}) for n in prepared.tests},
-                      "balanced_groups": group_means({n: v[BALANCED] for n, v in zero_extra.items()
-                                                      if BALANCED in v and n in prepared.tests}, prepared.groups)}
+        zero_block = {
+            "tests": {n: zero[n] for n in prepared.tests},
+            "validation": zero.get("validation"),
+            "groups": zero_groups,
+            "extra": {n: zero_extra.get(n, {}) for n in prepared.tests},
+            "balanced_groups": group_means(
+                {n: v[BALANCED] for n, v in zero_extra.items() if BALANCED in v and n in prepared.tests},
+                prepared.groups,
+            ),
+        }
         rgen = mean_std([r_gen(pg, zero_groups) for pg in per_seed_groups])
     spectral_rows = [spectral_means(r["spectral"]) for r in results]
     first = results[0]
     return {
-        "task": prepared.task, "method": method, "model": prepared.model_path, "data": prepared.data_args,
-        "budget": getattr(args, "budget", None) or "low", "k1": budget_k1(getattr(args, "budget", None)),
-        "seeds": seeds, "learning_rate": lr, "lr_selection": selection, "metric": prepared.metric,
-        "trainable_params": first["trainable_params"], "total_params": first["total_params"],
-        "targets": prepared.targets, "head": prepared.head, "sizes": prepared.sizes,
+        "task": prepared.task,
+        "method": method,
+        "model": prepared.model_path,
+        "data": prepared.data_args,
+        "budget": getattr(args, "budget", None) or "low",
+        "k1": budget_k1(getattr(args, "budget", None)),
+        "seeds": seeds,
+        "learning_rate": lr,
+        "lr_selection": selection,
+        "metric": prepared.metric,
+        "trainable_params": first["trainable_params"],
+        "total_params": first["total_params"],
+        "targets": prepared.targets,
+        "head": prepared.head,
+        "sizes": prepared.sizes,
         "training": {"steps": first["steps"], "batch_size": first["batch_size"]},
         "validation": mean_std([r["scores"]["validation"] for r in results]),
-        "tests": tests, "groups": groups, "balanced_groups": balanced_groups, "baselines": baselines,
+        "tests": tests,
+        "groups": groups,
+        "balanced_groups": balanced_groups,
+        "baselines": baselines,
         "not_above_majority": [name for name, _, _ in not_above_majority(tests, prepared.baselines)],
-        "zero_shot": zero_block, "r_gen": rgen,
+        "zero_shot": zero_block,
+        "r_gen": rgen,
         "spectral": first["spectral"],
-        "spectral_summary": {k: mean_std([row[k] for row in spectral_rows])
-                             for k in ("effective_rank", "nuclear_norm", "frobenius_norm")},
+        "spectral_summary": {
+            k: mean_std([row[k] for row in spectral_rows]) for k in ("effective_rank", "nuclear_norm", "frobenius_norm")
+        },
         "effective_rank_history": first["effective_rank_history"],
         "efficiency": {
             "seconds_per_epoch": mean_std([r["seconds_per_epoch"] for r in results]),
@@ -475,8 +612,10 @@ def format_summary(m: dict) -> str:
         sel = m["lr_selection"]
         grid = ", ".join(f"{k}: {v:.3f}" for k, v in sel["grid"].items())
         lines.append(f"learning rate picked on the validation split ({sel['metric']}): {sel['picked']:g}  [{grid}]")
-    lines.append(f"{'test set':<24} {'group':<5} {m['metric'] + ' (mean ± std)':>24} {'balanced acc.':>16} "
-                 f"{'zero-shot':>10} {'majority':>9} {'chance':>7}")
+    lines.append(
+        f"{'test set':<24} {'group':<5} {m['metric'] + ' (mean ± std)':>24} {'balanced acc.':>16} "
+        f"{'zero-shot':>10} {'majority':>9} {'chance':>7}"
+    )
     zs = (m.get("zero_shot") or {}).get("tests", {})
     flagged = set(m.get("not_above_majority", []))
     for name, t in m["tests"].items():
@@ -492,12 +631,18 @@ def format_summary(m: dict) -> str:
         if others:
             lines.append(f"{name}: " + ", ".join(f"{k} {_pm(b)}" for k, b in others.items()))
     groups = "  ".join(f"{g} {_pm(b)}" for g, b in m["groups"].items())
-    lines.append(f"groups: {groups}   r_gen: " + (_pm(m["r_gen"], 2) if m.get("r_gen") else
-                                                  "n/a (no zero-shot baseline: the head is trained from scratch)"))
+    lines.append(
+        f"groups: {groups}   r_gen: "
+        + (_pm(m["r_gen"], 2) if m.get("r_gen") else "n/a (no zero-shot baseline: the head is trained from scratch)")
+    )
     s = m["spectral_summary"]
-    lines.append(f"Delta W over {len(m['spectral'])} layers (means): effective rank {_pm(s['effective_rank'], 1)}, "
-                 f"nuclear {_pm(s['nuclear_norm'], 3)}, Frobenius {_pm(s['frobenius_norm'], 4)}")
+    lines.append(
+        f"Delta W over {len(m['spectral'])} layers (means): effective rank {_pm(s['effective_rank'], 1)}, "
+        f"nuclear {_pm(s['nuclear_norm'], 3)}, Frobenius {_pm(s['frobenius_norm'], 4)}"
+    )
     e = m["efficiency"]
-    lines.append(f"time per epoch {_pm(e['seconds_per_epoch'], 1)} s; peak memory {e['peak_memory_mb']:.0f} MB "
-                 f"({e['memory_kind']})")
+    lines.append(
+        f"time per epoch {_pm(e['seconds_per_epoch'], 1)} s; peak memory {e['peak_memory_mb']:.0f} MB "
+        f"({e['memory_kind']})"
+    )
     return "\n".join(lines) + "\n"

@@ -8,13 +8,11 @@ bitsandbytes is imported only when a bnb layer exists, i.e. when it already was.
 from __future__ import annotations
 
 import sys
-from typing import Optional
 
 import torch
 from torch import nn
 
 from .quantized import QuantizedLinear
-
 
 # --- bitsandbytes' AVX512-BF16 CPU layout ---------------------------------------------------------------------------
 # On a CPU with AVX512-BF16, bnb.nn.Linear4bit repacks its weight in place at the first inference forward (eval mode,
@@ -60,8 +58,11 @@ def restore_standard_layout_(base: nn.Module) -> None:
     weight = base.weight
     state = weight.quant_state
     data, new_state = bnb_functional.quantize_4bit(
-        dequantize_cpu_packed(weight), blocksize=state.blocksize, quant_type=state.quant_type,
-        compress_statistics=False, quant_storage=getattr(weight, "quant_storage", torch.uint8),
+        dequantize_cpu_packed(weight),
+        blocksize=state.blocksize,
+        quant_type=state.quant_type,
+        compress_statistics=False,
+        quant_storage=getattr(weight, "quant_storage", torch.uint8),
     )
     weight.data, weight.quant_state = data, new_state
     if getattr(base, "quant_state", None) is not None:
@@ -125,14 +126,16 @@ class Linear4bit(QuantizedLinear):
 class Linear8bitLt(QuantizedLinear):
     """KRAdapter on bnb.nn.Linear8bitLt (LLM.int8(): row-wise absmax int8 weights)."""
 
-    def backend_dequantize_blocker(self) -> Optional[str]:
+    def backend_dequantize_blocker(self) -> str | None:
         """Why this 8-bit layer cannot be requantized (it keeps float16 training weights), or None.
 
         Returns:
             The reason, or None when dequantizing is safe.
         """
         if self.get_base_layer().state.has_fp16_weights:
-            return "its 8-bit layer keeps float16 training weights (has_fp16_weights=True), which PEFT cannot requantize"
+            return (
+                "its 8-bit layer keeps float16 training weights (has_fp16_weights=True), which PEFT cannot requantize"
+            )
         return None
 
     def snapshot_base(self):
@@ -157,7 +160,7 @@ class Linear8bitLt(QuantizedLinear):
         state.CB, state.SCB = cb, scb
 
 
-def layer_class_for(base: nn.Module) -> Optional[type[QuantizedLinear]]:
+def layer_class_for(base: nn.Module) -> type[QuantizedLinear] | None:
     """The KRAdapter class for a bitsandbytes layer, or None for anything else."""
     bnb = sys.modules.get("bitsandbytes")
     if bnb is None:

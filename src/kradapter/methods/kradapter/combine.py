@@ -47,8 +47,9 @@ def combine_dense(layer, adapters: list[str], weights: list[float]) -> LayerPlan
     total = weighted_sum([d.float() if d.dtype in (torch.float16, torch.bfloat16) else d for d in deltas], weights)
     kr = total if layer.d_out >= layer.d_in else total.T  # the Khatri-Rao layout: m x n
     dtype = layer.kradapter_U[adapters[0]].dtype
-    return LayerPlan({"kradapter_U": torch.ones(1, kr.shape[1], dtype=dtype, device=kr.device),
-                      "kradapter_V": kr.to(dtype)})
+    return LayerPlan(
+        {"kradapter_U": torch.ones(1, kr.shape[1], dtype=dtype, device=kr.device), "kradapter_V": kr.to(dtype)}
+    )
 
 
 COMBINATIONS = {

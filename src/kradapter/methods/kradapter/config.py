@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional, Union
 
 from peft.config import PeftConfig
 
@@ -55,17 +54,17 @@ class KRAdapterConfig(PeftConfig):
     ``alpha * (U ⊙ V)[:m]`` (transposed when d_out < d_in) and costs n * (k1 + k2) parameters.
     """
 
-    target_modules: Optional[Union[list[str], str]] = field(
+    target_modules: list[str] | str | None = field(
         default=None,
         metadata={
             "help": "Module names or a regex to adapt, or 'all-linear'. Defaults per architecture (attention key "
             "and value, as in the paper) when the model type is known."
         },
     )
-    exclude_modules: Optional[Union[list[str], str]] = field(
+    exclude_modules: list[str] | str | None = field(
         default=None, metadata={"help": "Module names or a regex never to adapt."}
     )
-    k1: Union[int, str] = field(
+    k1: int | str = field(
         default="sqrt",
         metadata={
             "help": "Rows of U: an int, or 'sqrt' / 'cbrt' / 'qdrt' for floor(m^(1/2)), m^(1/3), m^(1/4) (the "
@@ -81,16 +80,16 @@ class KRAdapterConfig(PeftConfig):
         default=True,
         metadata={"help": "True: U = 0 so the model starts unchanged. False: U random too (for tests)."},
     )
-    layers_to_transform: Optional[Union[list[int], int]] = field(
+    layers_to_transform: list[int] | int | None = field(
         default=None, metadata={"help": "Layer indices to adapt; needs target_modules as a list."}
     )
-    layers_pattern: Optional[Union[list[str], str]] = field(
+    layers_pattern: list[str] | str | None = field(
         default=None, metadata={"help": "Name of the layer list (e.g. 'layers', 'h') used with layers_to_transform."}
     )
-    alpha_pattern: Optional[dict] = field(
+    alpha_pattern: dict | None = field(
         default_factory=dict, metadata={"help": "Regex -> alpha, overriding `alpha` for matching modules."}
     )
-    k1_pattern: Optional[dict] = field(
+    k1_pattern: dict | None = field(
         default_factory=dict, metadata={"help": "Regex -> k1, overriding `k1` for matching modules."}
     )
     fused: bool = field(
@@ -104,7 +103,7 @@ class KRAdapterConfig(PeftConfig):
             "switches every adapter on one layer."
         },
     )
-    modules_to_save: Optional[list[str]] = field(
+    modules_to_save: list[str] | None = field(
         default=None, metadata={"help": "Modules besides the adapters to train and save (e.g. a classifier head)."}
     )
 

@@ -20,15 +20,12 @@ autograd, since a kernel is small next to a convolution's activations.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
 from ..._compat import Conv1D
-
 from .._geometry import summed_in_float32
 
 _HALF_OR_SINGLE = (torch.float32, torch.float16, torch.bfloat16)
@@ -176,12 +173,12 @@ class KRAdapterLinearFunction(torch.autograd.Function):
         return grad_x, None, grad_b, dU if need_U else None, dV if need_V else None, None, None, None
 
 
-def _plain_float(t: Optional[torch.Tensor]) -> bool:
+def _plain_float(t: torch.Tensor | None) -> bool:
     # Quantized or otherwise wrapped weights are tensor subclasses (bnb Params4bit, torchao tensors, DTensor).
     return t is None or (type(t) in (torch.Tensor, nn.Parameter) and t.is_floating_point() and not t.is_meta)
 
 
-def gemm_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dtype]:
+def gemm_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
     """The dtype the base layer's GEMM runs in, or None when the fused path should not guess (mixed dtypes)."""
     device = x.device.type
     if torch.is_autocast_enabled(device):
@@ -191,11 +188,12 @@ def gemm_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dtype]:
     return weight.dtype if x.dtype == weight.dtype else None
 
 
-def fused_adapter_name(layer, x: torch.Tensor, args: tuple, kwargs: dict) -> Optional[str]:
+def fused_adapter_name(layer, x: torch.Tensor, args: tuple, kwargs: dict) -> str | None:
     """The one adapter the fused path can run on `layer` for input x, or None for the plain path.
 
     Plain path: fused disabled, extra forward arguments, adapters disabled or merged, not exactly one active
-    adapter, adapter dropout active, module dropout under torch.compile, a base layer with its own forward or hooks (quantized, offloaded, stacked
+    adapter, adapter dropout active, module dropout under torch.compile, a base layer with its own forward or hooks
+    (quantized, offloaded, stacked
     tuners), a base weight that is not a plain float tensor or that is being trained, mixed input dtypes.
     """
     if args or kwargs or layer.disable_adapters or layer.merged:
@@ -212,9 +210,12 @@ def fused_adapter_name(layer, x: torch.Tensor, args: tuple, kwargs: dict) -> Opt
     if dropout.training and not isinstance(dropout, nn.Identity) and getattr(dropout, "p", 1.0) > 0:
         return None
     base = layer.base_layer
-    if (type(base).forward not in (nn.Linear.forward, Conv1D.forward, nn.Conv1d.forward, nn.Conv2d.forward,
-                                  nn.Conv3d.forward) or base._forward_hooks
-            or base._forward_pre_hooks):
+    if (
+        type(base).forward
+        not in (nn.Linear.forward, Conv1D.forward, nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward)
+        or base._forward_hooks
+        or base._forward_pre_hooks
+    ):
         return None
     weight, bias = base.weight, base.bias
     if not (_plain_float(weight) and _plain_float(bias)) or weight.requires_grad or not x.is_floating_point():

@@ -46,9 +46,9 @@ class KRAdapterLayer(DeltaLayer):
         base_layer: The module being adapted (``nn.Linear``, transformers' ``Conv1D`` or ``nn.Conv2d``).
         **kwargs: Kept for PEFT's layer protocol.
     """
+
     adapter_layer_names = ("kradapter_U", "kradapter_V")
-    other_param_names = ("k1", "k2", "alpha", "kradapter_dropout", "module_dropout", "fused_path",
-                         "update_scale")
+    other_param_names = ("k1", "k2", "alpha", "kradapter_dropout", "module_dropout", "fused_path", "update_scale")
     method_name = "KRAdapter"
     dropout_attr = "kradapter_dropout"
 

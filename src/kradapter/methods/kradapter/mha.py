@@ -11,14 +11,15 @@ base module with both weights replaced by W0 + alpha * Delta W through torch.fun
 is mutated, gradients reach U and V, and every argument (masks, need_weights, batch_first, ...) is the base's own.
 
 Code that reads the attention's weights itself instead of calling it (nn.TransformerEncoderLayer's inference fast
-path) is steered off that path while an unmerged update is live. Adapter input dropout does not apply here (the update acts through the weights, as in a merged layer); module dropout
+path) is steered off that path while an unmerged update is live. Adapter input dropout does not apply here (the
+update acts through the weights, as in a merged layer); module dropout
 does. Mixed-adapter batches are refused. Only packed projections (kdim == vdim == embed_dim) are supported.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,17 +34,20 @@ class OutProjection(Linear):
     """The out_proj of an adapted nn.MultiheadAttention. Merged and unmerged only by that layer, which merges both
     projections together; PEFT's own calls (it visits every adapter layer) are no-ops here."""
 
-    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         pass
 
     def unmerge(self) -> None:
         pass
 
 
-def mha_blocker(base: nn.Module) -> Optional[str]:
+def mha_blocker(base: nn.Module) -> str | None:
     """Why this nn.MultiheadAttention cannot take a KRAdapter, or None."""
     if not base._qkv_same_embed_dim:
-        return "an nn.MultiheadAttention with kdim/vdim != embed_dim has separate q/k/v weights; only packed in_proj is supported"
+        return (
+            "an nn.MultiheadAttention with kdim/vdim != embed_dim has separate q/k/v weights; "
+            "only packed in_proj is supported"
+        )
     return None
 
 
@@ -105,7 +109,7 @@ class MultiheadAttention(nn.Module, KRAdapterLayer):
         return self.get_base_layer().in_proj_weight.data
 
     # --- merge / unmerge: both projections -------------------------------------------------------------------------
-    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         adapter_names = [n for n in check_adapters_to_merge(self, adapter_names) if self.has_adapter(n)]
         if not adapter_names:
             return
@@ -127,7 +131,7 @@ class MultiheadAttention(nn.Module, KRAdapterLayer):
 
     def unmerge(self) -> None:
         if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.")
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
             return
         mha = self.get_base_layer()
         while self.merged_adapters:
@@ -148,7 +152,9 @@ class MultiheadAttention(nn.Module, KRAdapterLayer):
     # --- forward ---------------------------------------------------------------------------------------------------
     def forward(self, query: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         if kwargs.pop("adapter_names", None) is not None:
-            raise ValueError("KRAdapter on nn.MultiheadAttention does not support mixed-adapter batches (adapter_names=)")
+            raise ValueError(
+                "KRAdapter on nn.MultiheadAttention does not support mixed-adapter batches (adapter_names=)"
+            )
         mha = self.get_base_layer()
         if self.disable_adapters:
             if self.merged:

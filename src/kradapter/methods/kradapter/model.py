@@ -11,35 +11,78 @@ mismatch, removes the adapter it was loading before raising.
 from __future__ import annotations
 
 import copy
-from typing import Optional
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from ..._compat import (DUMMY_TARGET_MODULES, AuxiliaryTrainingWrapper, Conv1D, _get_submodules,
-                        _maybe_include_all_linear_layers, get_pattern_key, get_quantization_kwargs)
+from ..._compat import (
+    DUMMY_TARGET_MODULES,
+    AuxiliaryTrainingWrapper,
+    Conv1D,
+    _get_submodules,
+    _maybe_include_all_linear_layers,
+    get_pattern_key,
+    get_quantization_kwargs,
+)
 from ...ops import resolve_k
-from .combine import COMBINATIONS
-from .config import KRAdapterConfig, check_alpha, check_k1
 from .._delta_model import DeltaTuner
 from .._geometry import weight_geometry
+from . import bnb
+from .combine import COMBINATIONS
+from .config import KRAdapterConfig, check_alpha, check_k1
 from .conv_nd import Conv1d, Conv3d
 from .dispatch import dispatch_quantized
 from .embedding import Embedding, embedding_blocker
 from .layer import Conv2d, KRAdapterLayer, Linear
-from . import bnb
 from .mha import MultiheadAttention, mha_blocker
 from .quantized import QuantizedLinear
 
 # The paper adapts attention key and value (sections 4.3 and H); used when target_modules is not given.
 DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
-    **{t: ["k_proj", "v_proj"] for t in (
-        "llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "opt", "clip",
-        "clip_vision_model", "clip_text_model", "siglip", "bart", "mbart", "whisper", "gptj", "gpt_neo", "olmo",
-        "olmo2", "granite", "smollm3", "phi")},
-    **{t: ["key", "value"] for t in (
-        "bert", "roberta", "xlm-roberta", "deberta", "electra", "vit", "albert", "camembert", "layoutlm", "mpnet")},
+    **{
+        t: ["k_proj", "v_proj"]
+        for t in (
+            "llama",
+            "mistral",
+            "mixtral",
+            "qwen2",
+            "qwen3",
+            "gemma",
+            "gemma2",
+            "gemma3_text",
+            "opt",
+            "clip",
+            "clip_vision_model",
+            "clip_text_model",
+            "siglip",
+            "bart",
+            "mbart",
+            "whisper",
+            "gptj",
+            "gpt_neo",
+            "olmo",
+            "olmo2",
+            "granite",
+            "smollm3",
+            "phi",
+        )
+    },
+    **{
+        t: ["key", "value"]
+        for t in (
+            "bert",
+            "roberta",
+            "xlm-roberta",
+            "deberta",
+            "electra",
+            "vit",
+            "albert",
+            "camembert",
+            "layoutlm",
+            "mpnet",
+        )
+    },
     "gpt2": ["c_attn"],
     "gpt_bigcode": ["c_attn"],
     "bloom": ["query_key_value"],
@@ -54,7 +97,7 @@ DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
 SUPPORTED_BASE_TYPES = (nn.Linear, Conv1D, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, nn.MultiheadAttention)
 
 
-def _adapter_of(param_name: str, prefix: str) -> Optional[str]:
+def _adapter_of(param_name: str, prefix: str) -> str | None:
     """The adapter a parameter belongs to: `...kradapter_U.<name>` or `...modules_to_save.<name>.weight`, else None."""
     parts = param_name.split(".")
     for i, part in enumerate(parts[:-1]):
@@ -75,7 +118,8 @@ def unsupported_target_error(key: str, module: nn.Module) -> ValueError:
     """
     return ValueError(
         f"KRAdapter cannot adapt module '{key}' of type {type(module).__module__}.{type(module).__name__}; "
-        "supported: torch.nn.Linear (also bitsandbytes/torchao quantized), transformers Conv1D, torch.nn.Conv1d / Conv2d / "
+        "supported: torch.nn.Linear (also bitsandbytes/torchao quantized), transformers Conv1D, "
+        "torch.nn.Conv1d / Conv2d / "
         "Conv3d, torch.nn.Embedding, torch.nn.MultiheadAttention"
     )
 
@@ -113,7 +157,8 @@ class KRAdapterModel(DeltaTuner):
 
     @staticmethod
     def _layer_settings(config: KRAdapterConfig, key: str) -> dict:
-        """k1 and alpha for the module at `key`: the first matching k1_pattern / alpha_pattern entry, else the default."""
+        """k1 and alpha for the module at `key`: the first matching k1_pattern / alpha_pattern entry, else the
+        default."""
         k1_key = get_pattern_key(config.k1_pattern.keys(), key)
         alpha_key = get_pattern_key(config.alpha_pattern.keys(), key)
         return {
@@ -143,8 +188,13 @@ class KRAdapterModel(DeltaTuner):
         if quantized is not None:
             return quantized
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
-        for base_type, layer_type in ((nn.Conv1d, Conv1d), (nn.Conv2d, Conv2d), (nn.Conv3d, Conv3d),
-                                      (nn.Embedding, Embedding), (nn.MultiheadAttention, MultiheadAttention)):
+        for base_type, layer_type in (
+            (nn.Conv1d, Conv1d),
+            (nn.Conv2d, Conv2d),
+            (nn.Conv3d, Conv3d),
+            (nn.Embedding, Embedding),
+            (nn.MultiheadAttention, MultiheadAttention),
+        ):
             if isinstance(base, base_type):
                 return layer_type(target, adapter_name, **kwargs)
         if isinstance(base, (nn.Linear, Conv1D)):
@@ -164,7 +214,7 @@ class KRAdapterModel(DeltaTuner):
         adapter_name: str,
         autocast_adapter_dtype: bool = True,
         low_cpu_mem_usage: bool = False,
-        state_dict: Optional[dict[str, torch.Tensor]] = None,
+        state_dict: dict[str, torch.Tensor] | None = None,
     ) -> None:
         """Check every target (type, ``k1`` against its shape, a loaded state dict's shapes), then let PEFT inject.
 
@@ -228,8 +278,11 @@ class KRAdapterModel(DeltaTuner):
                     raise ValueError(f"module '{key}': {reason}")
             shapes = [weight_geometry(base)]
             if isinstance(base, nn.MultiheadAttention):  # its out_proj gets an update of its own
-                shapes.append(weight_geometry(base.out_proj.get_base_layer() if isinstance(base.out_proj, BaseTunerLayer)
-                                              else base.out_proj))
+                shapes.append(
+                    weight_geometry(
+                        base.out_proj.get_base_layer() if isinstance(base.out_proj, BaseTunerLayer) else base.out_proj
+                    )
+                )
             try:
                 for d_out, d_in in shapes:
                     resolve_k(d_out, d_in, self._layer_settings(config, key)["k1"])
@@ -237,7 +290,7 @@ class KRAdapterModel(DeltaTuner):
                 raise ValueError(f"module '{key}': {err}") from None
 
     # Quantized layers that cannot merge (or need a requantize/copy choice) stop the merge before any layer changes.
-    def check_merge(self, adapter_names: Optional[list[str]], safe_merge: bool) -> None:
+    def check_merge(self, adapter_names: list[str] | None, safe_merge: bool) -> None:
         """Refuse a merge before any layer changes: a quantized base needs an explicit choice; safe merges check.
 
         Args:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
@@ -65,7 +65,7 @@ class QuantizedLinear(Linear):
         # on 4-bit NF4, 55% on 8-bit), so a plain merge_adapter() refuses and asks for a choice between
         # kradapter.quant.merge_requantized (which sets this flag for one merge) and merge_to_full_precision.
         self.requantize_chosen = False
-        self.merge_error: Optional[MergeError] = None
+        self.merge_error: MergeError | None = None
         self._premerge = None  # the original quantized weight while adapters are merged
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -95,7 +95,7 @@ class QuantizedLinear(Linear):
         return self.delta_matrix(adapter_name)
 
     # --- merge ----------------------------------------------------------------------------------------------------
-    def dequantize_blocker(self) -> Optional[str]:
+    def dequantize_blocker(self) -> str | None:
         """Why this layer's weight cannot be dequantized correctly, or None."""
         backend = self.quantization_backend
         if backend is None:  # base already replaced by a full-precision copy (merge_to_full_precision)
@@ -108,11 +108,11 @@ class QuantizedLinear(Linear):
             )
         return self.backend_dequantize_blocker()
 
-    def backend_dequantize_blocker(self) -> Optional[str]:
+    def backend_dequantize_blocker(self) -> str | None:
         """Backend-specific reasons the weight cannot be dequantized (overridden per backend)."""
         return None
 
-    def merge_blocker(self) -> Optional[str]:
+    def merge_blocker(self) -> str | None:
         """Why merging into this layer must not proceed, or None. Checked for every layer before any is touched."""
         if self.quantization_backend is None:
             return None
@@ -126,7 +126,7 @@ class QuantizedLinear(Linear):
             )
         return reason
 
-    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         """Dequantize, add the updates in float32, requantize; records ``merge_error`` (a ``MergeError``).
 
         The original quantized weight is kept aside at the first merge so that unmerge restores it exactly.
@@ -165,7 +165,7 @@ class QuantizedLinear(Linear):
         if self.quantization_backend is None:
             return super().unmerge()
         if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.")
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
             return
         self.restore_base(self._premerge)
         self._premerge = None
@@ -190,7 +190,7 @@ class QuantizedLinear(Linear):
         self.get_base_layer().weight = weight
 
     # --- a full-precision copy ------------------------------------------------------------------------------------
-    def dequantize_base_(self, dtype: Optional[torch.dtype] = None) -> None:
+    def dequantize_base_(self, dtype: torch.dtype | None = None) -> None:
         """Replace the quantized base with an nn.Linear holding its dequantized weight; this layer then merges and
         unloads like a plain KRAdapter Linear. Used on a deep copy by kradapter.quant.merge_to_full_precision."""
         if self.merged:
@@ -208,7 +208,7 @@ class QuantizedLinear(Linear):
         holder.base_layer = linear
 
 
-def dequantized_linear(quantized: nn.Module, weight: torch.Tensor, dtype: Optional[torch.dtype]) -> nn.Linear:
+def dequantized_linear(quantized: nn.Module, weight: torch.Tensor, dtype: torch.dtype | None) -> nn.Linear:
     """An nn.Linear with the given (dequantized) weight and the quantized layer's bias, in ``dtype``."""
     dtype = dtype or weight.dtype
     bias = getattr(quantized, "bias", None)

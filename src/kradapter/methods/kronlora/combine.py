@@ -32,23 +32,35 @@ def combine_linear(layer, adapters: list[str], weights: list[float]) -> LayerPla
     if s0 == 0:
         raise ValueError(f"the first adapter '{adapters[0]}' has alpha 0; put an adapter with alpha != 0 first")
     coefficients = [c / s0 for c in _scales(layer, adapters, weights)]
-    return LayerPlan({"kronlora_A": weighted_sum(A, coefficients), "kronlora_B1": B1[0].detach().clone(),
-                      "kronlora_B2": B2[0].detach().clone()})
+    return LayerPlan(
+        {
+            "kronlora_A": weighted_sum(A, coefficients),
+            "kronlora_B1": B1[0].detach().clone(),
+            "kronlora_B2": B2[0].detach().clone(),
+        }
+    )
 
 
 def combine_cat(layer, adapters: list[str], weights: list[float]) -> LayerPlan:
     A, B1, B2 = ([getattr(layer, n)[a] for a in adapters] for n in layer.adapter_layer_names)
     if not shared(A):
-        raise ValueError("the adapters do not share A; 'linear' is exact for adapters sharing B1 and B2, 'dense' always")
+        raise ValueError(
+            "the adapters do not share A; 'linear' is exact for adapters sharing B1 and B2, 'dense' always"
+        )
     r = sum(b.shape[1] for b in B1)
     limit = min(B1[0].shape[0], B2[0].shape[1])
     if r > limit:
         raise ValueError(f"the concatenated rank {r} exceeds {limit}, the smaller side of B; use 'dense'")
     scales = _scales(layer, adapters, weights)
     b1 = torch.cat([(s * b.detach().double()).to(b.dtype) for s, b in zip(scales, B1)], dim=1)
-    return LayerPlan({"kronlora_A": A[0].detach().clone(), "kronlora_B1": b1,
-                      "kronlora_B2": torch.cat([b.detach() for b in B2], dim=0)},
-                     {"rank_pattern": r, "alpha_pattern": float(r)})
+    return LayerPlan(
+        {
+            "kronlora_A": A[0].detach().clone(),
+            "kronlora_B1": b1,
+            "kronlora_B2": torch.cat([b.detach() for b in B2], dim=0),
+        },
+        {"rank_pattern": r, "alpha_pattern": float(r)},
+    )
 
 
 def combine_dense(layer, adapters: list[str], weights: list[float]) -> LayerPlan:
@@ -56,8 +68,10 @@ def combine_dense(layer, adapters: list[str], weights: list[float]) -> LayerPlan
     r = min(layer.d_out, layer.d_in)
     eye = torch.eye(r, dtype=total.dtype, device=total.device)
     b1, b2 = (total, eye) if layer.d_in <= layer.d_out else (eye, total)
-    return LayerPlan({"kronlora_A": torch.ones(1, 1, dtype=total.dtype, device=total.device),
-                      "kronlora_B1": b1, "kronlora_B2": b2}, {"rank_pattern": r, "alpha_pattern": float(r)})
+    return LayerPlan(
+        {"kronlora_A": torch.ones(1, 1, dtype=total.dtype, device=total.device), "kronlora_B1": b1, "kronlora_B2": b2},
+        {"rank_pattern": r, "alpha_pattern": float(r)},
+    )
 
 
 COMBINATIONS = {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Union
 
 from peft.config import PeftConfig
 
@@ -17,8 +16,10 @@ def check_kron_shape(value, where: str = "kron_shape") -> None:
         if value < 1:
             raise ValueError(f"{where}={value} must be >= 1")
         return
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value
+    if (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
     ):
         return
     raise ValueError(f"{where} must be an int >= 1 or a pair [a_out, a_in] of ints >= 1, got {value!r}")
@@ -43,15 +44,15 @@ class KronLoRAConfig(PeftConfig):
     Methods want different learning rates; tune it per method rather than reusing LoRA's.
     """
 
-    target_modules: Optional[Union[list[str], str]] = field(
+    target_modules: list[str] | str | None = field(
         default=None,
         metadata={"help": "Module names or a regex to adapt, or 'all-linear'. Defaults to PEFT's LoRA targets."},
     )
-    exclude_modules: Optional[Union[list[str], str]] = field(
+    exclude_modules: list[str] | str | None = field(
         default=None, metadata={"help": "Module names or a regex never to adapt."}
     )
     r: int = field(default=8, metadata={"help": "Rank of B = B1 B2 (at most the smaller side of B)."})
-    kron_shape: Union[int, list[int]] = field(
+    kron_shape: int | list[int] = field(
         default=4,
         metadata={
             "help": "Shape of A as [a_out, a_in] (must divide the layer), or an int f: per side the largest divisor "
@@ -66,15 +67,15 @@ class KronLoRAConfig(PeftConfig):
     init_weights: bool = field(
         default=True, metadata={"help": "True: B1 = 0 so the model starts unchanged. False: B1 random too (tests)."}
     )
-    layers_to_transform: Optional[Union[list[int], int]] = field(
+    layers_to_transform: list[int] | int | None = field(
         default=None, metadata={"help": "Layer indices to adapt; needs target_modules as a list."}
     )
-    layers_pattern: Optional[Union[list[str], str]] = field(
+    layers_pattern: list[str] | str | None = field(
         default=None, metadata={"help": "Name of the layer list (e.g. 'layers', 'h') used with layers_to_transform."}
     )
-    rank_pattern: Optional[dict] = field(default_factory=dict, metadata={"help": "Regex -> r for matching modules."})
-    alpha_pattern: Optional[dict] = field(default_factory=dict, metadata={"help": "Regex -> alpha for matching modules."})
-    modules_to_save: Optional[list[str]] = field(
+    rank_pattern: dict | None = field(default_factory=dict, metadata={"help": "Regex -> r for matching modules."})
+    alpha_pattern: dict | None = field(default_factory=dict, metadata={"help": "Regex -> alpha for matching modules."})
+    modules_to_save: list[str] | None = field(
         default=None, metadata={"help": "Modules besides the adapters to train and save (e.g. a classifier head)."}
     )
 

@@ -47,6 +47,7 @@ class KronLoRALayer(DeltaLayer):
         base_layer: The module being adapted (``nn.Linear`` or transformers' ``Conv1D``).
         **kwargs: Kept for PEFT's layer protocol.
     """
+
     adapter_layer_names = ("kronlora_A", "kronlora_B1", "kronlora_B2")
     other_param_names = ("r", "alpha", "kronlora_dropout", "module_dropout", "update_scale")
     method_name = "KronLoRA"
@@ -111,7 +112,9 @@ class KronLoRALayer(DeltaLayer):
             The scaled update.
         """
         return kronlora_delta(
-            self.kronlora_A[adapter_name], self.kronlora_B1[adapter_name], self.kronlora_B2[adapter_name],
+            self.kronlora_A[adapter_name],
+            self.kronlora_B1[adapter_name],
+            self.kronlora_B2[adapter_name],
             self.alpha[adapter_name] / self.r[adapter_name] * self.update_scale[adapter_name],
         )
 

@@ -9,8 +9,6 @@ computes exactly what the quantized adapter would) and reports how far each upda
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
@@ -91,7 +89,7 @@ def _relative_error(new: torch.Tensor, old: torch.Tensor) -> float:
 
 @torch.no_grad()
 def quantize_kronlora_(
-    model: nn.Module, bits: int, granularity: str = "row", adapter_names: Optional[list[str]] = None
+    model: nn.Module, bits: int, granularity: str = "row", adapter_names: list[str] | None = None
 ) -> dict:
     """Replace every Kron-LoRA factor (A, B1, B2) of ``model`` by its ``bits``-bit dequantized value, in place.
 
@@ -124,7 +122,9 @@ def quantize_kronlora_(
         names = list(module.kronlora_A.keys()) if adapter_names is None else adapter_names
         for name in names:
             if name not in module.kronlora_A:
-                raise ValueError(f"adapter '{name}' is not on Kron-LoRA layer '{key}'; it has {list(module.kronlora_A)}")
+                raise ValueError(
+                    f"adapter '{name}' is not on Kron-LoRA layer '{key}'; it has {list(module.kronlora_A)}"
+                )
             before = module.delta_matrix(name).detach().clone()
             entry = {}
             for attr, label in (("kronlora_A", "A"), ("kronlora_B1", "B1"), ("kronlora_B2", "B2")):

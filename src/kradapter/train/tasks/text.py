@@ -13,8 +13,8 @@ import argparse
 
 import numpy as np
 
-from ..data import check_labels, load_file, parse_data_args, require_columns, spec_args, split_off, subsample
 from ..baselines import BALANCED, balanced_accuracy, set_baselines
+from ..data import check_labels, load_file, parse_data_args, require_columns, spec_args, split_off, subsample
 from ..metrics import METRICS
 from .base import Prepared, batched, load_or_explain, resolve_targets, split_csv
 
@@ -26,8 +26,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--text-column", default=None, help="column holding the text (default: text; GLUE: per task)")
     g.add_argument("--text-pair-column", default=None, help="second text column for sentence-pair tasks")
     g.add_argument("--label-column", default="label", help="column holding the label (default: label)")
-    g.add_argument("--labels", default=None,
-                   help="comma-separated class list, in index order (default: the sorted labels of the train file)")
+    g.add_argument(
+        "--labels",
+        default=None,
+        help="comma-separated class list, in index order (default: the sorted labels of the train file)",
+    )
     g.add_argument("--regression", action="store_true", help="a real-valued target (one output, Pearson)")
     g.add_argument("--max-length", type=int, default=128, help="tokens per example (default 128)")
 
@@ -40,30 +43,42 @@ def default_data() -> list[str]:
 
 
 def prepare(args: argparse.Namespace) -> Prepared:
-    return prepare_classification(args, task="text", text_column=args.text_column or "text",
-                                  pair_column=args.text_pair_column, metric="accuracy", regression=args.regression,
-                                  classes=split_csv(args.labels))
+    return prepare_classification(
+        args,
+        task="text",
+        text_column=args.text_column or "text",
+        pair_column=args.text_pair_column,
+        metric="accuracy",
+        regression=args.regression,
+        classes=split_csv(args.labels),
+    )
 
 
 def _default_sizes(using_default_data: bool, args) -> dict:
     # The offline default is sized to finish in minutes on a CPU; user data is used whole unless capped.
     if using_default_data:
-        return {"train": args.max_train_examples or 2000, "eval": args.max_eval_examples or 1000,
-                "validation": args.val_size or 300}
+        return {
+            "train": args.max_train_examples or 2000,
+            "eval": args.max_eval_examples or 1000,
+            "validation": args.val_size or 300,
+        }
     return {"train": args.max_train_examples, "eval": args.max_eval_examples, "validation": args.val_size}
 
 
-def prepare_classification(args, *, task: str, text_column: str, pair_column: str | None, metric: str,
-                           regression: bool, classes: list | None) -> Prepared:
+def prepare_classification(
+    args, *, task: str, text_column: str, pair_column: str | None, metric: str, regression: bool, classes: list | None
+) -> Prepared:
     from transformers import AutoConfig, AutoTokenizer, DataCollatorWithPadding
 
     from ...methods.kradapter.model import DEFAULT_TARGET_MODULES
 
     using_default = not args.data
     if using_default and task != "text":
-        raise ValueError("GLUE data does not ship offline: pass --data train=FILE --data test=FILE "
-                         "(the public GLUE files, e.g. parquet with the GLUE column names); "
-                         "`--task text` runs the offline default study")
+        raise ValueError(
+            "GLUE data does not ship offline: pass --data train=FILE --data test=FILE "
+            "(the public GLUE files, e.g. parquet with the GLUE column names); "
+            "`--task text` runs the offline default study"
+        )
     model_path = args.model or _default_model()
     specs = parse_data_args(args.data or default_data())
     by_role = {s.role: s for s in specs if s.role != "test"}
@@ -82,11 +97,13 @@ def prepare_classification(args, *, task: str, text_column: str, pair_column: st
     train_ds = raw["train"][1]
     if regression:
         classes = None
-        for name, (spec, ds) in raw.items():
+        for spec, ds in raw.values():
             bad = [i for i, v in enumerate(ds[label_col]) if not isinstance(v, (int, float)) or v is None]
             if bad:
-                raise ValueError(f"{spec.path}: row {bad[0]} has a non-numeric label {ds[label_col][bad[0]]!r} in "
-                                 f"column '{label_col}' (regression)")
+                raise ValueError(
+                    f"{spec.path}: row {bad[0]} has a non-numeric label {ds[label_col][bad[0]]!r} in "
+                    f"column '{label_col}' (regression)"
+                )
     else:
         if classes is None:
             classes = sorted(set(train_ds[label_col]), key=lambda v: (str(type(v)), v))
@@ -99,9 +116,11 @@ def prepare_classification(args, *, task: str, text_column: str, pair_column: st
             if all(isinstance(v, (int, np.integer)) for v in train_ds[label_col][:100]):
                 classes = [int(c) for c in classes]
         if len(classes) < 2:
-            raise ValueError(f"{raw['train'][0].path}: found {len(classes)} class(es) in column '{label_col}'; "
-                             "classification needs at least 2")
-        for name, (spec, ds) in raw.items():
+            raise ValueError(
+                f"{raw['train'][0].path}: found {len(classes)} class(es) in column '{label_col}'; "
+                "classification needs at least 2"
+            )
+        for spec, ds in raw.values():
             check_labels(ds[label_col], classes, spec.path, label_col)
 
     tokenizer = load_or_explain("model path", model_path, lambda: AutoTokenizer.from_pretrained(model_path))
@@ -113,11 +132,16 @@ def prepare_classification(args, *, task: str, text_column: str, pair_column: st
 
     model = load_or_explain("model path", model_path, build_model)
     from torch import nn
+
     from ..._compat import Conv1D
 
-    targets = resolve_targets(model, split_csv(args.target_modules),
-                              DEFAULT_TARGET_MODULES.get(config.model_type, []),
-                              where=f" ({config.model_type})", kinds=(nn.Linear, Conv1D))
+    targets = resolve_targets(
+        model,
+        split_csv(args.target_modules),
+        DEFAULT_TARGET_MODULES.get(config.model_type, []),
+        where=f" ({config.model_type})",
+        kinds=(nn.Linear, Conv1D),
+    )
     head = [n for n, _ in model.named_children() if n in HEAD_NAMES]
     if tokenizer.pad_token is None:  # decoder-only classifiers (GPT-2, Llama) ship without one
         tokenizer.pad_token = tokenizer.eos_token
@@ -158,19 +182,38 @@ def prepare_classification(args, *, task: str, text_column: str, pair_column: st
         return {metric: score(pred, gold), BALANCED: balanced_accuracy(pred, gold)}
 
     # Majority and chance rates are accuracies: shown beside accuracy-scored sets only.
-    baselines = {} if regression or metric != "accuracy" else {
-        n: set_baselines(d[label_col], len(classes)) for n, d in test_sets.items()}
+    baselines = (
+        {}
+        if regression or metric != "accuracy"
+        else {n: set_baselines(d[label_col], len(classes)) for n, d in test_sets.items()}
+    )
 
     return Prepared(
-        task=task, model_path=model_path, build_model=build_model, train=tokenize(train),
-        validation=tokenize(validation), tests={n: tokenize(d) for n, d in test_sets.items()},
-        groups={s.name: s.group for s in tests}, collator=collator, evaluate=evaluate, metric=metric,
-        targets=targets, head=head, zero_shot=False, loaded=model,
-        run_info={"task": task, "model": model_path, "num_labels": num_labels, "regression": regression,
-                  "classes": classes},
+        task=task,
+        model_path=model_path,
+        build_model=build_model,
+        train=tokenize(train),
+        validation=tokenize(validation),
+        tests={n: tokenize(d) for n, d in test_sets.items()},
+        groups={s.name: s.group for s in tests},
+        collator=collator,
+        evaluate=evaluate,
+        metric=metric,
+        targets=targets,
+        head=head,
+        zero_shot=False,
+        loaded=model,
+        run_info={
+            "task": task,
+            "model": model_path,
+            "num_labels": num_labels,
+            "regression": regression,
+            "classes": classes,
+        },
         sizes={"train": len(train), "validation": len(validation), **{n: len(d) for n, d in test_sets.items()}},
         defaults={"max_steps": 250 if using_default else None, "epochs": 3, "batch_size": 16},
-        data_args=spec_args(specs), baselines=baselines,
+        data_args=spec_args(specs),
+        baselines=baselines,
     )
 
 
@@ -185,9 +228,12 @@ def load_model(path: str, num_labels: int, regression: bool = False):
     from transformers import AutoModelForSequenceClassification
 
     return AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=num_labels, problem_type="regression" if regression else None)
+        path, num_labels=num_labels, problem_type="regression" if regression else None
+    )
 
 
 def rebuild(run_info: dict):
     """The base model a saved run was trained on (for `kradapter report`)."""
-    return load_model(run_info["model"], num_labels=run_info["num_labels"], regression=run_info.get("regression", False))
+    return load_model(
+        run_info["model"], num_labels=run_info["num_labels"], regression=run_info.get("regression", False)
+    )
