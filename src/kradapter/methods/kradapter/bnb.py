@@ -25,6 +25,11 @@ _PACK_BLOCK_N = 32  # rows of W per packed tile (bitsandbytes' block_n)
 
 
 def is_cpu_packed(weight) -> bool:
+    """Whether a bitsandbytes 4-bit weight is in the layout bitsandbytes repacks to for AVX512-BF16 CPU inference.
+
+    Args:
+        weight: A ``bnb.nn.Params4bit`` (anything else is not packed).
+    """
     return bool(getattr(getattr(weight, "quant_state", None), "packing_format_for_cpu", False))
 
 
@@ -117,6 +122,7 @@ class Linear4bit(QuantizedLinear):
         watch_cpu_layout(self.get_base_layer())
 
     def get_base_weight(self) -> torch.Tensor:
+        """The base layer's dequantized weight, read exactly from either 4-bit layout (standard or CPU-packed)."""
         weight = self.get_base_layer().weight
         if self.quantization_backend is not None and is_cpu_packed(weight):
             return dequantize_cpu_packed(weight)
