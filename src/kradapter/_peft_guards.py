@@ -138,7 +138,7 @@ def install() -> None:
 
     @functools.wraps(save_pretrained)
     def guarded_save_pretrained(self, save_directory, *args, **kwargs):
-        _refuse_meta(self, kwargs.get("selected_adapters"), save_directory)
+        _refuse_meta(self, kwargs.get("selected_adapters"), save_directory, kwargs.get("state_dict"))
         return save_pretrained(self, save_directory, *args, **kwargs)
 
     active_config = PeftModel.active_peft_config.fget
@@ -195,13 +195,19 @@ def _forget_adapter(peft_model, adapter_name: str) -> None:
     peft_model.peft_config.pop(adapter_name, None)
 
 
-def _refuse_meta(peft_model, selected, save_directory) -> None:
-    from peft.utils import get_peft_model_state_dict
-
-    for name in selected or list(peft_model.peft_config):
-        if name not in peft_model.peft_config:
-            continue  # PEFT's own error for an unknown adapter name
-        meta = [k for k, t in get_peft_model_state_dict(peft_model, adapter_name=name).items() if t.is_meta]
+def _refuse_meta(peft_model, selected, save_directory, state_dict=None) -> None:
+    # Read the parameters themselves, never state_dict(): under FSDP1 state_dict() is a collective, and
+    # save_pretrained runs on rank 0 alone (kradapter.dist.save_adapter), so calling it here deadlocks.
+    if state_dict is not None:
+        tensors = {"": state_dict}
+    else:
+        tensors = {name: {} for name in (selected or list(peft_model.peft_config)) if name in peft_model.peft_config}
+        for key, t in [*peft_model.named_parameters(), *peft_model.named_buffers()]:
+            for name in tensors:
+                if f".{name}" in key or key.endswith(name):
+                    tensors[name][key] = t
+    for name, named in tensors.items():
+        meta = [k for k, t in named.items() if getattr(t, "is_meta", False)]
         if meta:
             raise ValueError(
                 f"cannot save adapter '{name}' to {save_directory}: tensors are on the meta device "
