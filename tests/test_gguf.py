@@ -8,7 +8,18 @@ import torch
 
 gguf = pytest.importorskip("gguf")
 
+import transformers  # noqa: E402
+from packaging.version import Version  # noqa: E402
+
 from kradapter.gguf import dequantize_gguf, dequantized_dir, find_gguf  # noqa: E402
+
+# transformers 5.0.0 (our declared floor) cannot read this GGUF's BPE tokenizer: its converter fails on the merges
+# with "TypeError: argument 'merges': failed to extract enum PyMerges" (.ci/run's lowest leg, 2026-12-01); 5.23.0
+# reads it. Seen on the tokenizer only; the weights dequantize on both.
+OLD_GGUF_TOKENIZER = pytest.mark.skipif(
+    Version(transformers.__version__) < Version("5.23"),
+    reason=f"transformers {transformers.__version__} cannot convert a GGUF BPE tokenizer (5.0.0 fails; 5.23 reads it)",
+)
 
 V, H, F, L, NH = 64, 16, 32, 2, 2
 
@@ -76,6 +87,7 @@ def test_find_gguf(gguf_dir, tmp_path):
         find_gguf(gguf_dir)
 
 
+@OLD_GGUF_TOKENIZER
 def test_dequantized_once_equals_transformers_reading_and_trains(gguf_dir, monkeypatch):
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -106,6 +118,7 @@ def test_dequantized_once_equals_transformers_reading_and_trains(gguf_dir, monke
     assert dequantize_gguf(gguf_dir / "tiny.gguf") == path  # cached
 
 
+@OLD_GGUF_TOKENIZER
 def test_train_model_flag_says_it_dequantizes(gguf_dir, capsys):
     from kradapter.train.commands import _trainable_model_path
 

@@ -59,6 +59,21 @@ def is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
+def is_launcher_rank0() -> bool:
+    """Like [`is_main_process`][kradapter.dist.is_main_process], also before the group is joined: False on a
+    non-zero rank of a joined group, or of a launch (torchrun / accelerate) that set RANK and WORLD_SIZE > 1.
+
+    For what happens before the Trainer joins the group (the output directory's lock and its clean-up), which
+    rank 0 alone must do for all ranks.
+
+    Returns:
+        Whether this process acts for all ranks.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("WORLD_SIZE", "1")) <= 1 or int(os.environ.get("RANK", "0")) == 0
+
+
 def init_process_group(expected_world_size: int | None = None) -> tuple[int, int]:
     """Join the process group torchrun describes (gloo on CPU, nccl on CUDA).
 

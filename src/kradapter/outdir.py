@@ -17,7 +17,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from .dist import is_main_process
+from .dist import is_launcher_rank0, is_main_process
 
 CURRENT = ".published"
 LOCK = ".lock"
@@ -36,7 +36,7 @@ class OutputLock:
         self._fd: int | None = None
 
     def __enter__(self) -> OutputLock:
-        if not is_main_process():  # under torchrun rank 0 holds it for all ranks
+        if not is_launcher_rank0():  # under torchrun rank 0 holds it for all ranks, group joined or not
             return self
         self.directory.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -146,7 +146,7 @@ def clean_interrupted(root: str | os.PathLike) -> list[Path]:
     Returns what was removed."""
     root = Path(root)
     removed: list[Path] = []
-    if not root.is_dir() or not is_main_process():
+    if not root.is_dir() or not is_launcher_rank0():
         return removed
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)

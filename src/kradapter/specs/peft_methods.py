@@ -56,6 +56,7 @@ class LoRASpec(MethodSpec):
 class DoRASpec(LoRASpec):
     name = "dora"
     summary = "PEFT DoRA: LoRA's direction with a learned magnitude per output, r (d_out + d_in) + d_out parameters"
+    default_lr = 1e-3  # no grid run: a guess (kradapter/learning_rates.py)
     multihead_attention = False
 
     def count(self, d_out, d_in, r=8):  # LoRA plus DoRA's magnitude vector, one entry per output feature
