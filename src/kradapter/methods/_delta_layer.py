@@ -123,6 +123,11 @@ class DeltaLayer(BaseTunerLayer):
         """Delta W applied to the (dropped-out, adapter-dtype) input h; a Conv2d layer convolves instead."""
         return F.linear(h, self.delta_matrix(adapter_name))
 
+    def adapter_term(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
+        """One adapter's update for the layer input x: its dropout, then Delta W (an Embedding looks up rows)."""
+        h = getattr(self, self.dropout_attr)[adapter_name](x.to(self.adapter_dtype(adapter_name)))
+        return self.adapter_output(h, adapter_name)
+
     def adapted_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """The plain path: base output plus every active, unmerged adapter's output."""
         adapter_names = kwargs.pop("adapter_names", None)
@@ -142,8 +147,7 @@ class DeltaLayer(BaseTunerLayer):
             compiled_skip = self.training and self.module_dropout[name] > 0 and torch.compiler.is_compiling()
             if not compiled_skip and self._adapter_skipped(name):
                 continue
-            h = getattr(self, self.dropout_attr)[name](x.to(self.adapter_dtype(name)))
-            out = self.adapter_output(h, name).to(result.dtype)
+            out = self.adapter_term(x, name).to(result.dtype)
             if compiled_skip:  # under torch.compile the skip is a 0/1 factor: a Python branch would break the graph
                 out = out * (torch.rand(()) >= self.module_dropout[name]).to(out.dtype)
             result = result + out

@@ -58,10 +58,7 @@ def mixed_batch_forward(
     if layer.disable_adapters:
         return result
     if adapter_term is None:
-
-        def adapter_term(sub: torch.Tensor, name: str) -> torch.Tensor:
-            h = getattr(layer, layer.dropout_attr)[name](sub.to(layer.adapter_dtype(name)))
-            return layer.adapter_output(h, name)
+        adapter_term = layer.adapter_term
 
     for name, idx in sub_batches(adapter_names, x.device).items():
         if name == BASE or not layer.has_adapter(name):

@@ -14,13 +14,10 @@ and unmerging would stop being inverses.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._mixed_batch import mixed_batch_forward
 from .layer import KRAdapterLayer
 
 
@@ -54,19 +51,8 @@ class Embedding(nn.Module, KRAdapterLayer):
         rows = U.T[ids][..., :, None] * V.T[ids][..., None, :]  # column i of U ⊙ V, as k1 x k2
         return alpha * rows.flatten(-2)[..., : self.d_in]
 
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        adapter_names = kwargs.pop("adapter_names", None)
-        if adapter_names is not None:
-            return mixed_batch_forward(self, x, args, kwargs, adapter_names, adapter_term=self.delta_rows)
-        base = self.base_layer
-        if self.disable_adapters:
-            if self.merged:
-                self.unmerge()
-            return base(x, *args, **kwargs)
-        result = base(x, *args, **kwargs)
-        if self.merged:
-            return result
-        for name in self.active_adapters:
-            if self.has_adapter(name) and not self._adapter_skipped(name):
-                result = result + self.delta_rows(x, name).to(result.dtype)
-        return result
+    def adapter_term(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
+        # token ids take no input dropout: the update is the looked-up rows of Delta W
+        return self.delta_rows(x, adapter_name)
+
+    forward = KRAdapterLayer.adapted_forward
