@@ -23,36 +23,71 @@ def llama(tmp_path_factory):
 
 
 def _reference(model, prompt, cont) -> float:
-    """Sum of log p(cont[j] | prompt + cont[:j]) from one unpadded forward pass."""
+    """Sum of log p(cont[j] | prompt + cont[:j]) from one unpadded forward pass over prompt + cont."""
     ids = torch.tensor([prompt + cont])
     with torch.no_grad():
         logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
     return float(sum(logp[len(prompt) + j - 1, t] for j, t in enumerate(cont)))
 
 
-def test_choice_logprobs_match_a_plain_forward_pass(llama):
-    _, model = llama
+def _gpt2():
+    """Absolute position embeddings: a wrong position after padding or after the cached preamble shows."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=90, n_positions=64, n_embd=32, n_layer=2, n_head=4))
+
+
+def _questions(vocab: int):
     g = torch.Generator().manual_seed(0)
-    vocab = model.config.vocab_size
 
     def ids(n):
         return torch.randint(6, vocab, (n,), generator=g).tolist()
 
-    prompts = [ids(n) for n in (9, 4, 13, 7)]
-    shared = ids(3)
+    preamble, shared = ids(5), ids(3)  # every prompt starts with the preamble (reused from the cache)
+    prompts = [preamble + ids(n) for n in (9, 1, 13, 7, 4, 11)]
+    a, b = ids(2), ids(4)
     conts = [
-        [shared + [10], shared + [11], shared + [12]],  # differ in the last token: one pass
-        [ids(2), ids(5)],  # different lengths: one sequence each
-        [[20], [21]],  # single-token choices
-        [shared + ids(2), shared + [30]],  # share a prefix but not only the last token
+        [shared + [10], shared + [11], shared + [12]],  # differ in the last token: the context pass scores all
+        [a, b],  # different lengths, nothing shared
+        [[20], [21]],  # single tokens
+        [shared + a, shared + [30], shared + b],  # a shared part, then remainders of 2, 1 and 4 tokens
+        [a, a + b],  # one choice is a prefix of the other
+        [b[:1] + a, b[:1] + [31] + a],  # share one token, remainders of different lengths
     ]
+    return prompts, conts
+
+
+@pytest.mark.parametrize("which", ["llama", "gpt2"])
+@pytest.mark.parametrize("batch_size", [1, 2, 64])
+@pytest.mark.parametrize("reuse", [True, False])
+def test_choice_logprobs_match_a_plain_forward_pass(llama, monkeypatch, which, batch_size, reuse):
+    from kradapter.train.tasks import choice_scoring
+
+    model = llama[1] if which == "llama" else _gpt2()
+    if not reuse:  # the path for caches that cannot be extended after padding (sliding window, recurrent)
+        monkeypatch.setattr(choice_scoring, "_reusable", lambda cache: False)
+    prompts, conts = _questions(model.config.vocab_size)
     model.train()  # scoring must not depend on (or change) the mode
-    got = choice_logprobs(model, prompts, conts, batch_size=2, pad_id=0)
+    got = choice_logprobs(model, prompts, conts, batch_size=batch_size, pad_id=0)
     assert model.training
+    model.eval()
     for q, (p, cs) in enumerate(zip(prompts, conts)):
         for k, c in enumerate(cs):
-            assert got[q][k] == pytest.approx(_reference(model.eval(), p, c), abs=1e-4)
+            assert got[q][k] == pytest.approx(_reference(model, p, c), abs=1e-4), (q, k)
     model.train()
+
+
+def test_one_question_and_prompts_without_a_common_beginning(llama):
+    _, model = llama
+    model.eval()
+    assert choice_logprobs(model, [[7, 8, 9]], [[[10], [11, 12]]], 4, 0)[0] == pytest.approx(
+        [_reference(model, [7, 8, 9], [10]), _reference(model, [7, 8, 9], [11, 12])], abs=1e-4
+    )
+    got = choice_logprobs(model, [[7, 8], [9]], [[[10], [11]], [[12, 13], [14]]], 4, 0)
+    assert got[1] == pytest.approx([_reference(model, [9], [12, 13]), _reference(model, [9], [14])], abs=1e-4)
+    with pytest.raises(ValueError, match="question 1: log-likelihood scoring needs a non-empty prompt"):
+        choice_logprobs(model, [[7], []], [[[10], [11]], [[10], [11]]], 4, 0)
 
 
 def test_choices_come_from_a_column_or_the_answer_format_line():

@@ -4,21 +4,30 @@ continuation's length in characters (acc_norm, the harness's length normalisatio
 
 The continuation of choice c is the answer sentence the recipe trains on ("the correct answer is c"), and a
 question's choices come from a `choices` column or from the "Answer format: a/b/c" line that every LLM-Adapters
-instruction ends with. Questions are scored in batches, longest first, left-padded so that every row ends at the
-same position (the logits needed are the last few, `logits_to_keep`). When all of a question's continuations
-differ only in their last token (answer1 / answer2 / answer3, true / false) one forward pass over the prompt and
-the shared part scores every choice; otherwise each choice is its own sequence.
+instruction ends with.
+
+Nothing is computed twice. The prompts' common beginning (the Alpaca preamble, ~1/3 of each prompt) runs once
+per call and its keys and values are reused by every question. A question's context (its prompt plus the part its
+continuations share, "the correct answer is") runs once, in a batch of questions of similar length (left-padded,
+little padding); its last positions' logits score the shared tokens and every choice's first differing token, so
+choices that differ in one token (answer1/answer2/answer3, true/false) cost nothing more. Only longer remainders
+run again, and only their own tokens, on a copy of their question's cached context. Log-probabilities are taken
+at the positions that are scored only (`logits_to_keep`), never over the whole sequence.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 CONTINUATION = "the correct answer is {choice}"
 _ANSWER_FORMAT = re.compile(r"Answer format:\s*([^\n]+)")
+# A batch holds contexts at least this fraction of its longest one's length: at most ~10% of it is padding.
+_PAD_SLACK = 0.9
 
 
 def row_choices(row: dict) -> list[str] | None:
@@ -57,53 +66,130 @@ def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
     return n
 
 
-def _jobs(prompt: list[int], conts: list[list[int]]):
-    """Forward passes scoring one question: (sequence, [(choice, [(index in sequence, token)])])."""
-    shared = _common_prefix(conts)
-    if all(len(c) == shared + 1 for c in conts):  # choices differ in their last token only: one pass
-        seq = prompt + conts[0][:shared]
-        n = len(prompt)
-        return [(seq, [(k, [(n + j, c[j]) for j in range(len(c))]) for k, c in enumerate(conts)])]
-    return [(prompt + c, [(k, [(len(prompt) + j, c[j]) for j in range(len(c))])]) for k, c in enumerate(conts)]
+@dataclass
+class _Question:
+    index: int
+    context: list[int]  # prompt + the tokens all its continuations share
+    shared: list[int]  # those shared tokens (scored at the context's last positions)
+    conts: list[list[int]]
 
 
-def _forward(model, seqs: list[list[int]], keep: int, pad_id: int) -> torch.Tensor:
-    """Log-softmax of the last `keep` positions' logits of each left-padded sequence: (batch, keep, vocab)."""
+@dataclass
+class _Past:
+    cache: object  # a transformers Cache, one row per sequence run
+    mask: torch.Tensor  # (rows, cached length): 1 at real tokens, 0 at padding
+
+
+def _run(model, seqs: list[list[int]], keep: int, pad_id: int, past: _Past | None = None, rows=None):
+    """Run left-padded `seqs` (after cached rows `rows` of `past`, which is consumed): the log-softmax of the last
+    `keep` positions of each row, (batch, keep, vocab), and the cache now holding past + seqs."""
     device = next(model.parameters()).device
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
         ids[i, width - len(s) :], mask[i, width - len(s) :] = torch.tensor(s), 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # rotary positions start at each row's first real token
-    ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
-    return torch.log_softmax(logits[:, -keep:].float(), dim=-1)
+    cache = None
+    if past is not None:
+        index = torch.tensor(rows, dtype=torch.long)
+        cache = past.cache
+        cache.reorder_cache(index.to(device))  # type: ignore[attr-defined]
+        mask = torch.cat([past.mask[index], mask], dim=1)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -width:]  # rotary positions count real tokens only
+    out = model(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=positions.to(device),
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=keep,
+    )
+    return torch.log_softmax(out.logits[:, -keep:].float(), dim=-1), _Past(out.past_key_values, mask)
+
+
+def _reusable(cache) -> bool:
+    """Cached keys and values can be extended after padding only for full attention: a sliding window or a
+    recurrent state would count the padding as tokens."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    return isinstance(cache, DynamicCache) and bool(layers) and all(type(la) is DynamicLayer for la in layers)
+
+
+def _batches(questions: list[_Question], start: int, batch_size: int) -> list[list[_Question]]:
+    """Questions longest context first, cut into batches of similar length; a batch's second pass (choices with
+    more than one token left) holds at most batch_size rows too."""
+    order = sorted(questions, key=lambda qu: -len(qu.context))
+    out: list[list[_Question]] = []
+    rows = 0
+    for qu in order:
+        extra = sum(len(c) - len(qu.shared) > 1 for c in qu.conts)
+        if (
+            not out
+            or len(out[-1]) >= batch_size
+            or rows + extra > max(batch_size, extra)
+            or len(qu.context) - start < _PAD_SLACK * (len(out[-1][0].context) - start)
+        ):
+            out.append([])
+            rows = 0
+        out[-1].append(qu)
+        rows += extra
+    return out
 
 
 def choice_logprobs(
     model, prompts: list[list[int]], conts: list[list[list[int]]], batch_size: int, pad_id: int
 ) -> list[list[float]]:
     """Summed log-probability of each question's continuations given its prompt, in the order given."""
-    jobs = [(q, seq, targets) for q, (p, c) in enumerate(zip(prompts, conts)) for seq, targets in _jobs(p, c)]
-    jobs.sort(key=lambda j: -len(j[1]))  # similar lengths together: little padding
+    questions = []
+    for q, (p, cs) in enumerate(zip(prompts, conts)):
+        if not p or not cs or not all(cs):
+            raise ValueError(f"question {q}: log-likelihood scoring needs a non-empty prompt and continuations")
+        n = min(_common_prefix(cs), min(len(c) for c in cs) - 1)  # every choice keeps a token of its own
+        questions.append(_Question(q, p + cs[0][:n], cs[0][:n], cs))
     out = [[0.0] * len(c) for c in conts]
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for start in range(0, len(jobs), batch_size):
-                batch = jobs[start : start + batch_size]
-                # logits at index t - 1 predict token t; keep enough trailing positions for every target
-                keep = max(len(seq) - min(t for _, tg in targets for t, _ in tg) + 1 for _, seq, targets in batch)
-                logp = _forward(model, [seq for _, seq, _ in batch], keep, pad_id)
-                for row, (q, seq, targets) in enumerate(batch):
-                    for k, pairs in targets:
-                        # sequence index t - 1 sits at kept row keep - (len(seq) - (t - 1))
-                        out[q][k] = float(sum(logp[row, keep - len(seq) + t - 1, tok] for t, tok in pairs))
+            # the prompts' common beginning, once; each scored position stays after it
+            start = min(_common_prefix(prompts), min(len(p) for p in prompts) - 1)
+            preamble = _run(model, [prompts[0][:start]], 1, pad_id)[1] if start else None
+            if preamble is not None and not _reusable(preamble.cache):
+                preamble, start = None, 0
+            for batch in _batches(questions, start, batch_size):
+                _score_batch(model, batch, start, preamble, pad_id, out)
     finally:
         model.train(was_training)
     return out
+
+
+def _score_batch(model, batch: list[_Question], start: int, preamble: _Past | None, pad_id: int, out) -> None:
+    keep = max(len(qu.shared) for qu in batch) + 1
+    past = copy.deepcopy(preamble) if preamble is not None else None
+    logp, ctx = _run(model, [qu.context[start:] for qu in batch], keep, pad_id, past, [0] * len(batch))
+    reuse = _reusable(ctx.cache)
+    jobs = []  # (row in batch, choice, remainder after the shared tokens)
+    for row, qu in enumerate(batch):
+        n = len(qu.shared)
+        # kept position keep - 1 - n + j predicts shared token j; the last kept one, each choice's next token
+        shared_lp = sum(float(logp[row, keep - 1 - n + j, t]) for j, t in enumerate(qu.shared))
+        for k, c in enumerate(qu.conts):
+            out[qu.index][k] = shared_lp + float(logp[row, keep - 1, c[n]])
+            if len(c) > n + 1:
+                jobs.append((row, k, c[n:]))
+    if not jobs:
+        return
+    # the remaining tokens of longer choices: their own tokens after the cached context (or all, where the
+    # cache cannot be extended); position i predicts remainder token i + 1
+    keep = max(len(r) for _, _, r in jobs) - 1
+    if reuse:
+        logp, _ = _run(model, [r[:-1] for _, _, r in jobs], keep, pad_id, ctx, [row for row, _, _ in jobs])
+    else:
+        logp, _ = _run(model, [batch[row].context + r[:-1] for row, _, r in jobs], keep, pad_id)
+    for i, (row, k, r) in enumerate(jobs):
+        m = len(r) - 1
+        out[batch[row].index][k] += sum(float(logp[i, keep - m + j, t]) for j, t in enumerate(r[1:]))
 
 
 def pick(logprobs: list[list[float]], choices: list[list[str]], texts: list[list[str]]) -> tuple[list, list]:
