@@ -21,6 +21,7 @@ import copy
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -76,7 +77,7 @@ class _Question:
 
 @dataclass
 class _Past:
-    cache: object  # a transformers Cache, one row per sequence run
+    cache: Any  # a transformers Cache, one row per sequence run
     mask: torch.Tensor  # (rows, cached length): 1 at real tokens, 0 at padding
 
 
@@ -93,7 +94,7 @@ def _run(model, seqs: list[list[int]], keep: int, pad_id: int, past: _Past | Non
     if past is not None:
         index = torch.tensor(rows, dtype=torch.long)
         cache = past.cache
-        cache.reorder_cache(index.to(device))  # type: ignore[attr-defined]
+        cache.reorder_cache(index.to(device))
         mask = torch.cat([past.mask[index], mask], dim=1)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -width:]  # rotary positions count real tokens only
     out = model(
@@ -112,7 +113,7 @@ def _reusable(cache) -> bool:
     recurrent state would count the padding as tokens."""
     from transformers.cache_utils import DynamicCache, DynamicLayer
 
-    layers = getattr(cache, "layers", None)
+    layers = getattr(cache, "layers", None) or []
     return isinstance(cache, DynamicCache) and bool(layers) and all(type(la) is DynamicLayer for la in layers)
 
 

@@ -242,7 +242,12 @@ def prepare(args: argparse.Namespace) -> Prepared:
             texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
             return [(extract_answer(t, pattern), g) for t, g in zip(texts, batch["answers"])]
 
-        pairs = batched(model, ds, eval_collate, max(1, args.eval_batch_size // 2), step, desc="generating")
+        # longest prompts first: a batch pads to its longest prompt (the scores do not depend on the order)
+        lengths = [len(ids) for ids in ds["input_ids"]]
+        by_length = sorted(range(len(ds)), key=lambda i: -lengths[i])
+        pairs = batched(
+            model, ds.select(by_length), eval_collate, max(1, args.eval_batch_size // 2), step, desc="generating"
+        )
         pred, gold = [p for p, _ in pairs], [g for _, g in pairs]
         return {"accuracy": accuracy(pred, gold), BALANCED: balanced_accuracy(pred, gold)}
 
