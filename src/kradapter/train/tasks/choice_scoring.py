@@ -81,31 +81,31 @@ class _Past:
     mask: torch.Tensor  # (rows, cached length): 1 at real tokens, 0 at padding
 
 
-def _run(model, seqs: list[list[int]], keep: int, pad_id: int, past: _Past | None = None, rows=None):
+def _run(model, seqs: list[list[int]], keep: int, pad_id: int, past: _Past | None = None, rows=None, cache=True):
     """Run left-padded `seqs` (after cached rows `rows` of `past`, which is consumed): the log-softmax of the last
-    `keep` positions of each row, (batch, keep, vocab), and the cache now holding past + seqs."""
+    `keep` positions of each row, (batch, keep, vocab), and (with `cache`) the cache now holding past + seqs."""
     device = next(model.parameters()).device
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
         ids[i, width - len(s) :], mask[i, width - len(s) :] = torch.tensor(s), 1
-    cache = None
+    kv = None
     if past is not None:
         index = torch.tensor(rows, dtype=torch.long)
-        cache = past.cache
-        cache.reorder_cache(index.to(device))
+        kv = past.cache
+        kv.reorder_cache(index.to(device))
         mask = torch.cat([past.mask[index], mask], dim=1)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -width:]  # rotary positions count real tokens only
     out = model(
         input_ids=ids.to(device),
         attention_mask=mask.to(device),
         position_ids=positions.to(device),
-        past_key_values=cache,
-        use_cache=True,
+        past_key_values=kv,
+        use_cache=cache or kv is not None,  # some models ignore a given cache without use_cache
         logits_to_keep=keep,
     )
-    return torch.log_softmax(out.logits[:, -keep:].float(), dim=-1), _Past(out.past_key_values, mask)
+    return torch.log_softmax(out.logits[:, -keep:].float(), dim=-1), _Past(out.past_key_values if cache else None, mask)
 
 
 def _reusable(cache) -> bool:
@@ -168,8 +168,9 @@ def choice_logprobs(
 def _score_batch(model, batch: list[_Question], start: int, preamble: _Past | None, pad_id: int, out) -> None:
     keep = max(len(qu.shared) for qu in batch) + 1
     past = copy.deepcopy(preamble) if preamble is not None else None
-    logp, ctx = _run(model, [qu.context[start:] for qu in batch], keep, pad_id, past, [0] * len(batch))
-    reuse = _reusable(ctx.cache)
+    longer = any(len(c) > len(qu.shared) + 1 for qu in batch for c in qu.conts)  # a second pass follows
+    logp, ctx = _run(model, [qu.context[start:] for qu in batch], keep, pad_id, past, [0] * len(batch), longer)
+    reuse = longer and _reusable(ctx.cache)
     jobs = []  # (row in batch, choice, remainder after the shared tokens)
     for row, qu in enumerate(batch):
         n = len(qu.shared)
@@ -185,9 +186,9 @@ def _score_batch(model, batch: list[_Question], start: int, preamble: _Past | No
     # cache cannot be extended); position i predicts remainder token i + 1
     keep = max(len(r) for _, _, r in jobs) - 1
     if reuse:
-        logp, _ = _run(model, [r[:-1] for _, _, r in jobs], keep, pad_id, ctx, [row for row, _, _ in jobs])
+        logp, _ = _run(model, [r[:-1] for _, _, r in jobs], keep, pad_id, ctx, [row for row, _, _ in jobs], False)
     else:
-        logp, _ = _run(model, [batch[row].context + r[:-1] for row, _, r in jobs], keep, pad_id)
+        logp, _ = _run(model, [batch[row].context + r[:-1] for row, _, r in jobs], keep, pad_id, cache=False)
     for i, (row, k, r) in enumerate(jobs):
         m = len(r) - 1
         out[batch[row].index][k] += sum(float(logp[i, keep - m + j, t]) for j, t in enumerate(r[1:]))
