@@ -136,9 +136,11 @@ def decoder_layer_classes(model: nn.Module) -> set[type[nn.Module]]:
     Raises:
         ValueError: If the model declares no such classes; pass ``layer_classes`` to the wrappers then.
     """
+    from ._compat import no_split_modules
+
     names: set[str] = set()
     for module in model.modules():
-        names.update(getattr(module, "_no_split_modules", None) or ())
+        names.update(no_split_modules(module))
     classes = {type(m) for m in model.modules() if type(m).__name__ in names}
     if not classes:
         raise ValueError(
