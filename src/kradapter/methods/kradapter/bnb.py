@@ -59,6 +59,14 @@ def _standard_layout_for_backward(base: nn.Module, args: tuple) -> None:
         restore_standard_layout_(base)
 
 
+def _standard_layout_for_saving(module: nn.Module, prefix: str, keep_vars: bool) -> None:
+    # bitsandbytes' _save_to_state_dict unpacks a CPU-packed weight itself, in place, and its inverse mis-orders the
+    # scales of un-nested states (what restore_standard_layout_ stores, so every layer trained here and repacked at
+    # the next inference forward): saving would corrupt the base weights. Unpack them exactly first.
+    if is_cpu_packed(module.weight):
+        restore_standard_layout_(module)
+
+
 def packable(module: nn.Module) -> bool:
     """Whether bitsandbytes' repack can handle this layer: whole tiles of 32 rows and whole blocks per row. It crashes
     otherwise ("shape '[32, 0]' is invalid ..." for in_features < blocksize), e.g. on tiny test models."""
@@ -66,12 +74,13 @@ def packable(module: nn.Module) -> bool:
 
 
 def watch_cpu_layout(module: nn.Module) -> None:
-    """Make a bnb Linear4bit switch back to the standard layout before any forward that may backpropagate (once),
-    and keep bitsandbytes from repacking a layer its repack would crash on."""
+    """Make a bnb Linear4bit switch back to the standard layout before any forward that may backpropagate and before
+    its state is saved (hooks, added once), and keep bitsandbytes from repacking a layer its repack would crash on."""
     if not packable(module):
         bnb_disable_cpu_repack(module)
     if not getattr(module, "_kradapter_watches_layout", False):
         module.register_forward_pre_hook(_standard_layout_for_backward)
+        module.register_state_dict_pre_hook(_standard_layout_for_saving)
         module._kradapter_watches_layout = True
 
 
