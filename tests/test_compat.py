@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import types
 import warnings
 from pathlib import Path
 
@@ -283,6 +284,26 @@ def test_transformers_trainer_load_from_checkpoint(tmp_path):
     )
 
 
+def test_transformers_drop_quantization_config(tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from transformers import LlamaForCausalLM
+
+    from _kradapter_models import tiny_llama
+    from kradapter import quant
+
+    tiny_llama().save_pretrained(tmp_path)
+    model = LlamaForCausalLM.from_pretrained(tmp_path, quantization_config=quant.bnb_config("8bit"), device_map="cpu")
+    name = "transformers.PreTrainedModel.hf_quantizer.remove_quantization_config"
+    check(model.is_quantized and getattr(model, "hf_quantizer", None) is not None, name, "set by from_pretrained")
+    _compat.drop_quantization_config(model)
+    check(
+        not model.is_quantized and "quantization_config" not in model.config.to_dict(),
+        name,
+        "(model) clears is_quantized and config.quantization_config",
+    )
+    _compat.drop_quantization_config(tiny_llama())  # a model loaded without quantization: nothing to do
+
+
 def test_transformers_no_split_modules():
     from _kradapter_models import tiny_llama
 
@@ -431,6 +452,30 @@ def test_bnb_int8_state():
         "bitsandbytes Linear8bitLt.state.SCB / Int8Params.SCB",
         "one absmax scale per output row",
     )
+
+
+@pytest.mark.parametrize(
+    "call, internal",
+    [
+        (
+            lambda: _compat.bnb_disable_cpu_repack(nn.Linear(2, 2)),
+            "bitsandbytes.nn.Linear4bit.support_avx512bf16_for_cpu",
+        ),
+        (lambda: _compat.bnb_int8_state(nn.Linear(2, 2)), "bitsandbytes.nn.Linear8bitLt.state"),
+        (lambda: _compat.trainer_load_from_checkpoint(object(), "ckpt"), "transformers.Trainer._load_from_checkpoint"),
+        (
+            lambda: _compat.saved_callback_state({"stateful_callbacks": {"Probe": 3}}, "Probe"),
+            "transformers.TrainerState.stateful_callbacks",
+        ),
+        (
+            lambda: _compat.drop_quantization_config(types.SimpleNamespace(hf_quantizer=object())),
+            "transformers.object.remove_quantization_config",
+        ),
+    ],
+)
+def test_a_changed_internal_is_one_error_naming_it(call, internal):
+    with pytest.raises(_compat.InternalAPIChanged, match=re.escape(internal)):
+        call()
 
 
 # --- tested ranges and the import-time warning ----------------------------------------------------------------

@@ -141,6 +141,21 @@ def trainer_load_from_checkpoint(trainer, checkpoint: str) -> None:
     load(checkpoint)
 
 
+def drop_quantization_config(model) -> None:
+    """Mark a transformers model whose quantized layers were all replaced by float ones as not quantized: its
+    quantizer (``model.hf_quantizer``, set by from_pretrained) removes ``config.quantization_config`` and the
+    model's quantization flags. Nothing for a model loaded without quantization."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None:
+        return
+    remove = getattr(quantizer, "remove_quantization_config", None)
+    if remove is None:
+        raise internal_changed(
+            f"transformers.{type(quantizer).__name__}.remove_quantization_config", "the quantizer lacks it"
+        )
+    remove(model)
+
+
 def no_split_modules(module) -> tuple[str, ...]:
     """The class names a transformers model declares as its repeated blocks (``PreTrainedModel._no_split_modules``,
     what device_map="auto" never splits): FSDP's wrapping units. () for a module without them."""
