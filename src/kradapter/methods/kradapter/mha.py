@@ -19,14 +19,14 @@ does. Mixed-adapter batches are refused. Only packed projections (kdim == vdim =
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
 from ..._compat import check_adapters_to_merge
-from .._geometry import summed_in_float32
+from .._geometry import base_weight, summed_in_float32
 from .layer import KRAdapterLayer, Linear
 
 
@@ -59,16 +59,23 @@ class MultiheadAttention(nn.Module, KRAdapterLayer):
     def __init__(self, base_layer: nn.Module, adapter_name: str, **kwargs) -> None:
         super().__init__()
         KRAdapterLayer.__init__(self, base_layer)
-        mha = self.get_base_layer()
+        mha = self._attention
         if (reason := mha_blocker(mha)) is not None:
             raise ValueError(reason)
-        mha.out_proj = OutProjection(mha.out_proj, adapter_name, **kwargs)
+        # add_module: the same replacement as attribute assignment; out_proj's annotation is a plain Linear
+        mha.add_module("out_proj", OutProjection(mha.out_proj, adapter_name, **kwargs))
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, **kwargs)
 
     @property
+    def _attention(self) -> nn.MultiheadAttention:
+        """The wrapped nn.MultiheadAttention (the model builds this layer only around one)."""
+        return cast(nn.MultiheadAttention, self.get_base_layer())
+
+    @property
     def out_proj_layer(self) -> OutProjection:
-        return self.get_base_layer().out_proj
+        """The KRAdapter Linear this layer put in place of the attention's out_proj."""
+        return cast(OutProjection, self._attention.out_proj)
 
     # Code around an attention module reads its attributes (nn.TransformerEncoderLayer: batch_first, in_proj_weight,
     # out_proj.weight, ... for its fast-path checks): those of the base module.
@@ -90,37 +97,37 @@ class MultiheadAttention(nn.Module, KRAdapterLayer):
         # nn.TransformerEncoderLayer's inference fast path reads in_proj_weight itself and never calls this module, so
         # it would drop an unmerged update; it checks this flag first, so while an update is live, say False.
         applies = not (self.disable_adapters or self.merged) and any(self.has_adapter(n) for n in self.active_adapters)
-        return False if applies else self.get_base_layer()._qkv_same_embed_dim
+        return False if applies else self._attention._qkv_same_embed_dim
 
     @property
     def out_proj(self) -> nn.Module:
         return self.out_proj_layer.get_base_layer()
 
     def merge_masks(self, *args, **kwargs):
-        return self.get_base_layer().merge_masks(*args, **kwargs)
+        return self._attention.merge_masks(*args, **kwargs)
 
-    def update_layer(self, adapter_name: str, **kwargs: Any) -> None:
-        super().update_layer(adapter_name, **kwargs)
+    def update_layer(self, adapter_name: str, *args: Any, **kwargs: Any) -> None:
+        super().update_layer(adapter_name, *args, **kwargs)
         if not self.out_proj_layer.has_adapter(adapter_name):
-            self.out_proj_layer.update_layer(adapter_name, **kwargs)
+            self.out_proj_layer.update_layer(adapter_name, *args, **kwargs)
 
     # The base "weight" of this layer is the packed input projection.
     def get_base_weight(self) -> torch.Tensor:
-        return self.get_base_layer().in_proj_weight.data
+        return self._attention.in_proj_weight.data
 
     # --- merge / unmerge: both projections -------------------------------------------------------------------------
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         adapter_names = [n for n in check_adapters_to_merge(self, adapter_names) if self.has_adapter(n)]
         if not adapter_names:
             return
-        mha = self.get_base_layer()
+        mha = self._attention
         new_weight = mha.in_proj_weight.data
         for name in adapter_names:
             new_weight = self.merged_weight(name, new_weight)
             if safe_merge and not torch.isfinite(new_weight).all():
                 raise ValueError(f"merging adapter '{name}' gives NaN/Inf weights; nothing was merged")
         if safe_merge:  # the output projection too, before either weight changes
-            out_weight = self.out_proj_layer.get_base_layer().weight.data
+            out_weight = base_weight(self.out_proj_layer.get_base_layer()).data
             for name in adapter_names:
                 out_weight = self.out_proj_layer.merged_weight(name, out_weight)
                 if not torch.isfinite(out_weight).all():
@@ -133,7 +140,7 @@ class MultiheadAttention(nn.Module, KRAdapterLayer):
         if not self.merged:
             warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
             return
-        mha = self.get_base_layer()
+        mha = self._attention
         while self.merged_adapters:
             name = self.merged_adapters.pop()
             if self.has_adapter(name):
@@ -145,17 +152,19 @@ class MultiheadAttention(nn.Module, KRAdapterLayer):
         """PEFT's unload hook: merge if asked, then give back the plain nn.MultiheadAttention (out_proj unwrapped)."""
         if merge:
             self.merge(safe_merge=safe_merge, adapter_names=adapter_names)
-        mha = self.get_base_layer()
-        mha.out_proj = self.out_proj_layer.get_base_layer()
+        mha = self._attention
+        mha.add_module("out_proj", self.out_proj_layer.get_base_layer())
         return mha
 
     # --- forward ---------------------------------------------------------------------------------------------------
-    def forward(self, query: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+    # An attention module's call: nn.MultiheadAttention's (query, key, value, ...) -> (output, weights), not a layer's
+    # (x) -> tensor.
+    def forward(self, query: torch.Tensor, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         if kwargs.pop("adapter_names", None) is not None:
             raise ValueError(
                 "KRAdapter on nn.MultiheadAttention does not support mixed-adapter batches (adapter_names=)"
             )
-        mha = self.get_base_layer()
+        mha = self._attention
         if self.disable_adapters:
             if self.merged:
                 self.unmerge()
@@ -166,9 +175,10 @@ class MultiheadAttention(nn.Module, KRAdapterLayer):
         if not names:
             return mha(query, *args, **kwargs)
         out_base = self.out_proj_layer.get_base_layer()
-        w_in, w_out = mha.in_proj_weight, out_base.weight
+        w_in: torch.Tensor = mha.in_proj_weight
+        w_out = base_weight(out_base)
         for name in names:  # summed in float32 or better, kept differentiable in U and V
             w_in = summed_in_float32(w_in, self.delta_matrix(name))
             w_out = summed_in_float32(w_out, self.out_proj_layer.delta_matrix(name))
-        params = {"in_proj_weight": w_in, "out_proj.base_layer.weight": w_out}
+        params: dict[str, torch.Tensor] = {"in_proj_weight": w_in, "out_proj.base_layer.weight": w_out}
         return functional_call(mha, params, (query, *args), kwargs, strict=False)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
@@ -149,7 +149,8 @@ class QuantizedLinear(Linear):
         if reason is not None:
             raise ValueError(f"cannot merge KRAdapter into {type(self.get_base_layer()).__name__}: {reason}")
         weight = self.get_base_weight()
-        update = sum(self.get_delta_weight(n).detach().float() for n in adapter_names)
+        # a tensor, not sum()'s start value 0: adapter_names is not empty
+        update = cast(torch.Tensor, sum(self.get_delta_weight(n).detach().float() for n in adapter_names))
         exact = weight.float() + update.to(weight.device)
         # Always checked: a NaN written into a quantized weight cannot be subtracted out again.
         if not torch.isfinite(exact).all():
@@ -202,9 +203,9 @@ class QuantizedLinear(Linear):
         self.quantization_backend = None
 
     def _set_full_precision_base(self, linear: nn.Linear) -> None:
-        holder = self
+        holder: nn.Module = self
         while isinstance(holder.base_layer, BaseTunerLayer):  # base wrapped by another tuner layer
-            holder = holder.base_layer
+            holder = cast(nn.Module, holder.base_layer)  # a tuner layer is an nn.Module
         holder.base_layer = linear
 
 
@@ -224,4 +225,6 @@ def dequantized_linear(quantized: nn.Module, weight: torch.Tensor, dtype: torch.
 def is_plain_float_layer(base: nn.Module) -> bool:
     """True for a layer whose weight is an ordinary floating-point tensor (no quantization to handle)."""
     weight = getattr(base, "weight", None)
-    return type(weight) in (nn.Parameter, torch.Tensor) and weight.is_floating_point()
+    return (
+        isinstance(weight, torch.Tensor) and type(weight) in (nn.Parameter, torch.Tensor) and weight.is_floating_point()
+    )
