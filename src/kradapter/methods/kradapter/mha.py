@@ -35,10 +35,10 @@ class OutProjection(Linear):
     projections together; PEFT's own calls (it visits every adapter layer) are no-ops here."""
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        pass
+        """A no-op: the attention layer merges both projections together (``MultiheadAttention.merge``)."""
 
     def unmerge(self) -> None:
-        pass
+        """A no-op: the attention layer unmerges both projections together (``MultiheadAttention.unmerge``)."""
 
 
 def mha_blocker(base: nn.Module) -> str | None:
@@ -52,10 +52,27 @@ def mha_blocker(base: nn.Module) -> str | None:
 
 
 def _of_base(name: str) -> property:
-    return property(lambda self: getattr(self.get_base_layer(), name))
+    def read(self: MultiheadAttention) -> Any:
+        return getattr(self.get_base_layer(), name)
+
+    read.__doc__ = f"The wrapped nn.MultiheadAttention's ``{name}``."
+    return property(read)
 
 
 class MultiheadAttention(nn.Module, KRAdapterLayer):
+    """KRAdapter around nn.MultiheadAttention: its packed in_proj_weight (3E x E) gets this layer's update and its
+    out_proj (E x E) becomes an [`OutProjection`][kradapter.methods.kradapter.mha.OutProjection] holding its own;
+    the forward runs the base module with both weights replaced by W0 + alpha * Delta W.
+
+    Args:
+        base_layer: The nn.MultiheadAttention (packed projections: kdim == vdim == embed_dim).
+        adapter_name: The first adapter's name.
+        **kwargs: Its settings (``update_layer``'s), used for both projections.
+
+    Raises:
+        ValueError: If the attention has separate q/k/v weights.
+    """
+
     def __init__(self, base_layer: nn.Module, adapter_name: str, **kwargs) -> None:
         super().__init__()
         KRAdapterLayer.__init__(self, base_layer)
@@ -101,22 +118,35 @@ class MultiheadAttention(nn.Module, KRAdapterLayer):
 
     @property
     def out_proj(self) -> nn.Module:
+        """The attention's original output projection (the base layer of ``out_proj_layer``)."""
         return self.out_proj_layer.get_base_layer()
 
     def merge_masks(self, *args, **kwargs):
+        """The wrapped attention's ``merge_masks`` (nn.TransformerEncoderLayer calls it)."""
         return self._attention.merge_masks(*args, **kwargs)
 
     def update_layer(self, adapter_name: str, *args: Any, **kwargs: Any) -> None:
+        """Add adapter `adapter_name` to both projections, with the same settings (``KRAdapterLayer.update_layer``)."""
         super().update_layer(adapter_name, *args, **kwargs)
         if not self.out_proj_layer.has_adapter(adapter_name):
             self.out_proj_layer.update_layer(adapter_name, *args, **kwargs)
 
     # The base "weight" of this layer is the packed input projection.
     def get_base_weight(self) -> torch.Tensor:
+        """The packed input projection's weight (3E x E), the weight this layer's own update acts on."""
         return self._attention.in_proj_weight.data
 
     # --- merge / unmerge: both projections -------------------------------------------------------------------------
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """Merge the adapters into both projections' weights, summed in float32.
+
+        Args:
+            safe_merge: Check both merged weights for NaN/Inf before either changes.
+            adapter_names: The adapters to merge (default: the active ones).
+
+        Raises:
+            ValueError: With safe_merge, if a merged weight is not finite; nothing is merged then.
+        """
         adapter_names = [n for n in check_adapters_to_merge(self, adapter_names) if self.has_adapter(n)]
         if not adapter_names:
             return
@@ -137,6 +167,7 @@ class MultiheadAttention(nn.Module, KRAdapterLayer):
         self.merged_adapters.extend(adapter_names)
 
     def unmerge(self) -> None:
+        """Subtract the merged adapters from both projections' weights again."""
         if not self.merged:
             warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
             return
@@ -160,6 +191,19 @@ class MultiheadAttention(nn.Module, KRAdapterLayer):
     # An attention module's call: nn.MultiheadAttention's (query, key, value, ...) -> (output, weights), not a layer's
     # (x) -> tensor.
     def forward(self, query: torch.Tensor, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """nn.MultiheadAttention's forward with both projections' weights W0 + alpha * Delta W.
+
+        Args:
+            query: The query (then key, value and every other argument, as nn.MultiheadAttention takes them).
+            *args: Passed to the base attention.
+            **kwargs: Passed to the base attention.
+
+        Returns:
+            What the base attention returns (output, and the attention weights when asked).
+
+        Raises:
+            ValueError: If ``adapter_names=`` asks for a mixed-adapter batch.
+        """
         if kwargs.pop("adapter_names", None) is not None:
             raise ValueError(
                 "KRAdapter on nn.MultiheadAttention does not support mixed-adapter batches (adapter_names=)"
