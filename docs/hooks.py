@@ -66,7 +66,7 @@ def on_files(files, config):
 def _type_name(tp) -> str:
     text = getattr(tp, "__name__", None) if not typing.get_args(tp) else None
     text = text or str(tp).replace("typing.", "")
-    return text.replace("|", "\\|")
+    return text
 
 
 def fields_table(dotted: str) -> str:
@@ -93,9 +93,9 @@ def fields_table(dotted: str) -> str:
         else:
             default = "required"
         help_text = " ".join(help_text.split()).replace("|", "\\|")
-        # The annotation as the source writes it (a string under `from __future__ import annotations`).
+        # The annotation as the source writes it (a string under `from __future__ import annotations`). Its pipes stay
+        # unescaped: inside a code span they do not split the table's cells, and an escape would show.
         type_text = f.type if isinstance(f.type, str) else _type_name(hints.get(f.name, f.type))
-        type_text = type_text.replace("|", "\\|")
         rows.append(f"| `{f.name}` | `{type_text}` | `{default}` | {help_text} |")
     text = "\n".join(rows)
     if inherited:
@@ -128,7 +128,6 @@ def options_table(command: str) -> str:
         else:
             default = "" if action.default in (None, False) else f"`{action.default!r}`"
         help_text = " ".join((action.help or "").replace("%(default)s", str(action.default)).split())
-        flags = flags.replace("|", "\\|")
         help_text = help_text.replace("|", "\\|")
         rows.append(f"| `{flags}` | {default} | {help_text} |")
     return "\n".join(rows)
