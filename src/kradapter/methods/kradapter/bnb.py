@@ -8,6 +8,7 @@ bitsandbytes is imported only when a bnb layer exists, i.e. when it already was.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import torch
 from torch import nn
@@ -55,7 +56,7 @@ def dequantize_cpu_packed(weight) -> torch.Tensor:
     return (values * scales).reshape(n, k).to(dtype)
 
 
-def restore_standard_layout_(base: nn.Module) -> None:
+def restore_standard_layout_(base: Any) -> None:
     """Store a CPU-packed Linear4bit weight back in bitsandbytes' standard layout, in place (same codes, same
     bfloat16-valued scales kept un-nested, so nothing is rounded again); its training backward needs that layout."""
     import bitsandbytes.functional as bnb_functional
@@ -93,7 +94,7 @@ def packable(module: nn.Module) -> bool:
     return n % _PACK_BLOCK_N == 0 and k % state.blocksize == 0
 
 
-def watch_cpu_layout(module: nn.Module) -> None:
+def watch_cpu_layout(module: Any) -> None:
     """Make a bnb Linear4bit switch back to the standard layout before any forward that may backpropagate (once),
     and keep bitsandbytes from repacking a layer its repack would crash on."""
     if not packable(module):

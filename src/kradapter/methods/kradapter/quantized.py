@@ -68,6 +68,11 @@ class QuantizedLinear(Linear):
         self.merge_error: MergeError | None = None
         self._premerge = None  # the original quantized weight while adapters are merged
 
+    def get_base_layer(self) -> Any:
+        """The quantized base layer, typed as what it is to a type checker: a backend's own class (bitsandbytes,
+        torchao, ... ship no types), whose backend attributes (``state``, ``quant_state``, ...) this layer reads."""
+        return super().get_base_layer()
+
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         # The explicit unfused path: a quantized base computes its own output; the adapter adds its term.
         """The quantized base's own output plus the adapters' update in the adapter's precision.
