@@ -161,3 +161,35 @@ def test_budget_matcher_counts_open_clip_attention_and_matches_lora_on_it():
     lora = get_peft_model(tiny_clip(), lora_config)
     lora_count = sum(p.numel() for p in lora.parameters() if p.requires_grad)
     assert lora_count == match_model("lora", tiny_clip(), ["attn"])["trainable"] >= kr_count
+
+
+def test_names_a_user_writes_for_open_clip():
+    # "attn" plus the MLP's Linear layers: every adapter acts (a gradient reaches each)
+    torch.manual_seed(1)
+    config = KRAdapterConfig(target_modules=["attn", "c_fc", "c_proj"], init_weights=False)
+    model = get_peft_model(tiny_clip(), config)
+    image, text = batch()
+    image_features, text_features, _ = model(image, text)
+    (image_features.square().sum() + text_features.square().sum()).backward()
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert len(trainable) == 2 * 4 * len(ATTENTION)  # U, V of in_proj, out_proj, c_fc, c_proj
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable.values())
+    # an attention's out_proj alone (also what "all-linear" picks in open_clip) would be a dead adapter: refused
+    for targets in (["out_proj"], "all-linear"):
+        with pytest.raises(ValueError, match=r"module '.*attn.out_proj' is the out_proj of the nn.MultiheadAttention"):
+            get_peft_model(tiny_clip(), KRAdapterConfig(target_modules=targets))
+
+
+def test_a_model_from_open_clips_config_registry(tmp_path):
+    # open_clip's own path: a model_configs-style JSON file registered, then create_model, no pretrained weights
+    import json
+
+    (tmp_path / "kradapter-tiny-clip.json").write_text(json.dumps(TINY_CONFIG))
+    open_clip.add_model_config(tmp_path / "kradapter-tiny-clip.json")
+    torch.manual_seed(0)
+    base = open_clip.create_model("kradapter-tiny-clip", pretrained=None)
+    assert base.state_dict().keys() == tiny_clip().state_dict().keys()
+    model = get_peft_model(base, KRAdapterConfig(target_modules=["attn"], init_weights=False)).eval()
+    image, text = batch()
+    out = encode(model, image, text)
+    assert_outputs_close(encode(model.merge_and_unload(), image, text), out)
