@@ -129,7 +129,7 @@ def test_refusals():
 
 
 def test_budget_counts_both_projections():
-    from kradapter.budget import peft_config_for, target_layers
+    from kradapter.budget import full_finetune_, peft_config_for, target_layers
 
     assert target_layers(Encoder(), ["layers.0.self_attn"]) == {
         "layers.0.self_attn": (48, 16),
@@ -142,6 +142,10 @@ def test_budget_counts_both_projections():
     assert kr_count <= lora_count < kr_count + 2 * (64 + 32)  # the smallest LoRA rank at or above KRAdapter
     with pytest.raises(ValueError, match="'layers.0.self_attn' is a MultiheadAttention; sinlora is not matched"):
         peft_config_for("sinlora", Encoder(), ["self_attn"])
+    model = Encoder()
+    with pytest.raises(ValueError, match="'layers.0.self_attn' is a MultiheadAttention; full is not matched"):
+        full_finetune_(model, ["self_attn"])
+    assert all(p.requires_grad for p in model.parameters())  # refused before anything was frozen
 
 
 def test_weighted_dense_combination_covers_both_projections():

@@ -317,9 +317,10 @@ def full_finetune_(model: nn.Module, target_modules, task_type=None) -> int:
         The trainable count (``match_model("full", ...)``'s).
 
     Raises:
-        ValueError: As ``target_layers`` does.
+        ValueError: As ``target_layers`` does, or for a target the "full" spec does not count (an attention module).
     """
     layers = target_layers(model, target_modules, task_type)
+    _check_types_for("full", model, layers)  # an attention module has no .weight: refused by name, not AttributeError
     for p in model.parameters():
         p.requires_grad_(False)
     modules = dict(model.named_modules())
