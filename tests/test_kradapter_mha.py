@@ -181,6 +181,8 @@ def test_an_attention_out_proj_target_is_refused_as_it_would_never_act(targets):
     assert_same_snapshot(before, snapshot(model))
     with pytest.raises(ValueError, match=message):
         target_layers(Encoder(), targets)
+    # an out_proj Linear outside nn.MultiheadAttention (BART-style attention calls it) is a target as any Linear
+    assert target_layers(nn.ModuleDict({"out_proj": nn.Linear(4, 3)}), ["out_proj"]) == {"out_proj": (3, 4)}
 
 
 def test_attention_and_the_other_linears_named_instead_of_all_linear_all_act():
