@@ -21,7 +21,9 @@ import logging
 import resource
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -205,23 +207,8 @@ def train_seed(
         )
     try:
         result = _evaluate_and_save(
-            prepared,
-            args,
-            method,
-            lr,
-            seed,
-            seed_dir,
-            eval_sets,
-            save_adapter,
-            model,
-            reference,
-            trainer,
-            timer,
-            rank_cb,
-            trainable,
-            total,
-            batch_size,
-            last,
+            _SeedJob(prepared, args, method, lr, seed, seed_dir, eval_sets, save_adapter),
+            _TrainedSeed(model, reference, trainer, timer, rank_cb, trainable, total, batch_size, last),
         )
     except KeyboardInterrupt:
         saved, _ = latest_complete_checkpoint(ckpt_root)
@@ -249,46 +236,66 @@ def training_size(args, defaults: dict) -> tuple[int, int | None, float]:
     return batch_size, max_steps, epochs
 
 
-def _evaluate_and_save(
-    prepared,
-    args,
-    method,
-    lr,
-    seed,
-    seed_dir,
-    eval_sets,
-    save_adapter,
-    model,
-    reference,
-    trainer,
-    timer,
-    rank_cb,
-    trainable,
-    total,
-    batch_size,
-    resumed_from,
-) -> dict:
+@dataclass(frozen=True)
+class _SeedJob:
+    """What one seed's run was asked to do."""
+
+    prepared: Prepared
+    args: argparse.Namespace
+    method: str
+    lr: float
+    seed: int
+    seed_dir: Path
+    eval_sets: dict
+    save_adapter: bool
+
+
+@dataclass(frozen=True)
+class _TrainedSeed:
+    """What training one seed left: the model, its Trainer and the callbacks that measured it."""
+
+    model: Any
+    reference: dict | None  # full fine-tuning's frozen copy of W0 per target, else None
+    trainer: Any
+    timer: StepTimer
+    rank_cb: EffectiveRankCallback
+    trainable: int
+    total: int
+    batch_size: int
+    resumed_from: Path | None
+
+
+def _evaluate_and_save(job: _SeedJob, done: _TrainedSeed) -> dict:
+    """Evaluate every set, analyse every adapted layer, and publish the adapter and result.json in one step."""
+    prepared, model, reference, trainer, timer, rank_cb = (
+        job.prepared,
+        done.model,
+        done.reference,
+        done.trainer,
+        done.timer,
+        done.rank_cb,
+    )
     peak_mb, memory_kind = _peak_memory_mb()
     if not rank_cb.history:  # no step ran in this session (resumed after training had finished)
         rank_cb.measure(trainer.state.global_step)
-    scores, extra = evaluate_sets(prepared, model, {"validation": prepared.validation, **eval_sets})
+    scores, extra = evaluate_sets(prepared, model, {"validation": prepared.validation, **job.eval_sets})
     deltas = full_deltas(model, reference) if reference is not None else adapter_deltas(model)
     if not deltas:
-        raise RuntimeError(f"method {method} left no adapted layer to analyse")  # a bug, not bad input
+        raise RuntimeError(f"method {job.method} left no adapted layer to analyse")  # a bug, not bad input
     spectral = spectral_table(deltas)
     # Time per epoch from the steps that were timed (all of them, across resumes), never from wall time that
     # includes loading a checkpoint.
-    epochs_timed = timer.steps * batch_size / max(1, len(prepared.train))
+    epochs_timed = timer.steps * done.batch_size / max(1, len(prepared.train))
     result = {
-        "seed": seed,
-        "learning_rate": lr,
+        "seed": job.seed,
+        "learning_rate": job.lr,
         "scores": scores,
         "extra_scores": extra,
-        "trainable_params": trainable,
-        "total_params": total,
+        "trainable_params": done.trainable,
+        "total_params": done.total,
         "steps": trainer.state.global_step,
-        "batch_size": batch_size,
-        "resumed_from": str(resumed_from.name) if resumed_from else None,
+        "batch_size": done.batch_size,
+        "resumed_from": str(done.resumed_from.name) if done.resumed_from else None,
         "train_seconds": timer.seconds,
         "steps_timed": timer.steps,
         "epochs_timed": epochs_timed,
@@ -305,18 +312,18 @@ def _evaluate_and_save(
         "max_weight_difference_across_ranks": max_difference_across_ranks(model),
     }
     # The adapter and result.json become the seed's results together, in one step.
-    staging = staging_dir(seed_dir)
-    if save_adapter:
+    staging = staging_dir(job.seed_dir)
+    if job.save_adapter:
         if reference is None:
             model.save_pretrained(str(staging))
         else:
             _save_full(model, reference, prepared.head, staging)
         write_json(
             staging / RUN_INFO,
-            {**prepared.run_info, "method": method, "targets": prepared.targets, "head": prepared.head},
+            {**prepared.run_info, "method": job.method, "targets": prepared.targets, "head": prepared.head},
         )
     write_json(staging / "result.json", result)
-    publish_version(staging, seed_dir)
+    publish_version(staging, job.seed_dir)
     return result
 
 
