@@ -3,8 +3,8 @@ vision experiments, whose two towers attend through nn.MultiheadAttention (adapt
 LoRA does).
 
 open_clip needs torchvision, and PyPI's torchvision does not import beside this machine's torch 2.13.0 CPU file, so
-this file runs in a venv of its own (.ci/run's open_clip_check):
-    pip install torch==2.14.1 torchvision==0.29.1 && pip install open-clip-torch && pip install -e ".[test]"
+this file runs in a venv of its own (bash .ci/open_clip_check.sh makes it; .ci/run does not call it, see there):
+    pip install torch==2.14.1 torchvision==0.29.1 && pip install -e ".[test,openclip]"
 """
 
 import pytest
@@ -12,7 +12,7 @@ import pytest
 open_clip = pytest.importorskip(
     "open_clip",
     reason="open_clip is not installed: pip install torch==2.14.1 torchvision==0.29.1 open-clip-torch "
-    "(PyPI's torchvision does not import beside torch 2.13.0; .ci/run's open_clip_check makes such a venv)",
+    "(PyPI's torchvision does not import beside torch 2.13.0; bash .ci/open_clip_check.sh makes such a venv)",
 )
 
 import torch  # noqa: E402
