@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import types
 import warnings
 from pathlib import Path
 
@@ -155,6 +156,49 @@ def test_peft_model_card_hook_is_installed():
     check(params_of(PeftModel.create_or_update_model_card) == ["self", "output_dir"], name, "(self, output_dir)")
 
 
+def test_peft_type_to_prefix_mapping():
+    from peft.utils.peft_types import PeftType
+
+    check(
+        _compat.PEFT_TYPE_TO_PREFIX_MAPPING.get(PeftType.LORA) == "lora_"
+        and _compat.PEFT_TYPE_TO_PREFIX_MAPPING.get(PeftType("KRADAPTER")) == "kradapter_",
+        "peft.mapping.PEFT_TYPE_TO_PREFIX_MAPPING",
+        "PeftType -> parameter-name prefix, filled by register_peft_method",
+    )
+
+
+@pytest.mark.parametrize("owner,member,leading", [p for p in _compat.TUNER_PROTOCOL if p[2] is not None])
+def test_peft_tuner_protocol_methods(owner, member, leading):
+    from peft.tuners import tuners_utils
+
+    name = f"peft.tuners.tuners_utils.{owner}.{member}"
+    method = getattr(getattr(tuners_utils, owner), member, None)
+    check(callable(method), name, "a method kradapter's tuners override or call")
+    check(params_of(method)[: len(leading)] == leading, name, f"parameters starting ({', '.join(leading)})")
+
+
+def test_peft_tuner_layer_protocol_attributes():
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    attributes = [m for owner, m, leading in _compat.TUNER_PROTOCOL if leading is None]
+    assert attributes == ["_active_adapter", "_disable_adapters"]  # the checks below cover exactly these
+    model = get_peft_model(nn.Sequential(nn.Linear(4, 4)), LoraConfig(target_modules=["0"]))
+    layer = next(m for m in model.modules() if isinstance(m, BaseTunerLayer))
+    layer._active_adapter = "other"
+    check(
+        layer.active_adapter == "other",
+        "peft.tuners.tuners_utils.BaseTunerLayer._active_adapter",
+        "the attribute behind the active_adapter property",
+    )
+    layer._disable_adapters = True
+    check(
+        layer.disable_adapters is True,
+        "peft.tuners.tuners_utils.BaseTunerLayer._disable_adapters",
+        "the attribute behind the disable_adapters property",
+    )
+
+
 def test_a_missing_internal_raises_one_error_naming_it():
     with pytest.raises(_compat.InternalAPIChanged) as err:
         _compat._internal("peft.tuners.tuners_utils", "no_such_helper")
@@ -186,43 +230,209 @@ def test_transformers_get_last_checkpoint(tmp_path):
     )
 
 
+def test_transformers_exportable_state_and_saved_callback_state(tmp_path):
+    import json
+
+    from transformers import TrainerCallback, TrainerState
+
+    name = "transformers.trainer_callback.ExportableState"
+    check(
+        callable(getattr(_compat.ExportableState, "state", None))
+        and callable(getattr(_compat.ExportableState, "from_state", None)),
+        name,
+        "a mixin with state() and the classmethod from_state(state)",
+    )
+
+    class Probe(TrainerCallback, _compat.ExportableState):
+        def __init__(self, seconds=0.0):
+            self.seconds = seconds
+
+        def state(self):
+            return {"args": {"seconds": self.seconds}, "attributes": {}}
+
+    for callbacks, want in (([Probe(1.5)], 1.5), ([Probe(1.0), Probe(2.5)], 2.5)):
+        TrainerState(stateful_callbacks=callbacks).save_to_json(str(tmp_path / "trainer_state.json"))
+        saved = json.loads((tmp_path / "trainer_state.json").read_text())
+        check(
+            _compat.saved_callback_state(saved, "Probe") == {"args": {"seconds": want}, "attributes": {}},
+            "transformers.TrainerState.stateful_callbacks",
+            "trainer_state.json's stateful_callbacks[class name]: state(), or a list of them (the last one read)",
+        )
+    check(_compat.saved_callback_state({}, "Probe") == {}, "kradapter._compat.saved_callback_state", "{} if absent")
+
+
+def test_transformers_trainer_load_from_checkpoint(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    from _kradapter_models import tiny_llama
+
+    name = "transformers.Trainer._load_from_checkpoint"
+    check(params_of(Trainer._load_from_checkpoint)[:2] == ["self", "resume_from_checkpoint"], name, "(self, path)")
+    saved = tiny_llama()
+    saved.save_pretrained(tmp_path / "checkpoint-1")
+    model = tiny_llama()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    args = TrainingArguments(str(tmp_path / "out"), use_cpu=True, report_to=[])
+    _compat.trainer_load_from_checkpoint(Trainer(model=model, args=args), str(tmp_path / "checkpoint-1"))
+    want = saved.state_dict()
+    check(
+        all(torch.equal(t, want[k]) for k, t in model.state_dict().items()),
+        name,
+        "(path) loads the checkpoint's weights into trainer.model",
+    )
+
+
+def test_transformers_drop_quantization_config(tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from transformers import LlamaForCausalLM
+
+    from _kradapter_models import tiny_llama
+    from kradapter import quant
+
+    tiny_llama().save_pretrained(tmp_path)
+    model = LlamaForCausalLM.from_pretrained(tmp_path, quantization_config=quant.bnb_config("8bit"), device_map="cpu")
+    name = "transformers.PreTrainedModel.hf_quantizer.remove_quantization_config"
+    check(model.is_quantized and getattr(model, "hf_quantizer", None) is not None, name, "set by from_pretrained")
+    _compat.drop_quantization_config(model)
+    check(
+        not model.is_quantized and "quantization_config" not in model.config.to_dict(),
+        name,
+        "(model) clears is_quantized and config.quantization_config",
+    )
+    _compat.drop_quantization_config(tiny_llama())  # a model loaded without quantization: nothing to do
+
+
+def test_transformers_no_split_modules():
+    from _kradapter_models import tiny_llama
+
+    name = "transformers.PreTrainedModel._no_split_modules"
+    check("LlamaDecoderLayer" in _compat.no_split_modules(tiny_llama()), name, "the decoder block class names")
+    check(_compat.no_split_modules(nn.Linear(2, 2)) == (), name, "() on a module without it")
+
+
 # --- bitsandbytes -----------------------------------------------------------------------------------------------
-def test_bnb_4bit_quant_state_and_cpu_repacking():
+def bnb_linear4bit(bnb, n=32, k=128, compress_statistics=True):
+    """A quantized CPU Linear4bit (NF4) holding a seeded random weight."""
+    torch.manual_seed(0)
+    layer = bnb.nn.Linear4bit(k, n, bias=False, compute_dtype=torch.float32, quant_type="nf4")
+    layer.weight = bnb.nn.Params4bit(
+        torch.randn(n, k),
+        requires_grad=False,
+        quant_type="nf4",
+        compress_statistics=compress_statistics,
+        module=layer,  # as transformers builds it: the layer holds the QuantState too
+    )
+    return layer.to("cpu")  # quantizes
+
+
+def repack_by_inference_forward(bnb, monkeypatch, layer):
+    """What bitsandbytes does on an AVX512-BF16 CPU, on any CPU: the repack switch on, one inference forward.
+    The packed kernel is replaced by zeros: only the repack is under test here."""
+    monkeypatch.setattr(
+        bnb.functional,
+        "gemv_4bit",
+        lambda A, B, out=None, state=None, **kw: A @ torch.zeros(A.shape[-1], state.shape[0]),
+    )
+    layer.support_avx512bf16_for_cpu = True
+    with torch.no_grad():
+        layer.eval()(torch.randn(2, layer.in_features))
+
+
+def test_bnb_cpu_repack_switch(monkeypatch):
+    bnb = pytest.importorskip("bitsandbytes")
+
+    name = "bitsandbytes.nn.Linear4bit.support_avx512bf16_for_cpu"
+    layer = bnb_linear4bit(bnb)
+    check(isinstance(getattr(layer, "support_avx512bf16_for_cpu", None), (bool, int)), name, "a flag set in __init__")
+    check(
+        layer.weight.quant_state is not None and not _compat.bnb_4bit_repacked_for_cpu(layer.weight),
+        "bitsandbytes Params4bit.quant_state.packing_format_for_cpu",
+        "a quantized weight with a quant_state, not repacked before any inference forward",
+    )
+    repack_by_inference_forward(bnb, monkeypatch, layer)
+    check(
+        _compat.bnb_4bit_repacked_for_cpu(layer.weight),
+        "bitsandbytes Params4bit.quant_state.packing_format_for_cpu",
+        "True after an inference forward with the repack switch on",
+    )
+    off = bnb_linear4bit(bnb)
+    off.support_avx512bf16_for_cpu = True  # as on an AVX512-BF16 CPU
+    _compat.bnb_disable_cpu_repack(off)
+    with torch.no_grad():
+        off.eval()(torch.randn(2, off.in_features))
+    check(not _compat.bnb_4bit_repacked_for_cpu(off.weight), name, "False to keep the layer in the standard layout")
+
+
+def test_bnb_cpu_repack_tile_rows():
+    functional = pytest.importorskip("bitsandbytes.functional")
+
+    name = "bitsandbytes.functional._convert_weight_packed_for_cpu"
+    repack = getattr(functional, "_convert_weight_packed_for_cpu", None)
+    check(callable(repack), name, "the function bitsandbytes repacks 4-bit weights for AVX512-BF16 with")
+    check(
+        inspect.signature(repack).parameters["block_n"].default == _compat.BNB_CPU_PACK_BLOCK_N,
+        name,
+        f"tiles of block_n={_compat.BNB_CPU_PACK_BLOCK_N} rows",
+    )
+
+
+@pytest.mark.parametrize("compress_statistics", [False, True])
+def test_bnb_cpu_packed_layout_is_read_exactly_and_stored_back(monkeypatch, compress_statistics):
     bnb = pytest.importorskip("bitsandbytes")
     from bitsandbytes.functional import dequantize_4bit
 
-    torch.manual_seed(0)
-    layer = bnb.nn.Linear4bit(64, 32, bias=False, compute_dtype=torch.float32, quant_type="nf4")
-    layer.weight = bnb.nn.Params4bit(torch.randn(32, 64), requires_grad=False, quant_type="nf4")
-    layer = layer.to("cpu")  # quantizes
+    layer = bnb_linear4bit(bnb, n=64, k=128, compress_statistics=compress_statistics)
     weight = layer.weight
-    name = "bitsandbytes Params4bit.quant_state.packing_format_for_cpu"
+    check(_compat.bnb_cpu_repack_fits(weight), "bitsandbytes Params4bit.quant_state.shape", "(N, K) of W")
     check(
-        weight.quant_state is not None and not _compat.bnb_4bit_repacked_for_cpu(weight),
-        name,
-        "a quantized weight with a quant_state, not repacked before any inference forward",
+        not _compat.bnb_cpu_repack_fits(bnb_linear4bit(bnb, n=32, k=32).weight),
+        "bitsandbytes Params4bit.quant_state.blocksize",
+        "64 for NF4 by default (so K=32 fills no block)",
     )
-    reference = dequantize_4bit(weight.data, weight.quant_state)
-    layer.eval()
-    with torch.no_grad():
-        layer(torch.randn(2, 64))  # bitsandbytes repacks here on AVX512-BF16 CPUs only
-    if _compat.bnb_4bit_repacked_for_cpu(weight):
-        data, state = _compat.bnb_unpack_4bit_for_cpu(weight)
-        check(
-            torch.allclose(dequantize_4bit(data, state), reference, atol=1e-2),
-            "bitsandbytes.functional._convert_weight_packed_for_cpu_inverse",
-            "(data, quant_state) -> the standard 4-bit layout again",
-        )
-    else:
-        check(
-            callable(
-                getattr(
-                    __import__("bitsandbytes.functional").functional, "_convert_weight_packed_for_cpu_inverse", None
-                )
-            ),
-            "bitsandbytes.functional._convert_weight_packed_for_cpu_inverse",
-            "a function",
-        )
+    standard = dequantize_4bit(weight.data.clone(), weight.quant_state)
+    repack_by_inference_forward(bnb, monkeypatch, layer)
+    got = _compat.bnb_dequantize_cpu_packed(weight)
+    # The packed layout keeps the same codes with the block scales rounded to bfloat16 (2^-9 relative).
+    check(
+        got.shape == standard.shape and torch.allclose(got, standard, rtol=2**-8, atol=0),
+        "bitsandbytes' CPU-packed 4-bit layout (_convert_weight_packed_for_cpu)",
+        "tiles of 32 rows, nibbles (row, column pair) in 32-byte groups, scales a bfloat16 (K / blocksize) x N matrix",
+    )
+    _compat.bnb_store_4bit_standard_(layer, got)
+    check(
+        not _compat.bnb_4bit_repacked_for_cpu(weight) and layer.quant_state is weight.quant_state,
+        "bitsandbytes Linear4bit.quant_state / Params4bit.quant_state",
+        "both replaced by a standard-layout QuantState",
+    )
+    check(
+        torch.equal(dequantize_4bit(weight.data, weight.quant_state), got),
+        "bitsandbytes.functional.quantize_4bit(compress_statistics=False)",
+        "the packed weight stored again without rounding (its scales are already bfloat16)",
+    )
+    x = torch.randn(3, 128, requires_grad=True)
+    layer.train()(x).sum().backward()
+    check(
+        torch.allclose(x.grad, got.sum(0).expand(3, -1), atol=1e-5),
+        "bitsandbytes Linear4bit backward in the standard layout",
+        "dL/dx = dL/dy W",
+    )
+
+
+def test_bnb_cpu_logger_name():
+    pytest.importorskip("bitsandbytes")
+    import importlib
+
+    from kradapter import _quiet
+
+    module, attribute = "bitsandbytes.backends.cpu.ops", "logger"
+    ops = importlib.import_module(module)
+    check(
+        getattr(getattr(ops, attribute, None), "name", None) == _quiet.BNB_CPU_LOGGER,
+        f"{module}.{attribute}",
+        f"the logger named {_quiet.BNB_CPU_LOGGER!r} that _quiet filters",
+    )
 
 
 def test_bnb_int8_state():
@@ -242,6 +452,30 @@ def test_bnb_int8_state():
         "bitsandbytes Linear8bitLt.state.SCB / Int8Params.SCB",
         "one absmax scale per output row",
     )
+
+
+@pytest.mark.parametrize(
+    "call, internal",
+    [
+        (
+            lambda: _compat.bnb_disable_cpu_repack(nn.Linear(2, 2)),
+            "bitsandbytes.nn.Linear4bit.support_avx512bf16_for_cpu",
+        ),
+        (lambda: _compat.bnb_int8_state(nn.Linear(2, 2)), "bitsandbytes.nn.Linear8bitLt.state"),
+        (lambda: _compat.trainer_load_from_checkpoint(object(), "ckpt"), "transformers.Trainer._load_from_checkpoint"),
+        (
+            lambda: _compat.saved_callback_state({"stateful_callbacks": {"Probe": 3}}, "Probe"),
+            "transformers.TrainerState.stateful_callbacks",
+        ),
+        (
+            lambda: _compat.drop_quantization_config(types.SimpleNamespace(hf_quantizer=object())),
+            "transformers.object.remove_quantization_config",
+        ),
+    ],
+)
+def test_a_changed_internal_is_one_error_naming_it(call, internal):
+    with pytest.raises(_compat.InternalAPIChanged, match=re.escape(internal)):
+        call()
 
 
 # --- tested ranges and the import-time warning ----------------------------------------------------------------

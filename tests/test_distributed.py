@@ -70,6 +70,45 @@ def test_two_processes_train_like_one(strategy, tmp_path, single_process):
         assert torch.equal(state[name], weight), name
 
 
+@pytest.fixture(scope="module")
+def tiny_llama_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny_llama")
+    tiny.tiny_model().save_pretrained(path)
+    return path
+
+
+def test_two_processes_train_the_cpu_packed_4bit_layout_like_one(tiny_llama_dir, tmp_path):
+    """bitsandbytes' AVX512-BF16 CPU layout (forced in the launched script and here, on any CPU): the 4-bit base is
+    repacked by an inference forward before training; DDP on two processes trains like one process, every layer back
+    in the standard layout; afterwards a plain merge is refused with the reason and merge_requantized merges."""
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed (pip install 'kradapter[quant]')")
+    from _bnb_cpu_layout import force_cpu_layout
+
+    run = torchrun(str(SCRIPT), "--strategy", "ddp", "--out", str(tmp_path), "--base", str(tiny_llama_dir))
+    assert run.returncode == 0, run.stderr[-4000:]
+    with pytest.MonkeyPatch.context() as mp:
+        force_cpu_layout(packed=True, setattr=mp.setattr)
+        single = tiny.train("single", base=tiny_llama_dir)
+
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for result in (*ranks, single):
+        assert len(result["packed_before"]) == 14 and all(result["packed_before"])  # 7 linears x 2 layers
+        assert not any(result["packed_after_training"])  # training went back to the standard layout
+        assert all(result["packed_at_eval"])  # and bitsandbytes repacked at the next inference forward
+        assert "merge_requantized" in result["merge_refusal"] and "merge_to_full_precision" in result["merge_refusal"]
+        assert 0 < result["merged_max_difference"] < 0.2  # requantizing 4-bit loses a little, never garbage
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert ranks[0]["local_losses"][0] != ranks[1]["local_losses"][0]
+    assert ranks[0]["losses"] == ranks[1]["losses"]
+    assert max(abs(a - b) for a, b in zip(ranks[0]["losses"], single["losses"])) < TOL
+    adapters = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert adapters[0].keys() == single["adapter"].keys() and len(adapters[0]) == 8
+    for name, weight in adapters[0].items():
+        assert torch.equal(weight, adapters[1][name]), f"{name} differs between ranks"
+        assert (weight - single["adapter"][name]).abs().max().item() < TOL, name
+    assert all(w.abs().sum() > 0 for n, w in single["adapter"].items() if "kradapter_U" in n)
+
+
 def test_world_size_that_does_not_divide_the_batch_is_one_clear_error():
     with pytest.raises(ValueError, match=r"global batch size 6 does not divide evenly over 4 processes"):
         kdist.local_batch_size(6, 4)

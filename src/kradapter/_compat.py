@@ -3,7 +3,27 @@
 kradapter builds on PEFT's tuner machinery, which exposes only part of what a tuner needs; the rest lives in PEFT
 modules without a stability promise. Everything of that kind is reached through this module, so a new release that
 moves or changes one breaks here, with an error naming the internal, and tests/test_compat.py checks each one
-against the installed versions.
+against the installed versions (one test per internal, failing with a message that names it).
+
+The rule, i.e. what other modules may use directly:
+
+- public: a name importable from the package's top level (``from peft import PeftModel``,
+  ``from transformers import TrainerCallback``, ``bitsandbytes.nn.Linear4bit``) or from a documented sub-module
+  without a leading underscore (``peft.config.PeftConfig``, ``peft.utils.get_peft_model_state_dict`` and
+  ``register_peft_method``, ``transformers.utils.logging``, ``bitsandbytes.functional.quantize_4bit`` /
+  ``dequantize_4bit``), and the base classes PEFT documents for custom tuners,
+  ``peft.tuners.tuners_utils.BaseTuner`` and ``BaseTunerLayer``;
+- everything else comes from here: names in private modules, names and attributes with a leading underscore,
+  undocumented object state (bitsandbytes' ``QuantState`` flags, ``MatmulLtState``), data layouts (bitsandbytes'
+  CPU-packed 4-bit weights, the ``stateful_callbacks`` entry of transformers' trainer_state.json).
+- One kind stays in place: the BaseTuner / BaseTunerLayer subclass protocol, the underscore methods and attributes
+  that PEFT's own tuners override and call (``_create_and_replace``, ``_active_adapter``, ...). Writing a tuner
+  means using them as methods of ``self``; ``TUNER_PROTOCOL`` below lists every one kradapter uses, and
+  tests/test_compat.py checks each against the installed PEFT.
+- One more stays where it must run: the name of bitsandbytes' CPU-kernel logger (``_quiet.BNB_CPU_LOGGER``) is set
+  before PEFT imports bitsandbytes, i.e. before this module can be imported; tests/test_compat.py checks it too.
+
+torch is not covered: kradapter uses only its public API and nn.Module's documented extension points.
 
 Also here: the tested version ranges (the same as pyproject's) and the import-time check against them.
 """
@@ -15,6 +35,8 @@ import importlib
 import sys
 import warnings
 from importlib.metadata import PackageNotFoundError, version
+
+import torch
 
 # Kept equal to pyproject.toml's dependency ranges (tests/test_compat.py compares them): (lowest, first untested).
 TESTED_RANGES = {
@@ -70,11 +92,74 @@ resolve_quantization_backend = _internal("peft.utils.quantization_utils", "resol
 ForwardOnlyQuantizationBackend = _internal("peft.utils.quantization_utils", "ForwardOnlyQuantizationBackend")
 # LoKr's factorisation of a dimension, so a budget-matched LoKr config uses the shapes LoKr will build.
 factorization = _internal("peft.tuners.lokr.layer", "factorization")
+# Each registered method's parameter-name prefix ("lora_", "kradapter_"), keyed by PeftType.
+PEFT_TYPE_TO_PREFIX_MAPPING = _internal("peft.mapping", "PEFT_TYPE_TO_PREFIX_MAPPING")
+
+# The subclass protocol of PEFT's tuner base classes that kradapter's tuners use (see the module docstring):
+# (class, member, the leading parameters PEFT calls it with, or None for an attribute of an instance).
+TUNER_PROTOCOL = (
+    ("BaseTuner", "_create_and_replace", ["self", "peft_config", "adapter_name", "target", "target_name", "parent"]),
+    ("BaseTuner", "_prepare_adapter_config", ["self", "peft_config", "model_config"]),
+    ("BaseTuner", "_check_target_module_exists", ["peft_config", "key"]),
+    ("BaseTuner", "_pre_injection_hook", ["self", "model", "config", "adapter_name"]),
+    ("BaseTuner", "_replace_module", ["self", "parent", "child_name", "new_module", "child"]),
+    ("BaseTuner", "_unload_and_optionally_merge", ["self", "merge", "progressbar", "safe_merge", "adapter_names"]),
+    ("BaseTuner", "_get_adapter_state_dict", ["model", "config", "adapter_name", "state_dict"]),
+    ("BaseTunerLayer", "_move_adapter_to_device_of_base_layer", ["self", "adapter_name"]),
+    ("BaseTunerLayer", "_active_adapter", None),
+    ("BaseTunerLayer", "_disable_adapters", None),
+)
 
 # --- transformers ----------------------------------------------------------------------------------------------
 # GPT-2 style transposed linear; documented only among transformers' internal helpers.
 Conv1D = _internal("transformers.pytorch_utils", "Conv1D")
 get_last_checkpoint = _internal("transformers.trainer_utils", "get_last_checkpoint")
+# The mixin that makes a TrainerCallback's state part of each checkpoint (not exported at the top level).
+ExportableState = _internal("transformers.trainer_callback", "ExportableState")
+
+
+def saved_callback_state(trainer_state: dict, callback_name: str) -> dict:
+    """What an ExportableState callback's ``state()`` returned when this checkpoint was saved (``{"args": ...,
+    "attributes": ...}``), read from a parsed trainer_state.json; {} when it holds none. transformers stores it under
+    ``stateful_callbacks[class name]``, as a dict, or a list of dicts when several callbacks share the class."""
+    saved = (trainer_state.get("stateful_callbacks") or {}).get(callback_name) or {}
+    if isinstance(saved, list):
+        saved = saved[-1] if saved else {}
+    if not isinstance(saved, dict):
+        raise internal_changed(
+            "transformers.TrainerState.stateful_callbacks", f"{callback_name}'s entry is a {type(saved).__name__}"
+        )
+    return saved
+
+
+def trainer_load_from_checkpoint(trainer, checkpoint: str) -> None:
+    """Load a checkpoint's weights into ``trainer.model`` without training (``Trainer._load_from_checkpoint``, the
+    step ``train(resume_from_checkpoint=...)`` starts with; public API has no weights-only resume)."""
+    load = getattr(trainer, "_load_from_checkpoint", None)
+    if load is None:
+        raise internal_changed("transformers.Trainer._load_from_checkpoint", "the method is missing")
+    load(checkpoint)
+
+
+def drop_quantization_config(model) -> None:
+    """Mark a transformers model whose quantized layers were all replaced by float ones as not quantized: its
+    quantizer (``model.hf_quantizer``, set by from_pretrained) removes ``config.quantization_config`` and the
+    model's quantization flags. Nothing for a model loaded without quantization."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None:
+        return
+    remove = getattr(quantizer, "remove_quantization_config", None)
+    if remove is None:
+        raise internal_changed(
+            f"transformers.{type(quantizer).__name__}.remove_quantization_config", "the quantizer lacks it"
+        )
+    remove(model)
+
+
+def no_split_modules(module) -> tuple[str, ...]:
+    """The class names a transformers model declares as its repeated blocks (``PreTrainedModel._no_split_modules``,
+    what device_map="auto" never splits): FSDP's wrapping units. () for a module without them."""
+    return tuple(getattr(module, "_no_split_modules", None) or ())
 
 
 # --- PEFT: adding members to the PeftType enum --------------------------------------------------------------------
@@ -126,18 +211,83 @@ def add_model_card_hook(update_card) -> None:
     PeftModel.create_or_update_model_card = create_or_update_model_card
 
 
-# --- bitsandbytes: layer state that PEFT's bnb backends also read -------------------------------------------------
+# --- bitsandbytes: layer state and the AVX512-BF16 CPU layout -------------------------------------------------
+# On a CPU with AVX512-BF16, bnb.nn.Linear4bit repacks its weight in place at the first inference forward (eval mode,
+# input without grad; bitsandbytes.functional._convert_weight_packed_for_cpu): the 4-bit codes of W (N x K) are
+# regrouped in tiles of 32 rows for its kernel and the per-block scales become a bfloat16 (K / blocksize) x N matrix,
+# un-nested (quant_state.packing_format_for_cpu = True). bitsandbytes' dequantize_4bit and its autograd backward read
+# only the standard layout, and its own inverse (_convert_weight_packed_for_cpu_inverse) mis-orders the scales of
+# un-nested states, so kradapter reads the packed layout itself (bnb_dequantize_cpu_packed).
+BNB_CPU_PACK_BLOCK_N = 32  # rows of W per packed tile (_convert_weight_packed_for_cpu's block_n)
+
+
 def bnb_4bit_repacked_for_cpu(weight) -> bool:
     """Whether bitsandbytes repacked this Params4bit for AVX512-BF16 CPU inference (``quant_state``'s
     ``packing_format_for_cpu``, set in place at the first inference forward on such CPUs)."""
     return bool(getattr(getattr(weight, "quant_state", None), "packing_format_for_cpu", False))
 
 
-def bnb_unpack_4bit_for_cpu(weight):
-    """``(data, quant_state)`` of a Params4bit that bitsandbytes repacked for AVX512-BF16, back in its standard
-    layout (the one dequantize_4bit reads), through bitsandbytes' private inverse of the repacking."""
-    unpack = _internal("bitsandbytes.functional", "_convert_weight_packed_for_cpu_inverse")
-    return unpack(weight.data, weight.quant_state)
+def bnb_cpu_repack_fits(weight) -> bool:
+    """Whether bitsandbytes' CPU repack can handle this 4-bit weight: whole tiles of 32 rows and whole blocks per row.
+    Its repack crashes otherwise ("shape '[32, 0]' is invalid ..." for in_features < blocksize)."""
+    state = getattr(weight, "quant_state", None)
+    if state is None:
+        return True
+    n, k = state.shape
+    return n % BNB_CPU_PACK_BLOCK_N == 0 and k % state.blocksize == 0
+
+
+def bnb_disable_cpu_repack(layer) -> None:
+    """Keep bitsandbytes from repacking this Linear4bit for AVX512-BF16 (its switch ``support_avx512bf16_for_cpu``,
+    set from the CPU's features in ``Linear4bit.__init__``)."""
+    if not hasattr(layer, "support_avx512bf16_for_cpu"):
+        raise internal_changed("bitsandbytes.nn.Linear4bit.support_avx512bf16_for_cpu", "the attribute is missing")
+    layer.support_avx512bf16_for_cpu = False
+
+
+def _bnb_packed_codes(packed, n: int, k: int):
+    """The (n x k) 4-bit code indices of a CPU-packed weight. Rows come in tiles of 32; for each tile and column
+    pair, 64 entries ordered (row in tile, column of the pair) fill 32 bytes: entry j in the low nibble of byte j,
+    entry j + 32 in its high nibble."""
+    import torch
+
+    flat = packed.reshape(-1, 32)
+    entries = torch.cat([flat & 0xF, flat >> 4], dim=1)  # (tiles * k/2, 64), entry index = row_in_tile * 2 + c
+    entries = entries.reshape(n // BNB_CPU_PACK_BLOCK_N, k // 2, BNB_CPU_PACK_BLOCK_N, 2)  # (tile, pair, row, c)
+    return entries.transpose(1, 2).reshape(n, k)
+
+
+def bnb_dequantize_cpu_packed(weight):
+    """The (N x K) weight a CPU-packed bnb 4-bit parameter holds, exactly as its kernel reads it, in the dtype it
+    was quantized from."""
+    state = weight.quant_state
+    n, k = state.shape
+    codes = _bnb_packed_codes(weight.data.view(torch.uint8), n, k).long()
+    values = state.code.to(torch.float32)[codes].reshape(n, k // state.blocksize, state.blocksize)
+    scales = state.absmax.to(torch.float32).T.reshape(n, k // state.blocksize, 1)  # stored (K / blocksize) x N
+    dtype = getattr(state, "original_dtype", torch.float32)
+    return (values * scales).reshape(n, k).to(dtype)
+
+
+def bnb_store_4bit_standard_(layer, weight) -> None:
+    """Quantize the float `weight` into a Linear4bit in bitsandbytes' standard layout, in place, with the layer's
+    blocksize and quant type and the scales kept un-nested (a bfloat16-valued weight read from the packed layout is
+    stored with the same codes and scales). Sets both places bitsandbytes keeps the QuantState: the parameter and the
+    layer (``Linear4bit.quant_state``, which its forward copies back onto the parameter)."""
+    import bitsandbytes.functional as bnb_functional
+
+    param = layer.weight
+    state = param.quant_state
+    data, new_state = bnb_functional.quantize_4bit(
+        weight,
+        blocksize=state.blocksize,
+        quant_type=state.quant_type,
+        compress_statistics=False,
+        quant_storage=getattr(param, "quant_storage", torch.uint8),
+    )
+    param.data, param.quant_state = data, new_state
+    if getattr(layer, "quant_state", None) is not None:
+        layer.quant_state = new_state
 
 
 def bnb_int8_state(layer):

@@ -136,9 +136,11 @@ def decoder_layer_classes(model: nn.Module) -> set[type[nn.Module]]:
     Raises:
         ValueError: If the model declares no such classes; pass ``layer_classes`` to the wrappers then.
     """
+    from ._compat import no_split_modules
+
     names: set[str] = set()
     for module in model.modules():
-        names.update(getattr(module, "_no_split_modules", None) or ())
+        names.update(no_split_modules(module))
     classes = {type(m) for m in model.modules() if type(m).__name__ in names}
     if not classes:
         raise ValueError(
@@ -216,8 +218,31 @@ def full_adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     options = StateDictOptions(full_state_dict=True, ignore_frozen_params=True)
+    state = get_model_state_dict(model, options=options)
+    # ignore_frozen_params drops frozen parameters but not the entries a layer adds beside them in its state dict
+    # (bitsandbytes' 4-bit quantization state: "<name>.weight.absmax", ...): drop those too.
+    frozen = {_unwrapped_name(model, n) for n, p in model.named_parameters() if not p.requires_grad}
     # Full state dicts hold plain tensors (the type allows any state value).
-    return {k: cast(torch.Tensor, v).detach().cpu() for k, v in get_model_state_dict(model, options=options).items()}
+    return {k: cast(torch.Tensor, v).detach().cpu() for k, v in state.items() if not _beside(k, frozen)}
+
+
+_WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+
+
+def _unwrapped_name(model: nn.Module, name: str) -> str:
+    """A parameter name of a (DDP / FSDP-wrapped) model as the unwrapped model, and its full state dict, name it."""
+    for segment in _WRAPPER_SEGMENTS:
+        name = name.replace(segment, "")
+    return name.removeprefix("module.") if isinstance(model, nn.parallel.DistributedDataParallel) else name
+
+
+def _beside(key: str, names: set[str]) -> bool:
+    """Whether a state-dict key is an entry under one of `names` ("a.weight.absmax" under "a.weight")."""
+    while "." in key:
+        key = key.rsplit(".", 1)[0]
+        if key in names:
+            return True
+    return False
 
 
 def save_adapter(peft_model: nn.Module, wrapped: nn.Module, out_dir: str | os.PathLike) -> None:

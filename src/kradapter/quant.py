@@ -189,7 +189,7 @@ def _check_dequantizable(model: nn.Module) -> None:
 
 def _dequantize_remaining_(model: nn.Module, dtype: torch.dtype) -> None:
     """Replace the quantized linears no adapter targeted with dequantized nn.Linear; drop quantization metadata."""
-    from ._compat import get_quantization_kwargs, resolve_quantization_backend
+    from ._compat import drop_quantization_config, get_quantization_kwargs, resolve_quantization_backend
 
     kwargs = get_quantization_kwargs(model)
     for name, module in list(model.named_modules()):
@@ -204,6 +204,4 @@ def _dequantize_remaining_(model: nn.Module, dtype: torch.dtype) -> None:
         )
         full = dequantized_linear(module, weight, dtype)
         setattr(model.get_submodule(parent_name), child, full)
-    quantizer = getattr(model, "hf_quantizer", None)
-    if quantizer is not None:
-        quantizer.remove_quantization_config(model)
+    drop_quantization_config(model)

@@ -5,6 +5,11 @@ Launched by tests/test_distributed.py as ``torchrun --standalone --nproc_per_nod
 Each rank writes DIR/rank{r}.json (world size, global and local loss per step) and DIR/rank{r}.pt (the full adapter
 weights it ends with); rank 0 saves the adapter to DIR/adapter.
 
+With ``--base DIR`` (a saved tiny Llama; strategy ddp) the base is loaded 4-bit and bitsandbytes is made to repack it
+for AVX512-BF16 CPUs (tests/_bnb_cpu_layout.py, on any CPU) by one inference forward before the adapter is added:
+training must take the repacked layers back to the standard layout, and the trained adapter must merge (requantized)
+or refuse a plain merge with the reason; each rank writes what it saw of that to DIR/rank{r}.json too.
+
 Data: STEPS global batches of GLOBAL_BATCH random token rows; at step t rank r takes rows [r*b, (r+1)*b) of batch t
 (b = GLOBAL_BATCH / world size), which is also how Accelerate shards a DataLoader of batch size b. Every row has the
 same length and no padding, so the mean of the ranks' mean losses is the global batch's mean loss, and the averaged
@@ -48,15 +53,62 @@ def tiny_peft_model():
     return get_peft_model(tiny_model(), KRAdapterConfig(target_modules=["k_proj", "v_proj"], alpha=1.0))
 
 
+def packed_4bit_peft_model(base: Path):
+    """The tiny Llama saved at `base`, loaded 4-bit and repacked for CPU inference by one eval forward (the layout
+    is forced by the caller), with the same adapter as tiny_peft_model."""
+    from kradapter import quant
+
+    model = LlamaForCausalLM.from_pretrained(base, quantization_config=quant.bnb_config("4bit"), device_map="cpu")
+    with torch.no_grad():
+        model.eval()(input_ids=torch.zeros(1, 4, dtype=torch.long))  # bitsandbytes repacks here
+    torch.manual_seed(0)
+    return get_peft_model(model, KRAdapterConfig(target_modules=["k_proj", "v_proj"], alpha=1.0))
+
+
+def packed_layers(model) -> list[bool]:
+    """For each bnb 4-bit layer of `model`: whether it is in the CPU-packed layout."""
+    import bitsandbytes as bnb
+
+    from kradapter import quant
+
+    return [quant.is_cpu_packed(m.weight) for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+
+
+def merge_checks(peft_model) -> dict:
+    """After training: an inference forward (bitsandbytes repacks again), a plain merge (refused, with the reason),
+    then merge_requantized and how far the merged model's logits are from the unmerged ones."""
+    from kradapter import quant
+
+    x = torch.randint(0, VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(2))
+    peft_model.eval()
+    with torch.no_grad():
+        unmerged = peft_model(input_ids=x).logits
+    packed_at_eval = packed_layers(peft_model)
+    try:
+        peft_model.merge_adapter()
+        refusal = None
+    except ValueError as err:
+        refusal = str(err)
+    quant.merge_requantized(peft_model)
+    with torch.no_grad():
+        merged = peft_model(input_ids=x).logits
+    return {
+        "packed_at_eval": packed_at_eval,
+        "merge_refusal": refusal,
+        "merged_max_difference": (merged - unmerged).abs().max().item(),
+    }
+
+
 def batches() -> torch.Tensor:
     return torch.randint(0, VOCAB, (STEPS, GLOBAL_BATCH, SEQ), generator=torch.Generator().manual_seed(1))
 
 
-def train(strategy: str = "single", out: Path | None = None) -> dict:
+def train(strategy: str = "single", out: Path | None = None, base: Path | None = None) -> dict:
     """Run the few steps; returns (and on every rank writes) what the test compares."""
     import torch.distributed as dist
 
-    peft_model = tiny_peft_model()
+    peft_model = tiny_peft_model() if base is None else packed_4bit_peft_model(base)
+    packed_before = packed_layers(peft_model) if base is not None else []
     rank, world_size = 0, 1
     if strategy == "accelerate":
         from accelerate import Accelerator
@@ -112,11 +164,16 @@ def train(strategy: str = "single", out: Path | None = None) -> dict:
         "losses": losses,
         "local_losses": local_losses,
     }
+    if base is not None:
+        result.update(packed_before=packed_before, packed_after_training=packed_layers(peft_model))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         torch.save(adapter, out / f"rank{rank}.pt")
-        (out / f"rank{rank}.json").write_text(json.dumps(result))
         kdist.save_adapter(peft_model, model, out / "adapter")
+    if base is not None:
+        result.update(merge_checks(peft_model))
+    if out is not None:
+        (out / f"rank{rank}.json").write_text(json.dumps(result))
     kdist.finish()
     return {**result, "adapter": adapter}
 
@@ -125,8 +182,14 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--strategy", choices=STRATEGIES, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--base", type=Path, help="a saved tiny Llama: load it 4-bit in the CPU-packed layout")
     args = parser.parse_args(argv)
-    train(args.strategy, args.out)
+    if args.base is not None:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for _bnb_cpu_layout
+        from _bnb_cpu_layout import force_cpu_layout
+
+        force_cpu_layout(packed=True)  # before the model is built: Linear4bit reads the CPU check in __init__
+    train(args.strategy, args.out, args.base)
     return 0
 
 

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from transformers import TrainerCallback
-from transformers.trainer_callback import ExportableState
 
+from .._compat import ExportableState, saved_callback_state
 from ..bench.timing import synchronize
 
 WEIGHTS = (
@@ -88,9 +88,7 @@ class StepTimer(TrainerCallback, ExportableState):
         if checkpoint is None:
             return
         state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
-        saved = (state.get("stateful_callbacks") or {}).get(type(self).__name__) or {}
-        if isinstance(saved, list):
-            saved = saved[-1] if saved else {}
+        saved = saved_callback_state(state, type(self).__name__)
         self.seconds = float(saved.get("args", {}).get("seconds", 0.0))
         self.steps = int(saved.get("args", {}).get("steps", 0))
 

@@ -73,7 +73,8 @@ def _model_class(path: str, config, keys: list[str]):
     device, so nothing is loaded): the task_type's class, else the first candidate that fits."""
     import torch
     import transformers
-    from peft.mapping import PEFT_TYPE_TO_PREFIX_MAPPING
+
+    from .._compat import PEFT_TYPE_TO_PREFIX_MAPPING
 
     prefix = PEFT_TYPE_TO_PREFIX_MAPPING.get(config.peft_type, "")
     try:

@@ -192,7 +192,9 @@ def train_seed(
         # Training had finished (a Ctrl-C during evaluation): load its weights; Trainer would run one more step.
         from transformers import TrainerState
 
-        trainer._load_from_checkpoint(str(last))
+        from .._compat import trainer_load_from_checkpoint
+
+        trainer_load_from_checkpoint(trainer, str(last))
         trainer.state = TrainerState.load_from_json(str(last / "trainer_state.json"))
     else:
         with interrupt:

@@ -12,16 +12,21 @@ import sys
 import torch
 from torch import nn
 
+from ..._compat import (
+    bnb_4bit_repacked_for_cpu,
+    bnb_cpu_repack_fits,
+    bnb_dequantize_cpu_packed,
+    bnb_disable_cpu_repack,
+    bnb_int8_state,
+    bnb_store_4bit_standard_,
+)
 from .quantized import QuantizedLinear
 
 # --- bitsandbytes' AVX512-BF16 CPU layout ---------------------------------------------------------------------------
 # On a CPU with AVX512-BF16, bnb.nn.Linear4bit repacks its weight in place at the first inference forward (eval mode,
-# input without grad): the 4-bit codes of W (N x K) are regrouped for its kernel and the per-block scales become a
-# bfloat16 (K / blocksize) x N matrix, un-nested (quant_state.packing_format_for_cpu = True). bitsandbytes'
-# dequantize_4bit and its autograd backward read only the standard layout, and its own inverse mis-orders the scales
-# of un-nested states, so kradapter reads the packed layout itself (below) and, before a training forward, stores the
-# weight back in the standard layout with the same codes and scales (lossless: the scales are already bfloat16).
-_PACK_BLOCK_N = 32  # rows of W per packed tile (bitsandbytes' block_n)
+# input without grad) into a layout only its inference kernel reads (described, and read, in _compat). Before a
+# training forward kradapter stores the weight back in the standard layout with the same codes and scales (lossless:
+# the scales are already bfloat16); bitsandbytes packs it again at the next inference forward.
 
 
 def is_cpu_packed(weight) -> bool:
@@ -30,48 +35,19 @@ def is_cpu_packed(weight) -> bool:
     Args:
         weight: A ``bnb.nn.Params4bit`` (anything else is not packed).
     """
-    return bool(getattr(getattr(weight, "quant_state", None), "packing_format_for_cpu", False))
-
-
-def _packed_codes(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
-    """The (n x k) 4-bit code indices of a CPU-packed weight. Rows come in tiles of 32; for each tile and column
-    pair, 64 entries ordered (row in tile, column of the pair) fill 32 bytes: entry j in the low nibble of byte j,
-    entry j + 32 in its high nibble."""
-    flat = packed.reshape(-1, 32)
-    entries = torch.cat([flat & 0xF, flat >> 4], dim=1)  # (tiles * k/2, 64), entry index = row_in_tile * 2 + c
-    entries = entries.reshape(n // _PACK_BLOCK_N, k // 2, _PACK_BLOCK_N, 2)  # (tile, column pair, row, c)
-    return entries.transpose(1, 2).reshape(n, k)
+    return bnb_4bit_repacked_for_cpu(weight)
 
 
 def dequantize_cpu_packed(weight) -> torch.Tensor:
     """The (N x K) weight a CPU-packed bnb 4-bit parameter holds, exactly as its kernel reads it, in the dtype it
     was quantized from."""
-    state = weight.quant_state
-    n, k = state.shape
-    codes = _packed_codes(weight.data.view(torch.uint8), n, k).long()
-    values = state.code.to(torch.float32)[codes].reshape(n, k // state.blocksize, state.blocksize)
-    scales = state.absmax.to(torch.float32).T.reshape(n, k // state.blocksize, 1)  # stored (K / blocksize) x N
-    dtype = getattr(state, "original_dtype", torch.float32)
-    return (values * scales).reshape(n, k).to(dtype)
+    return bnb_dequantize_cpu_packed(weight)
 
 
 def restore_standard_layout_(base: nn.Module) -> None:
     """Store a CPU-packed Linear4bit weight back in bitsandbytes' standard layout, in place (same codes, same
     bfloat16-valued scales kept un-nested, so nothing is rounded again); its training backward needs that layout."""
-    import bitsandbytes.functional as bnb_functional
-
-    weight = base.weight
-    state = weight.quant_state
-    data, new_state = bnb_functional.quantize_4bit(
-        dequantize_cpu_packed(weight),
-        blocksize=state.blocksize,
-        quant_type=state.quant_type,
-        compress_statistics=False,
-        quant_storage=getattr(weight, "quant_storage", torch.uint8),
-    )
-    weight.data, weight.quant_state = data, new_state
-    if getattr(base, "quant_state", None) is not None:
-        base.quant_state = new_state
+    bnb_store_4bit_standard_(base, dequantize_cpu_packed(base.weight))
 
 
 def _standard_layout_for_backward(base: nn.Module, args: tuple) -> None:
@@ -83,23 +59,28 @@ def _standard_layout_for_backward(base: nn.Module, args: tuple) -> None:
         restore_standard_layout_(base)
 
 
+def _standard_layout_for_saving(module: nn.Module, prefix: str, keep_vars: bool) -> None:
+    # bitsandbytes' _save_to_state_dict unpacks a CPU-packed weight itself, in place, and its inverse mis-orders the
+    # scales of un-nested states (what restore_standard_layout_ stores, so every layer trained here and repacked at
+    # the next inference forward): saving would corrupt the base weights. Unpack them exactly first.
+    if is_cpu_packed(module.weight):
+        restore_standard_layout_(module)
+
+
 def packable(module: nn.Module) -> bool:
     """Whether bitsandbytes' repack can handle this layer: whole tiles of 32 rows and whole blocks per row. It crashes
     otherwise ("shape '[32, 0]' is invalid ..." for in_features < blocksize), e.g. on tiny test models."""
-    state = getattr(module.weight, "quant_state", None)
-    if state is None:
-        return True
-    n, k = state.shape
-    return n % _PACK_BLOCK_N == 0 and k % state.blocksize == 0
+    return bnb_cpu_repack_fits(module.weight)
 
 
 def watch_cpu_layout(module: nn.Module) -> None:
-    """Make a bnb Linear4bit switch back to the standard layout before any forward that may backpropagate (once),
-    and keep bitsandbytes from repacking a layer its repack would crash on."""
+    """Make a bnb Linear4bit switch back to the standard layout before any forward that may backpropagate and before
+    its state is saved (hooks, added once), and keep bitsandbytes from repacking a layer its repack would crash on."""
     if not packable(module):
-        module.support_avx512bf16_for_cpu = False  # bitsandbytes' own switch for the repack (Linear4bit.__init__)
+        bnb_disable_cpu_repack(module)
     if not getattr(module, "_kradapter_watches_layout", False):
         module.register_forward_pre_hook(_standard_layout_for_backward)
+        module.register_state_dict_pre_hook(_standard_layout_for_saving)
         module._kradapter_watches_layout = True
 
 
@@ -138,7 +119,7 @@ class Linear8bitLt(QuantizedLinear):
         Returns:
             The reason, or None when dequantizing is safe.
         """
-        if self.get_base_layer().state.has_fp16_weights:
+        if bnb_int8_state(self.get_base_layer()).has_fp16_weights:
             return (
                 "its 8-bit layer keeps float16 training weights (has_fp16_weights=True), which PEFT cannot requantize"
             )
@@ -151,7 +132,7 @@ class Linear8bitLt(QuantizedLinear):
         Returns:
             What ``restore_base`` needs.
         """
-        state = self.get_base_layer().state
+        state = bnb_int8_state(self.get_base_layer())
         return super().snapshot_base(), state.CB, state.SCB
 
     def restore_base(self, snapshot) -> None:
@@ -162,7 +143,7 @@ class Linear8bitLt(QuantizedLinear):
         """
         weight_snapshot, cb, scb = snapshot
         super().restore_base(weight_snapshot)
-        state = self.get_base_layer().state
+        state = bnb_int8_state(self.get_base_layer())
         state.CB, state.SCB = cb, scb
 
 
