@@ -51,6 +51,29 @@ def mha_blocker(base: nn.Module) -> str | None:
     return None
 
 
+def out_proj_owner(modules: dict[str, nn.Module], key: str) -> str | None:
+    """The name of the nn.MultiheadAttention whose out_proj the module ``key`` is, or None.
+
+    Args:
+        modules: The model's ``dict(named_modules())``.
+        key: A module name.
+    """
+    owner, _, child = key.rpartition(".")
+    return owner if child == "out_proj" and isinstance(modules.get(owner), nn.MultiheadAttention) else None
+
+
+def out_proj_target_error(key: str, owner: str) -> ValueError:
+    """The one error for a target that is an attention's out_proj: nn.MultiheadAttention hands out_proj.weight to
+    F.multi_head_attention_forward and never calls out_proj, so an adapter wrapped around it would train and never
+    act (PEFT's LoRA creates such dead adapters silently)."""
+    return ValueError(
+        f"module '{key}' is the out_proj of the nn.MultiheadAttention '{owner}', which reads out_proj.weight itself "
+        f"and never calls out_proj: an adapter there would never act. Target the attention module '{owner}' instead "
+        "(KRAdapter adapts its in_proj and out_proj), with a target list or regex that leaves its out_proj out "
+        "(for 'all-linear': name the targets, e.g. the attention modules and the MLP linears)"
+    )
+
+
 def _of_base(name: str) -> property:
     def read(self: MultiheadAttention) -> Any:
         return getattr(self.get_base_layer(), name)

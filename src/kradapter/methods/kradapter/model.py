@@ -36,7 +36,7 @@ from .conv_nd import Conv1d, Conv3d
 from .dispatch import dispatch_quantized
 from .embedding import Embedding, embedding_blocker
 from .layer import Conv2d, KRAdapterLayer, Linear
-from .mha import MultiheadAttention, mha_blocker
+from .mha import MultiheadAttention, mha_blocker, out_proj_owner, out_proj_target_error
 from .quantized import QuantizedLinear
 
 # The paper adapts attention key and value (sections 4.3 and H); used when target_modules is not given.
@@ -259,6 +259,7 @@ class KRAdapterModel(DeltaTuner):
             return
         config = _maybe_include_all_linear_layers(config, model)
         named_modules = list(model.named_modules())
+        modules = dict(named_modules)
         inside_adapters = tuple(key + "." for key, module in named_modules if isinstance(module, BaseTunerLayer))
         if state_dict is not None:
             wanted = {k.rsplit("." + self.prefix, 1)[0].removeprefix("_orig_mod.") for k in state_dict}
@@ -271,6 +272,8 @@ class KRAdapterModel(DeltaTuner):
                 matched = bool(self._check_target_module_exists(config, key))
             if not matched:
                 continue
+            if (owner := out_proj_owner(modules, key)) is not None:
+                raise out_proj_target_error(key, owner)
             base = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
             if not isinstance(base, SUPPORTED_BASE_TYPES):
                 raise unsupported_target_error(key, base)
