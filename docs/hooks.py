@@ -4,6 +4,8 @@
   time, so nothing is copied into docs/ and every figure has one file in the repository.
 - ``<!-- config-fields: dotted.Name -->`` in a page becomes a table of that dataclass's fields, from each field's
   ``metadata["help"]``: the config's own help text is the one source of its documentation.
+- ``<!-- cli-options: COMMAND -->`` becomes a table of that ``kradapter`` subcommand's options, from its argparse
+  help: the CLI's own help text is the one source of a command's option list.
 - Every public name on the API pages must have a docstring, and in the core modules every function's docstring
   must name its arguments (``Args:``) and, when its body raises, what it raises (``Raises:``). A missing one is a
   warning, which ``mkdocs build --strict`` turns into a failed build.
@@ -41,6 +43,7 @@ CORE = {
     "kradapter.methods.kronlora.quantize",
 }
 FIELDS_MARK = re.compile(r"<!--\s*config-fields:\s*([\w.]+)\s*-->")
+OPTIONS_MARK = re.compile(r"<!--\s*cli-options:\s*([\w-]+)\s*-->")
 API_REF = re.compile(r"^:::\s*([\w.]+)", re.M)
 
 
@@ -63,7 +66,7 @@ def on_files(files, config):
 def _type_name(tp) -> str:
     text = getattr(tp, "__name__", None) if not typing.get_args(tp) else None
     text = text or str(tp).replace("typing.", "")
-    return text.replace("|", "\\|")
+    return text
 
 
 def fields_table(dotted: str) -> str:
@@ -90,9 +93,9 @@ def fields_table(dotted: str) -> str:
         else:
             default = "required"
         help_text = " ".join(help_text.split()).replace("|", "\\|")
-        # The annotation as the source writes it (a string under `from __future__ import annotations`).
+        # The annotation as the source writes it (a string under `from __future__ import annotations`). Its pipes stay
+        # unescaped: inside a code span they do not split the table's cells, and an escape would show.
         type_text = f.type if isinstance(f.type, str) else _type_name(hints.get(f.name, f.type))
-        type_text = type_text.replace("|", "\\|")
         rows.append(f"| `{f.name}` | `{type_text}` | `{default}` | {help_text} |")
     text = "\n".join(rows)
     if inherited:
@@ -100,9 +103,40 @@ def fields_table(dotted: str) -> str:
     return text
 
 
+def options_table(command: str) -> str:
+    """A markdown table (option, default, help) of ``kradapter COMMAND``'s options, from the CLI's parser."""
+    import argparse
+
+    from kradapter import cli
+
+    cli._load_commands()
+    subparsers = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    parser = subparsers.choices[command]
+    rows = ["| option | default | what it does |", "|---|---|---|"]
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction) or action.help == argparse.SUPPRESS:
+            continue
+        flags = ", ".join(action.option_strings) or action.dest
+        if action.metavar is not None:
+            flags += f" {action.metavar}"
+        elif action.choices is not None:
+            flags += " {" + ",".join(map(str, action.choices)) + "}"
+        elif action.option_strings and action.nargs != 0:
+            flags += f" {action.dest.upper()}"
+        if action.required:
+            default = "required"
+        else:
+            default = "" if action.default in (None, False) else f"`{action.default!r}`"
+        help_text = " ".join((action.help or "").replace("%(default)s", str(action.default)).split())
+        help_text = help_text.replace("|", "\\|")
+        rows.append(f"| `{flags}` | {default} | {help_text} |")
+    return "\n".join(rows)
+
+
 def on_page_markdown(markdown, page, config, files):
-    """Expand the config-field markers and check the docstrings of the names this page documents."""
+    """Expand the config-field and CLI-option markers and check the docstrings of the names this page documents."""
     markdown = FIELDS_MARK.sub(lambda m: fields_table(m.group(1)), markdown)
+    markdown = OPTIONS_MARK.sub(lambda m: options_table(m.group(1)), markdown)
     if page.file.src_uri.startswith("benchmarks/"):
         markdown = FOLDER_LINK.sub(r"](\1/index.md)", markdown)
     for dotted in API_REF.findall(markdown):

@@ -129,7 +129,7 @@ def test_refusals():
 
 
 def test_budget_counts_both_projections():
-    from kradapter.budget import peft_config_for, target_layers
+    from kradapter.budget import full_finetune_, peft_config_for, target_layers
 
     assert target_layers(Encoder(), ["layers.0.self_attn"]) == {
         "layers.0.self_attn": (48, 16),
@@ -142,6 +142,10 @@ def test_budget_counts_both_projections():
     assert kr_count <= lora_count < kr_count + 2 * (64 + 32)  # the smallest LoRA rank at or above KRAdapter
     with pytest.raises(ValueError, match="'layers.0.self_attn' is a MultiheadAttention; sinlora is not matched"):
         peft_config_for("sinlora", Encoder(), ["self_attn"])
+    model = Encoder()
+    with pytest.raises(ValueError, match="'layers.0.self_attn' is a MultiheadAttention; full is not matched"):
+        full_finetune_(model, ["self_attn"])
+    assert all(p.requires_grad for p in model.parameters())  # refused before anything was frozen
 
 
 def test_weighted_dense_combination_covers_both_projections():
@@ -155,35 +159,38 @@ def test_weighted_dense_combination_covers_both_projections():
         torch.testing.assert_close(layer.delta_matrix("ab"), expected, atol=1e-6, rtol=1e-6)
 
 
-def test_tiny_open_clip_model_from_a_config(tmp_path):
-    open_clip = pytest.importorskip("open_clip", reason="open_clip is not installed (pip install open-clip-torch)")
-    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+@pytest.mark.parametrize(
+    "targets",
+    [["out_proj"], ["self_attn", "out_proj"], r".*self_attn(\.out_proj)?", "all-linear"],
+    ids=["out_proj", "with-its-attention", "regex", "all-linear"],
+)
+def test_an_attention_out_proj_target_is_refused_as_it_would_never_act(targets):
+    # nn.MultiheadAttention hands out_proj.weight to F.multi_head_attention_forward and never calls out_proj: a
+    # KRAdapter Linear around it would train and change nothing (PEFT's LoRA makes such dead adapters silently)
+    from kradapter.budget import target_layers
 
-    def tiny_clip():
-        torch.manual_seed(0)
-        return CLIP(
-            embed_dim=16,
-            vision_cfg=CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8, image_size=16),
-            text_cfg=CLIPTextCfg(context_length=8, vocab_size=64, width=32, heads=2, layers=1),
-        ).eval()
+    model = Encoder()
+    before = snapshot(model)
+    message = (
+        r"module 'layers.0.self_attn.out_proj' is the out_proj of the nn.MultiheadAttention 'layers.0.self_attn', "
+        r"which reads out_proj.weight itself and never calls out_proj: an adapter there would never act. Target the "
+        r"attention module 'layers.0.self_attn' instead"
+    )
+    with pytest.raises(ValueError, match=message):
+        get_peft_model(model, KRAdapterConfig(target_modules=targets))
+    assert_same_snapshot(before, snapshot(model))
+    with pytest.raises(ValueError, match=message):
+        target_layers(Encoder(), targets)
+    # an out_proj Linear outside nn.MultiheadAttention (BART-style attention calls it) is a target as any Linear
+    assert target_layers(nn.ModuleDict({"out_proj": nn.Linear(4, 3)}), ["out_proj"]) == {"out_proj": (3, 4)}
 
-    torch.manual_seed(3)
-    model = get_peft_model(tiny_clip(), KRAdapterConfig(target_modules=["attn"], init_weights=False, alpha=0.5))
-    attn = [m for m in model.modules() if type(m).__name__ == "MultiheadAttention" and hasattr(m, "kradapter_U")]
-    assert len(attn) == 2  # one block in each tower
-    image, text = torch.randn(2, 3, 16, 16), torch.randint(0, 64, (2, 8))
-    model.eval()
-    with torch.no_grad():
-        image_features, text_features, _ = model(image, text)
-        base_image, base_text, _ = tiny_clip()(image, text)
-        assert not torch.allclose(image_features, base_image) and not torch.allclose(text_features, base_text)
-        model.merge_adapter()
-        merged_image, merged_text, _ = model(image, text)
-        model.unmerge_adapter()
-    torch.testing.assert_close(merged_image, image_features, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(merged_text, text_features, atol=1e-5, rtol=1e-5)
-    model.save_pretrained(tmp_path)
-    reloaded = PeftModel.from_pretrained(tiny_clip(), tmp_path).eval()
-    with torch.no_grad():
-        torch.testing.assert_close(reloaded(image, text)[0], image_features)
-    assert open_clip is not None
+
+def test_attention_and_the_other_linears_named_instead_of_all_linear_all_act():
+    torch.manual_seed(1)
+    config = KRAdapterConfig(target_modules=["self_attn", "linear1", "linear2"], init_weights=False)
+    model = get_peft_model(Encoder(), config)
+    x, mask = inputs()
+    model(x, mask=mask).square().sum().backward()
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert len(trainable) == 2 * 2 * 4  # U and V of in_proj, out_proj, linear1, linear2 in 2 layers
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable.values())  # none is dead

@@ -160,13 +160,14 @@ def target_layers(model: nn.Module, target_modules, task_type=None) -> dict[str,
 
     Raises:
         ValueError: If ``target_modules`` is empty, matches nothing, or matches a module of a type KRAdapter
-            does not adapt.
+            does not adapt or the out_proj of an nn.MultiheadAttention (target the attention module).
     """
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     from ._compat import _maybe_include_all_linear_layers, check_target_module_exists
     from .methods._geometry import weight_geometry
     from .methods.kradapter.config import KRAdapterConfig
+    from .methods.kradapter.mha import out_proj_owner, out_proj_target_error
     from .methods.kradapter.model import SUPPORTED_BASE_TYPES
 
     if not target_modules:
@@ -175,9 +176,12 @@ def target_layers(model: nn.Module, target_modules, task_type=None) -> dict[str,
     if target_modules == "all-linear":
         config = _maybe_include_all_linear_layers(config, model)
     found = {}
-    for key, module in model.named_modules():
+    modules = dict(model.named_modules())
+    for key, module in modules.items():
         if not key or not check_target_module_exists(config, key):
             continue
+        if (owner := out_proj_owner(modules, key)) is not None:
+            raise out_proj_target_error(key, owner)
         if isinstance(module, BaseTunerLayer):  # already adapted: count on the layer underneath
             module = module.get_base_layer()
         if not isinstance(module, SUPPORTED_BASE_TYPES):  # counted on the matrix the update acts on
@@ -313,9 +317,10 @@ def full_finetune_(model: nn.Module, target_modules, task_type=None) -> int:
         The trainable count (``match_model("full", ...)``'s).
 
     Raises:
-        ValueError: As ``target_layers`` does.
+        ValueError: As ``target_layers`` does, or for a target the "full" spec does not count (an attention module).
     """
     layers = target_layers(model, target_modules, task_type)
+    _check_types_for("full", model, layers)  # an attention module has no .weight: refused by name, not AttributeError
     for p in model.parameters():
         p.requires_grad_(False)
     modules = dict(model.named_modules())

@@ -21,7 +21,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from .._compat import check_adapters_to_merge
-from ._geometry import summed_in_float32, to_weight_layout, weight_geometry
+from ._geometry import base_weight, summed_in_float32, to_weight_layout, weight_geometry
 from ._mixed_batch import mixed_batch_forward
 
 
@@ -30,6 +30,7 @@ class DeltaLayer(BaseTunerLayer):
 
     method_name: str = ""  # shown in errors and repr
     dropout_attr: str = ""  # name of the ModuleDict holding per-adapter input dropout
+    training: bool  # nn.Module's: every concrete layer is an nn.Module too (declared for the type checker)
 
     def __init__(self, base_layer: nn.Module, **kwargs) -> None:
         self.base_layer = base_layer
@@ -43,6 +44,10 @@ class DeltaLayer(BaseTunerLayer):
         self.kwargs = kwargs
 
     # --- hooks for subclasses -----------------------------------------------------------------------------------
+    def update_layer(self, adapter_name: str, *args: Any, **kwargs: Any) -> None:
+        """Create adapter `adapter_name`'s parameters from the method's settings (each method's layer defines it)."""
+        raise NotImplementedError
+
     def delta_matrix(self, adapter_name: str) -> torch.Tensor:
         """The scaled update as a (d_out x d_in) matrix, in the adapter's dtype, times update_scale[adapter_name]."""
         raise NotImplementedError
@@ -95,24 +100,24 @@ class DeltaLayer(BaseTunerLayer):
         adapter_names = [n for n in check_adapters_to_merge(self, adapter_names) if self.has_adapter(n)]
         if not adapter_names:
             return
-        base = self.get_base_layer()
-        new_weight = base.weight.data
+        weight = base_weight(self.get_base_layer())
+        new_weight = weight.data
         for name in adapter_names:
             new_weight = self.merged_weight(name, new_weight)
             if safe_merge and not torch.isfinite(new_weight).all():
                 raise ValueError(f"merging adapter '{name}' gives NaN/Inf weights; nothing was merged")
-        base.weight.data = new_weight
+        weight.data = new_weight
         self.merged_adapters.extend(adapter_names)
 
     def unmerge(self) -> None:
         if not self.merged:
             warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
             return
-        base = self.get_base_layer()
+        weight = base_weight(self.get_base_layer())
         while self.merged_adapters:
             name = self.merged_adapters.pop()
             if self.has_adapter(name):
-                base.weight.data = self.merged_weight(name, base.weight.data, sign=-1.0)
+                weight.data = self.merged_weight(name, weight.data, sign=-1.0)
 
     # --- forward --------------------------------------------------------------------------------------------------
     def _adapter_skipped(self, adapter_name: str) -> bool:

@@ -12,13 +12,21 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from peft.config import PeftConfig
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 
-from .._compat import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, Conv1D
+from .._compat import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, Conv1D, get_pattern_key
 from ._delta_layer import DeltaLayer
 from ._mixed_batch import mixed_batch_hooks
-from ._weighted import add_weighted_adapter
+from ._weighted import Combination, add_weighted_adapter
+
+
+def pattern_value(pattern: dict | None, key: str, default: Any) -> Any:
+    """The value of the first entry of a config's ``*_pattern`` that matches module `key` (PEFT's matching rule),
+    else `default`; a pattern of None has no entries."""
+    pattern = pattern or {}
+    return pattern.get(get_pattern_key(pattern.keys(), key), default)
 
 
 class DeltaTuner(BaseTuner):
@@ -26,7 +34,8 @@ class DeltaTuner(BaseTuner):
     target_module_mapping = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
     tuner_layer_cls = DeltaLayer
     layer_cls: type = nn.Module
-    combinations: dict = {}  # combination_type -> (combine, config changes): the exact ones (the method's combine.py)
+    # combination_type -> (combine, config changes): the exact ones (the method's combine.py)
+    combinations: dict[str, Combination] = {}
 
     def layer_kwargs(self, config, current_key: str) -> dict[str, Any]:
         raise NotImplementedError
@@ -41,9 +50,22 @@ class DeltaTuner(BaseTuner):
             )
         return self.layer_cls(target, adapter_name, **kwargs)
 
-    def _create_and_replace(self, config, adapter_name, target, target_name, parent, current_key) -> None:
+    def _create_and_replace(
+        self,
+        config: PeftConfig,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+        parameter_name: str | None = None,
+    ) -> None:
         if current_key is None:
             raise ValueError("current_key must not be None")
+        if parameter_name is not None:  # PEFT passes it only for config.target_parameters, which no config of ours has
+            raise ValueError(
+                f"{self.tuner_layer_cls.method_name} adapts modules, not parameters (got parameter '{parameter_name}')"
+            )
         kwargs = self.layer_kwargs(config, current_key)
         try:
             if isinstance(target, self.tuner_layer_cls):

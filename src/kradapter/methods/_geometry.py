@@ -8,6 +8,7 @@ train and the layers all read shapes from here.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -18,13 +19,20 @@ from .._compat import Conv1D
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
+def base_weight(layer: nn.Module) -> torch.Tensor:
+    """``layer.weight``, typed: nn.Module's attribute lookup says ``Tensor | Module``, and every layer type we adapt
+    (Linear, Conv1D, Conv, Embedding, a quantized linear's parameter subclass) holds a tensor there."""
+    return cast(torch.Tensor, layer.weight)
+
+
 def weight_geometry(base_layer: nn.Module) -> tuple[int, int]:
     """(d_out, d_in) of the matrix the update acts on; a Conv1d/2d/3d kernel is flattened to out x (in/groups * prod
     kernel), an nn.Embedding's is its weight (num_embeddings x embedding_dim), an nn.MultiheadAttention's is its
     packed in_proj_weight (3 embed_dim x embed_dim; its out_proj is a Linear of its own)."""
     if isinstance(base_layer, nn.MultiheadAttention):
-        return tuple(base_layer.in_proj_weight.shape)
-    w = base_layer.weight
+        d_out, d_in = base_layer.in_proj_weight.shape
+        return d_out, d_in
+    w = base_weight(base_layer)
     if isinstance(base_layer, Conv1D):  # GPT-2 style: weight stored as (d_in, d_out)
         return w.shape[1], w.shape[0]
     if isinstance(base_layer, CONV_TYPES):
@@ -41,7 +49,7 @@ def to_weight_layout(base_layer: nn.Module, delta: torch.Tensor) -> torch.Tensor
     if isinstance(base_layer, Conv1D):
         return delta.T
     if isinstance(base_layer, CONV_TYPES):
-        return delta.reshape(base_layer.weight.shape)
+        return delta.reshape(base_weight(base_layer).shape)
     return delta
 
 

@@ -8,6 +8,7 @@ bitsandbytes is imported only when a bnb layer exists, i.e. when it already was.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,7 +45,7 @@ def dequantize_cpu_packed(weight) -> torch.Tensor:
     return bnb_dequantize_cpu_packed(weight)
 
 
-def restore_standard_layout_(base: nn.Module) -> None:
+def restore_standard_layout_(base: Any) -> None:
     """Store a CPU-packed Linear4bit weight back in bitsandbytes' standard layout, in place (same codes, same
     bfloat16-valued scales kept un-nested, so nothing is rounded again); its training backward needs that layout."""
     bnb_store_4bit_standard_(base, dequantize_cpu_packed(base.weight))
@@ -73,7 +74,7 @@ def packable(module: nn.Module) -> bool:
     return bnb_cpu_repack_fits(module.weight)
 
 
-def watch_cpu_layout(module: nn.Module) -> None:
+def watch_cpu_layout(module: Any) -> None:
     """Make a bnb Linear4bit switch back to the standard layout before any forward that may backpropagate and before
     its state is saved (hooks, added once), and keep bitsandbytes from repacking a layer its repack would crash on."""
     if not packable(module):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from .._weighted import LayerPlan, shared, weighted_sum
+from .._weighted import Combination, LayerPlan, shared, weighted_sum
 
 
 def combine_linear(layer, adapters: list[str], weights: list[float]) -> LayerPlan:
@@ -52,7 +52,7 @@ def combine_dense(layer, adapters: list[str], weights: list[float]) -> LayerPlan
     )
 
 
-COMBINATIONS = {
+COMBINATIONS: dict[str, Combination] = {
     "linear": (combine_linear, {}),
     "dense": (combine_dense, {"k1": 1, "k1_pattern": {}, "alpha": 1.0, "alpha_pattern": {}}),
 }

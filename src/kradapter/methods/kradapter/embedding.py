@@ -32,6 +32,18 @@ def embedding_blocker(base: nn.Module):
 
 
 class Embedding(nn.Module, KRAdapterLayer):
+    """KRAdapter around nn.Embedding: the update acts on the embedding matrix (num_embeddings x embedding_dim), and a
+    lookup builds only the rows it reads (row i of U ⊙ V is U[i // k2] * V[i % k2]).
+
+    Args:
+        base_layer: The nn.Embedding (``max_norm`` embeddings are refused: they rescale rows in place).
+        adapter_name: The first adapter's name.
+        **kwargs: Its settings (``update_layer``'s).
+
+    Raises:
+        ValueError: If the embedding cannot take a KRAdapter (the reason names the setting).
+    """
+
     def __init__(self, base_layer: nn.Module, adapter_name: str, **kwargs) -> None:
         super().__init__()
         KRAdapterLayer.__init__(self, base_layer)
@@ -52,7 +64,15 @@ class Embedding(nn.Module, KRAdapterLayer):
         return alpha * rows.flatten(-2)[..., : self.d_in]
 
     def adapter_term(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
-        # token ids take no input dropout: the update is the looked-up rows of Delta W
+        """One adapter's update for the token ids x: the looked-up rows of ``alpha * Delta W`` (ids take no dropout).
+
+        Args:
+            x: The token ids.
+            adapter_name: The adapter.
+
+        Returns:
+            The rows, shape ``x.shape + (embedding_dim,)``.
+        """
         return self.delta_rows(x, adapter_name)
 
     forward = KRAdapterLayer.adapted_forward

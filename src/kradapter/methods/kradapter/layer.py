@@ -13,7 +13,7 @@ its parameters, its Delta W (ops.kradapter_delta) and the fused training path (f
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -209,4 +209,5 @@ class Conv2d(nn.Module, KRAdapterLayer):
         Returns:
             The update's contribution to the output.
         """
-        return self.get_base_layer()._conv_forward(h, self.get_delta_weight(adapter_name), None)
+        conv = cast("nn.Conv1d | nn.Conv2d | nn.Conv3d", self.get_base_layer())  # this class and conv_nd's
+        return conv._conv_forward(h, self.get_delta_weight(adapter_name), None)

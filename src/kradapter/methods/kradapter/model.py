@@ -11,8 +11,10 @@ mismatch, removes the adapter it was loading before raising.
 from __future__ import annotations
 
 import copy
+from typing import cast
 
 import torch
+from peft.config import PeftConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
@@ -22,11 +24,10 @@ from ..._compat import (
     Conv1D,
     _get_submodules,
     _maybe_include_all_linear_layers,
-    get_pattern_key,
     get_quantization_kwargs,
 )
 from ...ops import resolve_k
-from .._delta_model import DeltaTuner
+from .._delta_model import DeltaTuner, pattern_value
 from .._geometry import weight_geometry
 from . import bnb
 from .combine import COMBINATIONS
@@ -35,7 +36,7 @@ from .conv_nd import Conv1d, Conv3d
 from .dispatch import dispatch_quantized
 from .embedding import Embedding, embedding_blocker
 from .layer import Conv2d, KRAdapterLayer, Linear
-from .mha import MultiheadAttention, mha_blocker
+from .mha import MultiheadAttention, mha_blocker, out_proj_owner, out_proj_target_error
 from .quantized import QuantizedLinear
 
 # The paper adapts attention key and value (sections 4.3 and H); used when target_modules is not given.
@@ -159,11 +160,9 @@ class KRAdapterModel(DeltaTuner):
     def _layer_settings(config: KRAdapterConfig, key: str) -> dict:
         """k1 and alpha for the module at `key`: the first matching k1_pattern / alpha_pattern entry, else the
         default."""
-        k1_key = get_pattern_key(config.k1_pattern.keys(), key)
-        alpha_key = get_pattern_key(config.alpha_pattern.keys(), key)
         return {
-            "k1": config.k1_pattern.get(k1_key, config.k1),
-            "alpha": config.alpha_pattern.get(alpha_key, config.alpha),
+            "k1": pattern_value(config.k1_pattern, key, config.k1),
+            "alpha": pattern_value(config.alpha_pattern, key, config.alpha),
         }
 
     def new_layer(self, target: nn.Module, adapter_name: str, current_key: str, **kwargs) -> nn.Module:
@@ -246,18 +245,21 @@ class KRAdapterModel(DeltaTuner):
 
         Matches modules exactly as PEFT's inject_adapter does, on a copy of the config (PEFT resolves default and
         "all-linear" targets in place later)."""
-        config = self.peft_config[adapter_name]
+        config = cast(KRAdapterConfig, self.peft_config[adapter_name])
         check_k1(config.k1)
         check_alpha(config.alpha)
         for key, value in (config.alpha_pattern or {}).items():
             check_alpha(value, f"alpha_pattern[{key!r}]")
         for key, value in (config.k1_pattern or {}).items():
             check_k1(value, f"k1_pattern[{key!r}]")
-        config = self._prepare_adapter_config(copy.deepcopy(config), self.get_model_config(model))
+        config = cast(
+            KRAdapterConfig, self._prepare_adapter_config(copy.deepcopy(config), self.get_model_config(model))
+        )
         if config.target_modules == DUMMY_TARGET_MODULES:
             return
         config = _maybe_include_all_linear_layers(config, model)
         named_modules = list(model.named_modules())
+        modules = dict(named_modules)
         inside_adapters = tuple(key + "." for key, module in named_modules if isinstance(module, BaseTunerLayer))
         if state_dict is not None:
             wanted = {k.rsplit("." + self.prefix, 1)[0].removeprefix("_orig_mod.") for k in state_dict}
@@ -270,6 +272,8 @@ class KRAdapterModel(DeltaTuner):
                 matched = bool(self._check_target_module_exists(config, key))
             if not matched:
                 continue
+            if (owner := out_proj_owner(modules, key)) is not None:
+                raise out_proj_target_error(key, owner)
             base = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
             if not isinstance(base, SUPPORTED_BASE_TYPES):
                 raise unsupported_target_error(key, base)
@@ -325,7 +329,7 @@ class KRAdapterModel(DeltaTuner):
         return selected
 
     # --- loading: check shapes before any tensor is copied; undo the injection on a mismatch --------------------
-    def _pre_injection_hook(self, model: nn.Module, config: KRAdapterConfig, adapter_name: str) -> None:
+    def _pre_injection_hook(self, model: nn.Module, config: PeftConfig, adapter_name: str) -> None:
         # Injection freezes the base model; remember its trainability so a failed load can restore it.
         self._requires_grad_before_injection = [(p, p.requires_grad) for p in model.parameters()]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
@@ -67,6 +67,11 @@ class QuantizedLinear(Linear):
         self.requantize_chosen = False
         self.merge_error: MergeError | None = None
         self._premerge = None  # the original quantized weight while adapters are merged
+
+    def get_base_layer(self) -> Any:
+        """The quantized base layer, typed as what it is to a type checker: a backend's own class (bitsandbytes,
+        torchao, ... ship no types), whose backend attributes (``state``, ``quant_state``, ...) this layer reads."""
+        return super().get_base_layer()
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         # The explicit unfused path: a quantized base computes its own output; the adapter adds its term.
@@ -149,7 +154,8 @@ class QuantizedLinear(Linear):
         if reason is not None:
             raise ValueError(f"cannot merge KRAdapter into {type(self.get_base_layer()).__name__}: {reason}")
         weight = self.get_base_weight()
-        update = sum(self.get_delta_weight(n).detach().float() for n in adapter_names)
+        # a tensor, not sum()'s start value 0: adapter_names is not empty
+        update = cast(torch.Tensor, sum(self.get_delta_weight(n).detach().float() for n in adapter_names))
         exact = weight.float() + update.to(weight.device)
         # Always checked: a NaN written into a quantized weight cannot be subtracted out again.
         if not torch.isfinite(exact).all():
@@ -202,9 +208,9 @@ class QuantizedLinear(Linear):
         self.quantization_backend = None
 
     def _set_full_precision_base(self, linear: nn.Linear) -> None:
-        holder = self
+        holder: nn.Module = self
         while isinstance(holder.base_layer, BaseTunerLayer):  # base wrapped by another tuner layer
-            holder = holder.base_layer
+            holder = cast(nn.Module, holder.base_layer)  # a tuner layer is an nn.Module
         holder.base_layer = linear
 
 
@@ -224,4 +230,6 @@ def dequantized_linear(quantized: nn.Module, weight: torch.Tensor, dtype: torch.
 def is_plain_float_layer(base: nn.Module) -> bool:
     """True for a layer whose weight is an ordinary floating-point tensor (no quantization to handle)."""
     weight = getattr(base, "weight", None)
-    return type(weight) in (nn.Parameter, torch.Tensor) and weight.is_floating_point()
+    return (
+        isinstance(weight, torch.Tensor) and type(weight) in (nn.Parameter, torch.Tensor) and weight.is_floating_point()
+    )

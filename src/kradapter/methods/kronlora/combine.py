@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .._weighted import LayerPlan, shared, weighted_sum
+from .._weighted import Combination, LayerPlan, shared, weighted_sum
 
 
 def _scales(layer, adapters: list[str], weights: list[float]) -> list[float]:
@@ -74,7 +74,7 @@ def combine_dense(layer, adapters: list[str], weights: list[float]) -> LayerPlan
     )
 
 
-COMBINATIONS = {
+COMBINATIONS: dict[str, Combination] = {
     "linear": (combine_linear, {}),
     "cat": (combine_cat, {}),
     "dense": (combine_dense, {"kron_shape": 1}),

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from ..._compat import get_pattern_key
-from .._delta_model import DeltaTuner
+from .._delta_model import DeltaTuner, pattern_value
 from .combine import COMBINATIONS
 from .config import KronLoRAConfig
 from .layer import KronLoRALayer, Linear
@@ -27,12 +26,10 @@ class KronLoRAModel(DeltaTuner):
         Returns:
             Keyword arguments for the layer's ``update_layer``.
         """
-        r_key = get_pattern_key(config.rank_pattern.keys(), current_key)
-        alpha_key = get_pattern_key(config.alpha_pattern.keys(), current_key)
         return {
-            "r": config.rank_pattern.get(r_key, config.r),
+            "r": pattern_value(config.rank_pattern, current_key, config.r),
             "kron_shape": config.kron_shape,
-            "alpha": config.alpha_pattern.get(alpha_key, config.alpha),
+            "alpha": pattern_value(config.alpha_pattern, current_key, config.alpha),
             "dropout": config.dropout,
             "module_dropout": config.module_dropout,
             "init_weights": config.init_weights,

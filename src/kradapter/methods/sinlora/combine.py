@@ -10,7 +10,7 @@ refused. Exact here:
 
 from __future__ import annotations
 
-from .._weighted import LayerPlan, shared
+from .._weighted import Combination, LayerPlan, shared
 
 
 def combine_linear(layer, adapters: list[str], weights: list[float]) -> LayerPlan:
@@ -28,4 +28,4 @@ def combine_linear(layer, adapters: list[str], weights: list[float]) -> LayerPla
     )
 
 
-COMBINATIONS = {"linear": (combine_linear, {})}
+COMBINATIONS: dict[str, Combination] = {"linear": (combine_linear, {})}

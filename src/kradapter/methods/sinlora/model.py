@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from ..._compat import get_pattern_key
-from .._delta_model import DeltaTuner
+from .._delta_model import DeltaTuner, pattern_value
 from .combine import COMBINATIONS
 from .config import SinLoRAConfig
 from .layer import Linear, SinLoRALayer
@@ -27,11 +26,9 @@ class SinLoRAModel(DeltaTuner):
         Returns:
             Keyword arguments for the layer's ``update_layer``.
         """
-        r_key = get_pattern_key(config.rank_pattern.keys(), current_key)
-        alpha_key = get_pattern_key(config.alpha_pattern.keys(), current_key)
         return {
-            "r": config.rank_pattern.get(r_key, config.r),
-            "lora_alpha": config.alpha_pattern.get(alpha_key, config.lora_alpha),
+            "r": pattern_value(config.rank_pattern, current_key, config.r),
+            "lora_alpha": pattern_value(config.alpha_pattern, current_key, config.lora_alpha),
             "freq": config.freq,
             "scale": config.scale,
             "dropout": config.dropout,
