@@ -9,8 +9,9 @@ import json
 import pytest
 import torch
 
+from kradapter.train.baselines import balanced_accuracy, set_baselines
 from kradapter.train.runner import run
-from kradapter.train.tasks.choice_scoring import check_choices, choice_logprobs, pick, row_choices
+from kradapter.train.tasks.choice_scoring import as_classes, check_choices, choice_logprobs, pick, row_choices
 from recipe_fixtures import commonsense_data, commonsense_rows, tiny_llama, train_args
 
 
@@ -146,3 +147,31 @@ def test_loglik_needs_choices_and_fails_before_training(llama, tmp_path, capsys)
     assert not (tmp_path / "out" / "run.json").exists() and not list((tmp_path / "out").glob("seeds/*"))
     assert main(argv + ["--scoring", "exact"]) == 2
     assert "--scoring 'exact': task 'commonsense' supports loglik, generate" in capsys.readouterr().err
+
+
+def test_answer_texts_count_as_positions_for_majority_and_balanced_accuracy():
+    shared = [["answer1", "answer2"]] * 3
+    assert as_classes(["answer2", "answer1", "answer2"], shared) == ["answer2", "answer1", "answer2"]
+    texts = [["Rude", "Kind"], ["Go home", "Stay"], ["Sleep", "Eat"]]
+    gold = as_classes(["Rude", "Go home", "Eat"], texts)
+    assert gold == ["choice 1", "choice 1", "choice 2"]
+    assert as_classes(["", "Stay", "Eat"], texts) == ["", "choice 2", "choice 2"]  # nothing extracted stays ""
+    b = set_baselines(gold, [2, 2, 2])
+    assert b["majority"] == pytest.approx(2 / 3) and b["majority_balanced"] == 0.5  # not 1/3 of unique texts
+    always_first = as_classes(["Rude", "Go home", "Sleep"], texts)
+    assert balanced_accuracy(always_first, gold) == 0.5
+
+
+def test_commonsense_baselines_of_a_set_with_answer_texts(llama, tmp_path):
+    from kradapter.train.tasks.commonsense import prepare
+
+    offered = [["one", "two", "three"], ["two", "three", "one"], ["three", "one", "two"], ["one", "two", "three"]]
+    rows = [
+        {"instruction": "which is one ?", "choices": cs, "answer": a}
+        for cs, a in zip(offered, ("one", "two", "three", "three"))
+    ]
+    (tmp_path / "texts.json").write_text(json.dumps(rows))
+    data = commonsense_data(tmp_path)[:1] + [f"id:texts={tmp_path / 'texts.json'}"]
+    prepared = prepare(train_args("commonsense", tmp_path / "run", model=llama[0], data=data))
+    assert prepared.baselines["texts"]["majority"] == 0.75  # choice 1 in three rows (the text "three" in two)
+    assert prepared.baselines["texts"]["chance"] == pytest.approx(1 / 3)

@@ -42,6 +42,17 @@ def row_choices(row: dict) -> list[str] | None:
     return choices if len(choices) >= 2 else None
 
 
+def as_classes(answers: Sequence[str], choices: Sequence[Sequence[str] | None]) -> list[str]:
+    """The classes that majority rates and balanced accuracy count: the answers themselves where every question
+    offers the same choices (answer1/answer2/answer3, true/false); otherwise each answer's position among its own
+    question's choices, since answer texts are unique to their question and "always the most common answer" then
+    means "always the k-th choice". An answer that is not among its choices (no answer extracted) stays itself."""
+    lists = [tuple(c) if c else None for c in choices]
+    if len(set(lists)) <= 1:
+        return [str(a) for a in answers]
+    return [f"choice {cs.index(a) + 1}" if cs and a in cs else str(a) for a, cs in zip(answers, lists)]
+
+
 def check_choices(rows, path) -> list[list[str]]:
     """Every question's choices, gold answer among them; one error naming the file and row otherwise."""
     out = []

@@ -24,7 +24,7 @@ from ..data import load_file, parse_data_args, require_columns, spec_args, split
 from ..metrics import accuracy
 from ..options import option_type
 from .base import Prepared, batched, load_or_explain, resolve_targets, split_csv
-from .choice_scoring import CONTINUATION, check_choices, choice_logprobs, pick, row_choices
+from .choice_scoring import CONTINUATION, as_classes, check_choices, choice_logprobs, pick, row_choices
 
 PROMPT = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the "
@@ -251,7 +251,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
         return {
             "accuracy": accuracy(acc, gold),
             "acc_norm": accuracy(norm, gold),
-            BALANCED: balanced_accuracy(acc, gold),
+            BALANCED: balanced_accuracy(as_classes(acc, choices), as_classes(gold, choices)),
         }
 
     def evaluate(model, ds) -> dict:
@@ -270,7 +270,10 @@ def prepare(args: argparse.Namespace) -> Prepared:
             )
             texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
             patterns = [choice_pattern(cs) if cs else pattern for cs in batch["choices"]]
-            return [(extract_answer(t, p), g) for t, p, g in zip(texts, patterns, batch["answers"])]
+            return [
+                (extract_answer(t, p), g, cs)
+                for t, p, g, cs in zip(texts, patterns, batch["answers"], batch["choices"])
+            ]
 
         # longest prompts first: a batch pads to its longest prompt (the scores do not depend on the order)
         lengths = [len(ids) for ids in ds["input_ids"]]
@@ -278,8 +281,9 @@ def prepare(args: argparse.Namespace) -> Prepared:
         pairs = batched(
             model, ds.select(by_length), eval_collate, max(1, args.eval_batch_size // 2), step, desc="generating"
         )
-        pred, gold = [p for p, _ in pairs], [g for _, g in pairs]
-        return {"accuracy": accuracy(pred, gold), BALANCED: balanced_accuracy(pred, gold)}
+        pred, gold, choices = (list(column) for column in zip(*pairs)) if pairs else ([], [], [])
+        classes = as_classes(pred, choices), as_classes(gold, choices)
+        return {"accuracy": accuracy(pred, gold), BALANCED: balanced_accuracy(*classes)}
 
     def build_model():
         return load_model(model_path, getattr(args, "quantize", None))
@@ -297,7 +301,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
             if name in choices_of
             else [len(c) if (c := row_choices(r)) else len(set(ds["answer"])) for r in ds]
         )
-        return set_baselines(ds["answer"], counts)
+        return set_baselines(as_classes(ds["answer"], choices_of.get(name) or [None] * len(ds)), counts)
 
     return Prepared(
         task="commonsense",
