@@ -1,11 +1,12 @@
 """Log-likelihood scoring vs generation with answer extraction on the same questions, in one run.
 
 The commonsense default's model (SmolLM2-135M-Instruct, untouched: the zero-shot model) scores the first N questions
-of a test set (default: 40 of social_iqa) both ways, exactly as `kradapter train --task commonsense` evaluates them
-(`--scoring loglik`: every choice's log-likelihood, acc and acc_norm; `--scoring generate`: 16 greedy tokens and
-LLM-Adapters' answer extraction). Prints seconds per mode, the speed ratio and each mode's zero-shot scores, and
-the seconds of one forward pass over the whole prompts (generation's first step, batched as generation is). Both
-modes are warmed up on two questions first, so neither pays the one-time imports.
+of a test set (default: 40 of social_iqa) three ways, exactly as `kradapter train --task commonsense` evaluates them:
+`--scoring loglik` (every choice's log-likelihood, acc and acc_norm); `--scoring generate` (LLM-Adapters' protocol:
+4-beam search for 32 tokens, then its answer extraction); and greedy generation of 16 tokens (`--num-beams 1
+--max-new-tokens 16`, the cheapest generation). Prints seconds per mode, the speed ratios and each mode's zero-shot
+scores, and the seconds of one forward pass over the whole prompts (generation's first step, batched as generation
+is). Every mode is warmed up on two questions first, so none pays the one-time imports.
 
     PYTHONPATH=src python benchmarks/scoring_speed.py --questions 40 --threads 1 --repeats 3
 """
@@ -17,7 +18,7 @@ import os
 import time
 
 
-def prepared_for(scoring: str, args):
+def prepared_for(scoring: str, args, extra: tuple[str, ...] = ()):
     from kradapter.cli import _load_commands
     from kradapter.train.commands import add_train_arguments
     from kradapter.train.tasks.commonsense import prepare
@@ -36,6 +37,7 @@ def prepared_for(scoring: str, args):
             str(args.questions),
             "--eval-batch-size",
             str(args.batch_size),
+            *extra,
         ]
     )
     return prepare(targs)
@@ -76,17 +78,23 @@ def main() -> None:
     hf_logging.disable_progress_bar()
     datasets.disable_progress_bars()
     torch.set_num_threads(args.threads)
-    loglik, generate = prepared_for("loglik", args), prepared_for("generate", args)
-    model = loglik.build_model()
-    ds_l, ds_g = loglik.tests[args.set], generate.tests[args.set]
-    assert ds_l["input_ids"] == ds_g["input_ids"]  # the same questions, the same prompts
-    # one-time costs (imports the metrics pull in, first-call allocations) out of both timings
-    for prep, ds in ((loglik, ds_l), (generate, ds_g)):
-        prep.evaluate(model, ds.select(range(min(2, len(ds)))))
+    modes = {  # name -> the task prepared for it: loglik, LLM-Adapters' protocol (the task's defaults), greedy
+        "loglik": prepared_for("loglik", args),
+        "generate": prepared_for("generate", args),
+        "greedy": prepared_for("generate", args, ("--num-beams", "1", "--max-new-tokens", "16")),
+    }
+    model = modes["loglik"].build_model()
+    sets = {name: prep.tests[args.set] for name, prep in modes.items()}
+    ds_l = sets["loglik"]
+    assert all(ds["input_ids"] == ds_l["input_ids"] for ds in sets.values())  # the same questions and prompts
+    # one-time costs (imports the metrics pull in, first-call allocations) out of every timing
+    for name, prep in modes.items():
+        prep.evaluate(model, sets[name].select(range(min(2, len(ds_l)))))
     times: dict[str, float] = {}
     scores = {}
     for _ in range(args.repeats):  # modes interleaved, the fastest of each kept: the load of a shared machine
-        for name, prep, ds in (("loglik", loglik, ds_l), ("generate", generate, ds_g)):
+        for name, prep in modes.items():
+            ds = sets[name]
             t0 = time.perf_counter()
             scores[name] = prep.evaluate(model, ds)
             times[name] = min(times.get(name, float("inf")), time.perf_counter() - t0)
@@ -104,7 +112,10 @@ def main() -> None:
         f"  prompts   {times['prompts']:7.1f} s   one forward pass over the whole prompts, batched as generation "
         "(its first step): generation's floor"
     )
-    print(f"  generation / log-likelihood time: {times['generate'] / times['loglik']:.1f}x")
+    print(
+        f"  generation / log-likelihood time: {times['generate'] / times['loglik']:.1f}x (LLM-Adapters' protocol: "
+        f"4 beams, 32 tokens), {times['greedy'] / times['loglik']:.1f}x (greedy, 16 tokens)"
+    )
 
 
 if __name__ == "__main__":
