@@ -45,11 +45,13 @@ def test_generation_scores_rows_with_answer_texts_by_their_own_choices(tmp_path)
     rows = [
         {"instruction": "which is one ?", "choices": ["one", "two"], "answer": "one"},
         {"instruction": "which is three ?", "choices": ["three", "two"], "answer": "three"},
+        {"instruction": "is it yes ? Answer format: true/false", "answer": "true"},  # choices from its format line
     ]
     (tmp_path / "texts.json").write_text(json.dumps(rows))
     data = commonsense_data(tmp_path)[:1] + [f"id:texts={tmp_path / 'texts.json'}"]
     prepared = prepare(train_args("commonsense", tmp_path / "run", model=model, data=data, scoring="generate"))
-    assert prepared.tests["texts"]["choices"] == [["one", "two"], ["three", "two"]]
+    assert prepared.tests["texts"]["choices"] == [["one", "two"], ["three", "two"], ["true", "false"]]
+    assert prepared.baselines["texts"]["chance"] == 0.5
     reply = AutoTokenizer.from_pretrained(model)("the correct answer is three one", add_special_tokens=False)
 
     class Replies(torch.nn.Module):  # answers every prompt with the same sentence
@@ -60,7 +62,7 @@ def test_generation_scores_rows_with_answer_texts_by_their_own_choices(tmp_path)
         def generate(self, input_ids, **kwargs):
             return torch.cat([input_ids, torch.tensor([reply["input_ids"]]).expand(len(input_ids), -1)], 1)
 
-    assert prepared.evaluate(Replies(), prepared.tests["texts"])["accuracy"] == 1.0
+    assert prepared.evaluate(Replies(), prepared.tests["texts"])["accuracy"] == pytest.approx(2 / 3)  # no "true"
 
 
 def test_generation_options_refuse_values_that_cannot_run(capsys):

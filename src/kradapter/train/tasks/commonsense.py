@@ -239,7 +239,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
     else:  # generation: a file's own `choices` column (answer texts) is what its responses are searched for
         for name, ds in {"validation": validation, **test_sets}.items():
             if "choices" in ds.column_names:
-                choices_of[name] = [row_choices(r) or [] for r in ds]
+                choices_of[name] = [row_choices(r) for r in ds]  # None: searched for the set's answer words
 
     def evaluate_loglik(model, ds) -> dict:
         choices = ds["choices"]
@@ -296,11 +296,8 @@ def prepare(args: argparse.Namespace) -> Prepared:
         return out.add_column("choices", choices_of[name]) if name in choices_of else out
 
     def set_baselines_of(name, ds):
-        counts = (
-            [len(c) for c in choices_of[name]]
-            if name in choices_of
-            else [len(c) if (c := row_choices(r)) else len(set(ds["answer"])) for r in ds]
-        )
+        offered = choices_of.get(name) or [row_choices(r) for r in ds]
+        counts = [len(c) if c else len(set(ds["answer"])) for c in offered]
         return set_baselines(as_classes(ds["answer"], choices_of.get(name) or [None] * len(ds)), counts)
 
     return Prepared(
