@@ -102,6 +102,14 @@ def test_commonsense_end_to_end_with_zero_shot_and_groups(tmp_path):
     assert (tmp_path / "run" / "zero_shot.json").exists()
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["zero_shot"] == zero
+    key = json.loads((tmp_path / "run" / "run.json").read_text())["key"]
+    assert key["generation"] == {"num_beams": 4, "max_new_tokens": 6}
+    greedy = train_args(
+        "commonsense", tmp_path / "run", model=model, data=data, max_steps=3, max_new_tokens=6, batch_size=4
+    )
+    greedy.scoring, greedy.num_beams = "generate", 1
+    with pytest.raises(ValueError, match="holds a different run .generation"):
+        run(greedy)  # answers generated another way are not the same run
 
 
 def test_commonsense_training_masks_the_prompt(tmp_path):

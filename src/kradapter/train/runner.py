@@ -386,6 +386,7 @@ def _run_key(args, prepared: Prepared, method: str) -> dict:
         "targets": prepared.targets,
         "sizes": prepared.sizes,
         "scoring": prepared.run_info.get("scoring"),
+        "generation": prepared.run_info.get("generation"),  # beams and new tokens, where answers are generated
         "budget": getattr(args, "budget", None),
     }
 

@@ -315,7 +315,12 @@ def prepare(args: argparse.Namespace) -> Prepared:
         head=[],
         zero_shot=True,
         loaded=model,
-        run_info={"task": "commonsense", "model": model_path, "scoring": scoring},
+        run_info={"task": "commonsense", "model": model_path, "scoring": scoring}
+        | (
+            {"generation": {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens}}
+            if scoring == "generate"
+            else {}
+        ),
         sizes={"train": len(train), "validation": len(validation), **{n: len(d) for n, d in test_sets.items()}},
         # Not a budget that learns: LoRA at 3e-3 for these 150 steps learned only the label prior (ID 28.7% vs
         # zero-shot 40.0%, majority 38.0%; benchmarks/RECIPES.md, "Commonsense default that learns").
