@@ -15,36 +15,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 from pathlib import Path
 
 from kradapter.io import read_json, write_text
 from kradapter.train.defaults.bigbench import bigbench_tasks
-from kradapter.train.defaults.commonsense import TEST_ROWS
+from kradapter.train.defaults.commonsense import _social_iqa, split_social_iqa
 
 FORMATS = ("numbers", "listed", "texts")
 
 
 def questions() -> tuple[list[dict], list[dict]]:
-    """(test, train) BIG-bench social_iqa examples, split exactly as defaults/commonsense.py splits them."""
-    examples = read_json(bigbench_tasks(("social_iqa",))["social_iqa"])["examples"]
-    examples = [e for e in examples if len(e["target_scores"]) == 3]
-    random.Random(0).shuffle(examples)
-    return examples[:TEST_ROWS], examples[TEST_ROWS:]
+    """(test, train) BIG-bench social_iqa examples, split as the commonsense default splits them."""
+    return split_social_iqa(read_json(bigbench_tasks(("social_iqa",))["social_iqa"])["examples"])
 
 
 def row(example: dict, form: str) -> dict:
+    if form == "numbers":  # the default's own row, with its choices spelled out
+        return _social_iqa(example) | {"choices": [f"answer{i}" for i in (1, 2, 3)]}
     choices = list(example["target_scores"])
     k = [example["target_scores"][c] for c in choices].index(1)
     question = example["input"].strip()
     listed = " ".join(f"Answer{i}: {c}" for i, c in enumerate(choices, 1))
-    if form == "numbers":
-        instruction = (
-            f"Please choose the correct answer to the question: {question}\n\n{listed}\n\n"
-            "Answer format: answer1/answer2/answer3"
-        )
-        choices = [f"answer{i}" for i in (1, 2, 3)]
-    elif form == "listed":
+    if form == "listed":
         instruction = f"Please choose the correct answer to the question: {question}\n\n{listed}"
     else:
         instruction = f"Please choose the correct answer to the question: {question}"

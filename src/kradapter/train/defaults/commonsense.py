@@ -23,10 +23,15 @@ from .bigbench import bigbench_tasks
 TEST_ROWS = 400  # social_iqa questions held out, with a fixed seed, as the ID test file
 
 
-def _social_iqa(example: dict) -> dict | None:
+def split_social_iqa(examples: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(ID test, train) BIG-bench social_iqa examples: the 3-way ones, shuffled with a fixed seed."""
+    kept = [e for e in examples if len(e["target_scores"]) == 3]  # 4 of 1,954 have two choices: keep it 3-way
+    random.Random(0).shuffle(kept)
+    return kept[:TEST_ROWS], kept[TEST_ROWS:]
+
+
+def _social_iqa(example: dict) -> dict:
     choices = list(example["target_scores"])
-    if len(choices) != 3:  # 4 of 1,954 questions have two choices; keep the 3-way format uniform
-        return None
     k = [example["target_scores"][c] for c in choices].index(1) + 1
     listed = " ".join(f"Answer{i}: {c}" for i, c in enumerate(choices, 1))
     instruction = (
@@ -70,10 +75,9 @@ def commonsense_files() -> dict[str, Path]:
     if all(p.exists() for p in paths.values()):
         return paths
     tasks = bigbench_tasks(("social_iqa", "strategyqa", "winowhy"))
-    siqa = [r for r in map(_social_iqa, read_json(tasks["social_iqa"])["examples"]) if r]
-    random.Random(0).shuffle(siqa)
-    _write(paths["social_iqa"], siqa[:TEST_ROWS])
-    _write(paths["train"], siqa[TEST_ROWS:])
+    test, train = split_social_iqa(read_json(tasks["social_iqa"])["examples"])
+    _write(paths["social_iqa"], [_social_iqa(e) for e in test])
+    _write(paths["train"], [_social_iqa(e) for e in train])
     _write(paths["strategyqa"], [_strategyqa(e) for e in read_json(tasks["strategyqa"])["examples"]])
     _write(paths["winowhy"], [_winowhy(e) for e in read_json(tasks["winowhy"])["examples"]])
     return paths
