@@ -1,10 +1,12 @@
 """social_iqa in three prompt formats: the zero-shot model's log-likelihood scores, and training files in the
 answer-text format, for the "Commonsense default that learns" study in RECIPES.md.
 
-Formats (the same questions and choice order as the commonsense default, built from the same BIG-bench file):
-* numbers: the default, LLM-Adapters' template: the answers listed in the prompt, the model answers "answerK";
+Formats (the same questions and choice order as the commonsense default's social_iqa set, from the same file):
+* numbers: the default's form before it moved to wikiHow questions, LLM-Adapters' template: the answers listed in
+  the prompt, the model answers "answerK";
 * listed:  the answers listed in the prompt, the model answers with the answer's text;
-* texts:   the question alone, the model answers with the answer's text (lm-evaluation-harness' cloze form).
+* texts:   the question alone, the model answers with the answer's text (lm-evaluation-harness' cloze form; the
+  default's own social_iqa rows).
 Every continuation is "the correct answer is X", as `kradapter train --task commonsense` trains and scores.
 
     PYTHONPATH=src python benchmarks/commonsense_formats.py --zero-shot 200 --threads 2
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from kradapter.io import read_json, write_text
 from kradapter.train.defaults.bigbench import bigbench_tasks
-from kradapter.train.defaults.commonsense import _social_iqa, split_social_iqa
+from kradapter.train.defaults.commonsense import _social_iqa, answer_text_row, split_social_iqa
 
 FORMATS = ("numbers", "listed", "texts")
 
@@ -30,16 +32,15 @@ def questions() -> tuple[list[dict], list[dict]]:
 
 
 def row(example: dict, form: str) -> dict:
-    if form == "numbers":  # the default's own row, with its choices spelled out
+    if form == "numbers":  # the old default's row, with its choices spelled out
         return _social_iqa(example) | {"choices": [f"answer{i}" for i in (1, 2, 3)]}
+    if form == "texts":
+        return answer_text_row(example)
     choices = list(example["target_scores"])
     k = [example["target_scores"][c] for c in choices].index(1)
     question = example["input"].strip()
     listed = " ".join(f"Answer{i}: {c}" for i, c in enumerate(choices, 1))
-    if form == "listed":
-        instruction = f"Please choose the correct answer to the question: {question}\n\n{listed}"
-    else:
-        instruction = f"Please choose the correct answer to the question: {question}"
+    instruction = f"Please choose the correct answer to the question: {question}\n\n{listed}"
     answer = choices[k]
     return {"instruction": instruction, "input": "", "choices": choices, "answer": answer,
             "output": f"the correct answer is {answer}"}  # fmt: skip
