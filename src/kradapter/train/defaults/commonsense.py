@@ -120,6 +120,6 @@ def commonsense_files() -> dict[str, Path]:
     if all(p.exists() for p in paths.values()):
         return paths
     rows = build_rows(bigbench_tasks((*WIKIHOW.values(), "social_iqa", "strategyqa", "winowhy")))
-    for name in ("train", *[n for n in SETS if n != "train"]):
+    for name in SETS:
         _write(paths[name], rows[name])
     return paths
