@@ -34,16 +34,11 @@ def questions() -> tuple[list[dict], list[dict]]:
 def row(example: dict, form: str) -> dict:
     if form == "numbers":  # the old default's row, with its choices spelled out
         return _social_iqa(example) | {"choices": [f"answer{i}" for i in (1, 2, 3)]}
+    texts = answer_text_row(example)
     if form == "texts":
-        return answer_text_row(example)
-    choices = list(example["target_scores"])
-    k = [example["target_scores"][c] for c in choices].index(1)
-    question = example["input"].strip()
-    listed = " ".join(f"Answer{i}: {c}" for i, c in enumerate(choices, 1))
-    instruction = f"Please choose the correct answer to the question: {question}\n\n{listed}"
-    answer = choices[k]
-    return {"instruction": instruction, "input": "", "choices": choices, "answer": answer,
-            "output": f"the correct answer is {answer}"}  # fmt: skip
+        return texts
+    listed = " ".join(f"Answer{i}: {c}" for i, c in enumerate(texts["choices"], 1))  # the same row, answers listed
+    return texts | {"instruction": f"{texts['instruction']}\n\n{listed}"}
 
 
 def zero_shot(n: int, threads: int) -> None:
