@@ -38,11 +38,15 @@ from importlib.metadata import PackageNotFoundError, version
 
 import torch
 
-# Kept equal to pyproject.toml's dependency ranges (tests/test_compat.py compares them): (lowest, first untested).
+# (lowest, newest release line tested). The lowest equals pyproject.toml's floor and .ci/lowest.txt
+# (tests/test_compat.py compares them); pyproject has no upper cap, so the newest is what CI's first leg resolved
+# when this was last raised: a later release line gets a warning at import, not a refusal.
 TESTED_RANGES = {
-    "peft": ("0.21.0", "0.22"),
-    "transformers": ("5.0.0", "5.24"),
+    "peft": ("0.22.0", "0.22"),
+    "transformers": ("5.0.0", "5.25"),
 }
+# Known to break, whatever else is installed: transformers >= 5.24 refuses peft < 0.22 in its PEFT integration.
+BROKEN_PAIRS = [(("peft", "<", "0.22"), ("transformers", ">=", "5.24"))]
 
 
 class InternalAPIChanged(ImportError):
@@ -54,8 +58,8 @@ def _describe(package: str) -> str:
         installed = version(package)
     except PackageNotFoundError:
         installed = "(not installed)"
-    low, high = TESTED_RANGES.get(package, (None, None))
-    tested = f"; kradapter is tested with {package}>={low},<{high}" if low else ""
+    low, newest = TESTED_RANGES.get(package, (None, None))
+    tested = f"; kradapter is tested with {package} {low} to {newest}.x" if low else ""
     return f"{package} {installed}{tested}"
 
 
@@ -300,30 +304,63 @@ def bnb_int8_state(layer):
 
 
 # --- import-time version check ------------------------------------------------------------------------------------
+def _release_line(v) -> tuple[int, int]:
+    return (v.release + (0, 0))[:2]
+
+
 def untested_versions() -> list[str]:
-    """'package version (tested: >=low,<high)' for each installed package outside its tested range."""
+    """'package version (tested: low to newest.x)' for each installed package outside its tested range."""
     from packaging.version import Version
 
     found = []
-    for package, (low, high) in TESTED_RANGES.items():
+    for package, (low, newest) in TESTED_RANGES.items():
         try:
-            installed = version(package)
+            installed = Version(version(package))
         except PackageNotFoundError:
             continue
-        if not Version(low) <= Version(Version(installed).base_version) < Version(high):
-            found.append(f"{package} {installed} (tested: >={low},<{high})")
+        if installed < Version(low) or _release_line(installed) > _release_line(Version(newest)):
+            found.append(f"{package} {installed} (tested: {low} to {newest}.x)")
     return found
 
 
+def broken_pairs() -> list[str]:
+    """'peft X with transformers Y' for each installed pair of versions known not to work together."""
+    from packaging.specifiers import SpecifierSet
+
+    found = []
+    for (pkg_a, op_a, ver_a), (pkg_b, op_b, ver_b) in BROKEN_PAIRS:
+        try:
+            a, b = version(pkg_a), version(pkg_b)
+        except PackageNotFoundError:
+            continue
+        if SpecifierSet(op_a + ver_a).contains(a, prereleases=True) and SpecifierSet(op_b + ver_b).contains(
+            b, prereleases=True
+        ):
+            found.append(
+                f"{pkg_a} {a} with {pkg_b} {b} (known not to work: {pkg_a}{op_a}{ver_a} with {pkg_b}{op_b}{ver_b})"
+            )
+    return found
+
+
+class UntestedVersionWarning(UserWarning):
+    """A dependency is outside the versions kradapter is tested with (its own class, so it can be filtered)."""
+
+
 def warn_if_untested() -> None:
-    """One warning naming every package outside its tested range; not an error, since newer releases often work."""
+    """One warning naming every package outside its tested range, and any pair known to be broken; not an error,
+    since newer releases usually work."""
     found = untested_versions()
-    if found:
+    broken = broken_pairs()
+    if found or broken:
+        parts = []
+        if found:
+            parts.append("kradapter has not been tested with " + ", ".join(found))
+        if broken:
+            parts.append("this pair does not work: " + "; ".join(broken))
         warnings.warn(
-            "kradapter has not been tested with "
-            + ", ".join(found)
-            + "; if something fails, install a tested version, e.g. pip install 'kradapter[test]' in a fresh venv",
-            UserWarning,
+            "; ".join(parts)
+            + "; if something fails, install tested versions, e.g. pip install 'kradapter[test]' in a fresh venv",
+            UntestedVersionWarning,
             stacklevel=2,
         )
 

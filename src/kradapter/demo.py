@@ -106,7 +106,6 @@ def run_demo(args: argparse.Namespace) -> int:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from ._quiet import peft_deprecations_silenced
     from .budget import peft_config_for
 
     if min(args.steps, args.batch_size, args.test_size) < 1:
@@ -148,8 +147,7 @@ def run_demo(args: argparse.Namespace) -> int:
     for method in METHODS:
         overrides = {"alpha": args.alpha} if method == "kradapter" else {}
         config = peft_config_for(method, base, TARGETS, modules_to_save=HEAD, **overrides)
-        with peft_deprecations_silenced():
-            model = get_peft_model(copy.deepcopy(base), config)
+        model = get_peft_model(copy.deepcopy(base), config)
         torch.manual_seed(args.seed)
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lrs[method])
         model.train()

@@ -12,7 +12,6 @@ from peft import get_peft_model
 from torch import nn
 
 from .. import budget
-from .._quiet import peft_deprecations_silenced
 from ..specs import get_spec
 from .options import BenchOptions
 
@@ -61,8 +60,7 @@ def prepare(method: str, base: nn.Module, opts: BenchOptions, kradapter_init_wei
     else:
         kr_total = budget.match_model(REFERENCE, base, TARGETS, k1=opts.k1)["trainable"]
         config = budget.peft_config_for(method, base, TARGETS, budget=kr_total)
-    with peft_deprecations_silenced():
-        return get_peft_model(base, config).to(opts.device)  # adapters on the base's device, whatever the method
+    return get_peft_model(base, config).to(opts.device)  # adapters on the base's device, whatever the method
 
 
 def make_batch(opts: BenchOptions) -> torch.Tensor:

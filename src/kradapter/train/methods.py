@@ -65,12 +65,9 @@ def apply_method(
     targets' initial weights so its update Delta W = W - W0 is analysed like an adapter's."""
     from peft import get_peft_model
 
-    from .._quiet import peft_deprecations_silenced
-
     config = peft_config(method, model, target_modules, head, k1)
     if config is not None:
-        with peft_deprecations_silenced():
-            return get_peft_model(model, config), None
+        return get_peft_model(model, config), None
     modules = dict(model.named_modules())
     full_finetune_(model, list(target_modules))
     for name in head or []:

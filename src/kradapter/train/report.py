@@ -161,13 +161,10 @@ def spectral_report(directory: str | Path, base: str | None = None) -> dict:
     elif (directory / "adapter_config.json").exists():
         from peft import PeftConfig, PeftModel
 
-        from .._quiet import peft_deprecations_silenced
-
         config = PeftConfig.from_pretrained(str(directory))
         keys = _saved_keys(directory)
         model, method = _base_model(directory, base, config, keys)
-        with peft_deprecations_silenced():
-            model = PeftModel.from_pretrained(model, str(directory))
+        model = PeftModel.from_pretrained(model, str(directory))
         _check_all_loaded(directory, model, keys)
         deltas = adapter_deltas(model)
         spec = spec_for_config(config)
