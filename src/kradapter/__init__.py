@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 from . import _quiet
 
 _quiet.install_bitsandbytes_filter()  # before PEFT imports bitsandbytes (see _quiet)
+_quiet.import_mkldnn_quietly()  # before bitsandbytes' torch.compile imports it (see _quiet)
 
 from . import _compat, _peft_guards, _registry  # noqa: E402
 from .methods.kradapter import KRAdapterConfig, KRAdapterLayer, KRAdapterModel

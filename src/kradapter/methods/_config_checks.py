@@ -23,13 +23,12 @@ def check_probability(value, where: str) -> None:
 
 
 def normalise_targets(config) -> None:
-    """PEFT convention: module-name lists become sets; layers_to_transform needs a list of names."""
+    """PEFT convention: module-name lists become sets; layers_pattern needs layers_to_transform. (PeftConfig's own
+    __post_init__ refuses layers_to_transform with a regex target_modules since PEFT 0.22.)"""
     for name in ("target_modules", "exclude_modules"):
         value = getattr(config, name)
         if isinstance(value, list):
             setattr(config, name, set(value))
-    if isinstance(config.target_modules, str) and config.layers_to_transform is not None:
-        raise ValueError("layers_to_transform cannot be used when target_modules is a str (a regex)")
     if config.layers_pattern and config.layers_to_transform is None:
         raise ValueError("layers_pattern needs layers_to_transform")
 

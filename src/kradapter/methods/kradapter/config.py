@@ -9,7 +9,7 @@ from peft.config import PeftConfig
 
 from ... import _registry
 from ...ops import BUDGET_WORDS
-from .._config_checks import check_field_types
+from .._config_checks import check_field_types, normalise_targets
 
 
 def check_k1(k1, where: str = "k1") -> None:
@@ -112,14 +112,7 @@ class KRAdapterConfig(PeftConfig):
         check_field_types(self, checked_below=("k1", "alpha"))
         super().__post_init__()
         self.peft_type = _registry.peft_type("KRADAPTER")
-        for name in ("target_modules", "exclude_modules"):
-            value = getattr(self, name)
-            if isinstance(value, list):
-                setattr(self, name, set(value))
-        if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
-            raise ValueError("layers_to_transform cannot be used when target_modules is a str (a regex)")
-        if self.layers_pattern and self.layers_to_transform is None:
-            raise ValueError("layers_pattern needs layers_to_transform")
+        normalise_targets(self)
         self.alpha_pattern = self.alpha_pattern or {}  # None (e.g. from a hand-written JSON) means no overrides
         self.k1_pattern = self.k1_pattern or {}
         check_k1(self.k1)

@@ -108,15 +108,26 @@ def _run(model, seqs: list[list[int]], keep: int, pad_id: int, past: _Past | Non
         kv.reorder_cache(index.to(device))
         mask = torch.cat([past.mask[index], mask], dim=1)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -width:]  # rotary positions count real tokens only
+    name = cache_argument(model)
     out = model(
         input_ids=ids.to(device),
         attention_mask=mask.to(device),
         position_ids=positions.to(device),
-        past_key_values=kv,
         use_cache=cache or kv is not None,  # some models ignore a given cache without use_cache
         logits_to_keep=keep,
+        **{name: kv},
     )
-    return torch.log_softmax(out.logits[:, -keep:].float(), dim=-1), _Past(out.past_key_values if cache else None, mask)
+    return torch.log_softmax(out.logits[:, -keep:].float(), dim=-1), _Past(out.get(name) if cache else None, mask)
+
+
+def cache_argument(model) -> str:
+    """The name a model's forward takes its key/value cache by, and returns it under: transformers 5.25 renamed
+    `past_key_values` to `cache` (the old name deprecated, removed in 5.40), model by model; an unknown keyword
+    would be swallowed by **kwargs, so read the forward's own signature."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 def _reusable(cache) -> bool:

@@ -133,8 +133,9 @@ def load_model(path: str, quantize: str | None = None):
         path, dtype=torch.float32, device_map={"": device}, quantization_config=bnb_config(quantize)
     )
     watch_cpu_layouts(model)  # the zero-shot evaluation runs before any adapter: bnb's AVX512-BF16 CPU repack
+    # activation_checkpointing_kwargs: PEFT 0.22's name (gradient_checkpointing_kwargs is deprecated there)
     return prepare_model_for_kbit_training(
-        model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
+        model, use_gradient_checkpointing=True, activation_checkpointing_kwargs={"use_reentrant": False}
     )
 
 
