@@ -1,7 +1,7 @@
 """Log-likelihood scoring vs generation with answer extraction on the same questions, in one run.
 
 The commonsense default's model (SmolLM2-135M-Instruct, untouched: the zero-shot model) scores the first N questions
-of a test set (default: 40 of step_inference) 3 ways, exactly as `kradapter train --task commonsense` evaluates them:
+of a test set (default: 40 of social_sciences) 3 ways, exactly as `kradapter train --task commonsense` evaluates them:
 `--scoring loglik` (every choice's log-likelihood, acc and acc_norm); `--scoring generate` (LLM-Adapters' protocol:
 4-beam search for 32 tokens, then its answer extraction); and greedy generation of 16 tokens (`--num-beams 1
 --max-new-tokens 16`, the cheapest generation). Prints seconds per mode, the speed ratios and each mode's zero-shot
@@ -65,7 +65,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--questions", type=int, default=40)
     p.add_argument(
-        "--set", default="step_inference", help="test set of the commonsense default (default step_inference)"
+        "--set", default="social_sciences", help="test set of the commonsense default (default social_sciences)"
     )
     p.add_argument("--batch-size", type=int, default=64, help="--eval-batch-size (generation uses half, as train)")
     p.add_argument("--threads", type=int, default=1)

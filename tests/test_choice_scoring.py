@@ -110,6 +110,13 @@ def test_choices_come_from_a_column_or_the_answer_format_line():
         )
     with pytest.raises(ValueError, match=r"f.json: row 0 has answer 'maybe', not one of its choices"):
         check_choices([{"instruction": "Answer format: true/false", "answer": "maybe"}], "f.json")
+    for choices in (["x"], ["x", "y", "x"]):  # one choice, a repeated one: nothing to tell apart
+        with pytest.raises(ValueError, match=r"f.json: row 0 offers choices .*at least two, none repeated"):
+            check_choices([{"instruction": "Q?", "choices": choices, "answer": "x"}], "f.json")
+    # generation scoring: a question may offer no choices, but one that does must offer its answer
+    assert check_choices([{"instruction": "what?", "answer": "x"}], "f.json", required=False) == [None]
+    with pytest.raises(ValueError, match=r"f.json: row 0 has answer 'z', not one of its choices"):
+        check_choices([{"instruction": "Q?", "choices": ["x", "y"], "answer": "z"}], "f.json", required=False)
     # acc picks the largest sum; acc_norm the largest sum per character of continuation
     acc, norm = pick([[-4.0, -6.0]], [["a", "b"]], [["x" * 2, "x" * 10]])
     assert acc == ["a"] and norm == ["b"]

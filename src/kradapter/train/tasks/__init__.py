@@ -10,7 +10,7 @@ from types import ModuleType
 TASKS = {
     "text": "sequence classification / regression on csv/json/parquet (default: MiniLM on rated tweets)",
     "glue": "GLUE tasks with GLUE's columns and metrics (needs the GLUE files)",
-    "commonsense": "causal-LM commonsense QA in the LLM-Adapters json format (default: SmolLM2 on BIG-bench)",
+    "commonsense": "causal-LM commonsense QA in the LLM-Adapters json format (default: SmolLM2 on MMLU)",
     "image": "image classification with a plain vision model (default: EfficientNet-Lite0 on MNIST)",
     "clip": "CLIP image classification with text prompts as the head (needs a local CLIP checkpoint)",
 }

@@ -53,17 +53,25 @@ def as_classes(answers: Sequence[str], choices: Sequence[Sequence[str] | None]) 
     return [f"choice {cs.index(a) + 1}" if cs and a in cs else str(a) for a, cs in zip(answers, lists)]
 
 
-def check_choices(rows, path) -> list[list[str]]:
-    """Every question's choices, gold answer among them; one error naming the file and row otherwise."""
+def check_choices(rows, path, required: bool = True) -> list[list[str] | None]:
+    """Every question's choices: at least two, none repeated, the gold answer among them; one error naming the
+    file and row otherwise. With `required` False (generation scoring) a question may offer no choices (its
+    response is then searched for the set's answer words), but one that does is checked all the same: an answer
+    outside its own choices could never be scored right."""
     out = []
     for i, row in enumerate(rows):
         choices = row_choices(row)
         if choices is None:
+            if required:
+                raise ValueError(
+                    f"{path}: row {i} has no choices to score by log-likelihood: give a 'choices' list "
+                    "or end the instruction with 'Answer format: a/b/...' (or use --scoring generate)"
+                )
+        elif len(choices) < 2 or len(set(choices)) < len(choices):
             raise ValueError(
-                f"{path}: row {i} has no choices to score by log-likelihood: give a 'choices' list "
-                "or end the instruction with 'Answer format: a/b/...' (or use --scoring generate)"
+                f"{path}: row {i} offers choices {choices}: a question needs at least two, none repeated, to be scored"
             )
-        if row["answer"] not in choices:
+        elif row["answer"] not in choices:
             raise ValueError(f"{path}: row {i} has answer {row['answer']!r}, not one of its choices {choices}")
         out.append(choices)
     return out
