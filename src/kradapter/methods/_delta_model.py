@@ -100,9 +100,16 @@ class DeltaTuner(BaseTuner):
                             f"merging adapter '{name}' into '{key}' gives NaN/Inf weights; nothing was merged"
                         )
 
-    def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
+    def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False, **kwargs) -> None:
+        """PeftModel.merge_adapter passes its **kwargs here (PEFT >= 0.22); they go on to PEFT's BaseTuner where it
+        takes them, and are refused by name where it does not (rather than a TypeError from deep inside)."""
         self.check_merge(adapter_names, safe_merge)
-        super().merge_adapter(adapter_names=adapter_names, safe_merge=safe_merge)
+        if kwargs and not _takes_var_keyword(super().merge_adapter):
+            raise TypeError(
+                f"merge_adapter got options {sorted(kwargs)} that this PEFT's merge does not take; "
+                "it takes adapter_names and safe_merge"
+            )
+        super().merge_adapter(adapter_names=adapter_names, safe_merge=safe_merge, **kwargs)
 
     def _unload_and_optionally_merge(self, merge=True, progressbar=False, safe_merge=False, adapter_names=None):
         if merge:
@@ -125,3 +132,9 @@ class DeltaTuner(BaseTuner):
         # PeftModel.forward / generate enter this with their keyword arguments: mixed-adapter batches.
         with mixed_batch_hooks(self, kwargs.get("adapter_names"), kwargs.get("num_beams")):
             yield
+
+
+def _takes_var_keyword(function) -> bool:
+    import inspect
+
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(function).parameters.values())
