@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from ..dist import is_main_process, local_batch_size, max_difference_across_ranks, world_size
+from ..dist import is_main_process, local_batch_size, max_difference_across_ranks, world_size, write_adapter
 from ..io import check_writable_dir, read_json, staging_dir, write_json, write_text
 from ..learning_rates import default_lr
 from ..outdir import OutputLock, clean_interrupted, publish_version
@@ -317,7 +317,8 @@ def _evaluate_and_save(job: _SeedJob, done: _TrainedSeed) -> dict:
     staging = staging_dir(job.seed_dir)
     if job.save_adapter:
         if reference is None:
-            model.save_pretrained(str(staging))
+            # Gathered (FSDP, ZeRO-3) and checked tensor by tensor; rank 0 writes, the others' staging is dropped.
+            write_adapter(model, trainer.model_wrapped, staging)
         else:
             _save_full(model, reference, prepared.head, staging)
         write_json(
