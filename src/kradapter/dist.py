@@ -13,6 +13,8 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -222,10 +224,7 @@ def full_adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     model = unwrap_deepspeed(model)
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if any(_zero3_partitioned(p) for _, p in trainable):
-        import deepspeed
-
-        # Gathered on every rank (modifier_rank=None: read only), partitioned again on leaving.
-        with deepspeed.zero.GatheredParameters([p for _, p in trainable], modifier_rank=None):
+        with gathered_trainable(model):
             return {_unwrapped_name(model, n): p.detach().clone().cpu() for n, p in trainable}
     options = StateDictOptions(full_state_dict=True, ignore_frozen_params=True)
     state = get_model_state_dict(model, options=options)
@@ -234,6 +233,27 @@ def full_adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     frozen = {_unwrapped_name(model, n) for n, p in model.named_parameters() if not p.requires_grad}
     # Full state dicts hold plain tensors (the type allows any state value).
     return {k: cast(torch.Tensor, v).detach().cpu() for k, v in state.items() if not _beside(k, frozen)}
+
+
+@contextmanager
+def gathered_trainable(model: nn.Module) -> Iterator[None]:
+    """Within it, every trainable parameter DeepSpeed ZeRO-3 partitions is whole on every rank (read only); a no-op
+    for any other model. A collective under ZeRO-3: every rank must enter it.
+
+    Args:
+        model: The model as trained (a DeepSpeed engine, or the module it trains).
+
+    Yields:
+        Nothing; the parameters are partitioned again on leaving.
+    """
+    params = [p for p in unwrap_deepspeed(model).parameters() if p.requires_grad and _zero3_partitioned(p)]
+    if not params:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        yield
 
 
 def unwrap_deepspeed(model: nn.Module) -> nn.Module:
@@ -383,8 +403,9 @@ def _attempt(step) -> str | None:
     """Run `step`; its error as one line naming this rank, or None."""
     try:
         step()
-    except Exception as err:  # reported on every rank by _agree, with the original type's message
-        return f"rank {rank()}: {type(err).__name__}: {err}"
+    except Exception as err:  # reported on every rank by _agree
+        kind = "" if isinstance(err, RuntimeError) else f"{type(err).__name__}: "
+        return f"rank {rank()}: {kind}{err}"
     return None
 
 

@@ -161,20 +161,15 @@ def broken_save(model, engine, out: Path) -> str | None:
     return None
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--api", choices=("initialize", "trainer"), required=True)
-    parser.add_argument("--method", choices=sorted(METHODS), default="kradapter")
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    count_fused_calls()
-    world_size = kdist.world_size()
-    config = filled_config(args.config, kdist.local_batch_size(tiny.GLOBAL_BATCH, world_size))
-    if args.api == "initialize":
-        engine, model, losses, local_losses = train_initialize(args.method, config)
+def run_one(api: str, config_path: Path, method: str, out: Path) -> None:
+    """One training run; writes out/rank{r}.json, out/rank{r}.pt and (rank 0) out/adapter."""
+    out.mkdir(parents=True, exist_ok=True)
+    FUSED_CALLS[0] = 0
+    config = filled_config(config_path, kdist.local_batch_size(tiny.GLOBAL_BATCH, kdist.world_size()))
+    if api == "initialize":
+        engine, model, losses, local_losses = train_initialize(method, config)
     else:
-        trainer, model, losses = trainer_run(args.method, config, args.out / "trainer")
+        trainer, model, losses = trainer_run(method, config, out / "trainer")
         engine, local_losses = trainer.model_wrapped, []
     rank = kdist.rank()
     result = {
@@ -186,10 +181,29 @@ def main(argv: list[str]) -> int:
         "partitioned": partitioned(model),
         "fused_calls": FUSED_CALLS[0],
     }
-    torch.save(kdist.full_adapter_state_dict(engine), args.out / f"rank{rank}.pt")
-    kdist.save_adapter(model, engine, args.out / "adapter")
-    result["broken_save_error"] = broken_save(model, engine, args.out / "broken")
-    (args.out / f"rank{rank}.json").write_text(json.dumps(result))
+    torch.save(kdist.full_adapter_state_dict(engine), out / f"rank{rank}.pt")
+    kdist.save_adapter(model, engine, out / "adapter")
+    result["broken_save_error"] = broken_save(model, engine, out / "broken")
+    (out / f"rank{rank}.json").write_text(json.dumps(result))
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument(
+        "--case",
+        nargs=4,
+        action="append",
+        required=True,
+        metavar=("API", "CONFIG", "METHOD", "NAME"),
+        help="initialize|trainer, a shipped config, a method, the run's directory name under --out (repeatable; "
+        "the runs share one launch: DeepSpeed's import and process group are paid once)",
+    )
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    count_fused_calls()
+    # The Trainer's DeepSpeed config is process-global (transformers builds later models under zero.Init): last.
+    for api, config, method, name in sorted(args.case, key=lambda r: r[0] == "trainer"):
+        run_one(api, Path(config), method, args.out / name)
     kdist.finish()
     return 0
 
