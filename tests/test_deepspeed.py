@@ -116,3 +116,89 @@ def test_a_save_failing_on_one_rank_fails_on_every_rank_with_one_message(launche
         assert errors[0].startswith("the adapter save failed, nothing was saved: rank 1: ")
         assert "is gathered with shape (0,) but the model trains it with shape" in errors[0]
         assert not list((launched / name / "broken").glob("*.safetensors"))
+
+
+# --- `kradapter train` under accelerate launch --use_deepspeed (ZeRO-3), and the setups it refuses ----------------
+TRAIN_ARGS = ["--max-steps", "3", "--batch-size", "4", "--logging-steps", "1", "--eval-batch-size", "16"]
+TRAIN_ARGS += ["--max-new-tokens", "4", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def commonsense(tmp_path_factory):
+    from recipe_fixtures import commonsense_data, tiny_llama
+
+    root = tmp_path_factory.mktemp("commonsense")
+    return {"root": root, "model": tiny_llama(root), "data": commonsense_data(root)}
+
+
+def train_args(commonsense, out) -> list[str]:
+    args = ["train", "--task", "commonsense", "--model", commonsense["model"], "--output-dir", str(out), *TRAIN_ARGS]
+    for d in commonsense["data"]:
+        args += ["--data", d]
+    return args
+
+
+def test_kradapter_train_under_accelerate_deepspeed_zero3_trains_like_one_process(commonsense, tmp_path, pytestconfig):
+    from kradapter.cli import main
+
+    config = json.loads((CONFIGS / "zero3.json").read_text())
+    config["zero_optimization"].update(stage3_param_persistence_threshold=0, stage3_model_persistence_threshold=0)
+    (tmp_path / "zero3.json").write_text(json.dumps(config))
+    env = dict(os.environ)
+    cache = getattr(pytestconfig, "cache", None)
+    built = cache.mkdir("torch_extensions") if cache is not None else tmp_path / "torch_extensions"
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(built))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--use_deepspeed", "--deepspeed_config_file"]
+    cmd += [str(tmp_path / "zero3.json"), "--num_processes", "2", "-m", "kradapter", *train_args(commonsense, out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert run.returncode == 0, run.stderr[-6000:]
+    assert run.stdout.count("results: ") == 1  # only rank 0 prints
+
+    single_out = tmp_path / "single"
+    assert main(train_args(commonsense, single_out)) == 0
+    result = json.loads((out / "seeds" / "seed-0" / "result.json").read_text())
+    single = json.loads((single_out / "seeds" / "seed-0" / "result.json").read_text())
+    assert result["processes"] == 2 and result["max_weight_difference_across_ranks"] == 0.0
+    assert result["spectral"].keys() == single["spectral"].keys()  # every layer analysed whole under ZeRO-3
+
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    got, want = load_file(out / "adapter_model.safetensors"), load_file(single_out / "adapter_model.safetensors")
+    assert got.keys() == want.keys() and len(want) == 8
+    # As in tests/test_distributed.py's accelerate run: the linear schedule over 3 steps, sequences at most the
+    # model's context length.
+    model_config = AutoConfig.from_pretrained(commonsense["model"])
+    lr, steps, seq_len = result["learning_rate"], 3, model_config.max_position_embeddings
+    rates = [lr * (steps - t) / steps for t in range(steps)]
+    bound = adamw_weight_bound(rates, llama_reduction_length(model_config, 4 * seq_len, seq_len))
+    for key, weight in want.items():
+        assert got[key].shape == weight.shape
+        assert (got[key] - weight).abs().max().item() <= bound, key
+
+
+@pytest.mark.parametrize(
+    "zero,extra,reason",
+    [
+        ({"stage": 1}, [], "zero_optimization.stage 1 is not supported: kradapter is tested with ZeRO stage 2 and 3"),
+        (
+            {"stage": 3, "offload_optimizer": {"device": "cpu"}},
+            [],
+            "zero_optimization.offload_optimizer.device 'cpu' is not supported: offloading is not tested",
+        ),
+        ({"stage": 3}, ["--quantize", "4bit"], "DeepSpeed ZeRO-3 with a 4bit bitsandbytes base is not supported"),
+        ({"stage": 3}, ["--method", "full"], "method full under DeepSpeed ZeRO-3 is not supported"),
+    ],
+)
+def test_kradapter_train_refuses_an_untested_deepspeed_setup_before_training(
+    commonsense, tmp_path, capsys, zero, extra, reason
+):
+    from kradapter.cli import main
+
+    config = tmp_path / "ds.json"
+    config.write_text(json.dumps({"zero_optimization": zero}))
+    assert main([*train_args(commonsense, tmp_path / "run"), "--deepspeed", str(config), *extra]) == 2
+    err = capsys.readouterr().err
+    assert reason in err, err
+    assert not (tmp_path / "run" / "seeds").exists()
