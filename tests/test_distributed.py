@@ -307,3 +307,61 @@ def test_kradapter_train_refuses_a_world_size_that_does_not_divide_the_batch(
         == "kradapter train: error: global batch size 3 does not divide evenly over 2 processes; use a multiple of 2"
     )
     assert not (tmp_path / "run" / "seeds").exists()
+
+
+# --- save_adapter's checks, in one process -----------------------------------------------------------------------
+FIRST = "base_model.model.model.layers.0.self_attn.k_proj.kradapter_U.default"
+
+
+def test_save_adapter_refuses_a_gathered_tensor_of_the_wrong_shape_and_writes_nothing(tmp_path, monkeypatch):
+    model = tiny.tiny_peft_model()
+    real = kdist.full_adapter_state_dict
+
+    def emptied(wrapped):  # what an ungathered ZeRO-3 partition looks like
+        return {**real(wrapped), FIRST: torch.empty(0)}
+
+    monkeypatch.setattr(kdist, "full_adapter_state_dict", emptied)
+    with pytest.raises(RuntimeError) as err:
+        kdist.save_adapter(model, model, tmp_path / "adapter")
+    assert str(err.value) == (
+        f"the adapter save failed, nothing was saved: rank 0: tensor {FIRST} is gathered with shape (0,) but the "
+        "model trains it with shape (8, 32)"
+    )
+    assert not list(tmp_path.rglob("*.safetensors"))
+
+
+def test_save_adapter_refuses_a_file_missing_a_trained_tensor(tmp_path, monkeypatch):
+    model = tiny.tiny_peft_model()
+    save = model.save_pretrained
+
+    def dropping(directory, state_dict):  # a save that silently leaves one tensor out
+        save(directory, state_dict={k: v for k, v in state_dict.items() if k != FIRST})
+
+    monkeypatch.setattr(model, "save_pretrained", dropping)
+    with pytest.raises(RuntimeError, match=rf"rank 0: tensor {FIRST} was not written"):
+        kdist.save_adapter(model, model, tmp_path / "adapter")
+    assert not (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+    monkeypatch.undo()  # unpatched: every tensor, whole
+    kdist.save_adapter(model, model, tmp_path / "adapter")
+    loaded = PeftModel.from_pretrained(tiny.tiny_model(), tmp_path / "adapter").state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in kdist.full_adapter_state_dict(model).items())
+
+
+def test_accelerate_deepspeed_options_are_read_from_the_environment(monkeypatch, tmp_path):
+    from kradapter.zero import accelerate_deepspeed_config, check_deepspeed_config
+
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+    assert accelerate_deepspeed_config() is None
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "nvme")
+    config = accelerate_deepspeed_config()
+    assert config == {"zero_optimization": {"stage": 3, "offload_param": {"device": "nvme"}}}
+    with pytest.raises(ValueError, match=r"offload_param\.device 'nvme' is not supported"):
+        check_deepspeed_config(config)
+    (tmp_path / "bad.json").write_text("[1]")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(tmp_path / "bad.json"))
+    with pytest.raises(ValueError, match=r"bad\.json: expected a JSON object, got list"):
+        accelerate_deepspeed_config()
+    root = Path(__file__).resolve().parents[1] / "examples" / "deepspeed"
+    assert [check_deepspeed_config(root / f"zero{s}.json")["zero_optimization"]["stage"] for s in (2, 3)] == [2, 3]
