@@ -305,9 +305,9 @@ def _fsdp1_shapes(model: nn.Module) -> dict[int, torch.Size]:
     shapes: dict[int, torch.Size] = {}
     for module in model.modules():
         flat = getattr(getattr(module, "_handle", None), "flat_param", None)
-        params = getattr(flat, "_params", None)
-        if params is not None:
-            shapes.update({id(p): torch.Size(s) for p, s in zip(params, flat._shapes)})
+        params, recorded = getattr(flat, "_params", None), getattr(flat, "_shapes", None)
+        if params is not None and recorded is not None:
+            shapes.update({id(p): torch.Size(s) for p, s in zip(params, recorded)})
     return shapes
 
 
