@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -206,17 +209,23 @@ def wrap_fsdp1(model: nn.Module, layer_classes: set[type[nn.Module]] | None = No
 def full_adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The full (unsharded) trainable parameters, keyed as in the unwrapped model, on every rank.
 
-    Works for a plain model, DDP, FSDP1 and FSDP2, and gathers only the trainable parameters, never the frozen base.
-    A collective under FSDP: every rank must call it.
+    Works for a plain model, DDP, FSDP1, FSDP2 and a DeepSpeed engine (ZeRO-3 partitions are gathered), and
+    gathers only the trainable parameters, never the frozen base. A collective under FSDP and ZeRO-3: every rank
+    must call it.
 
     Args:
-        model: The model as trained (plain, or wrapped by DDP / FSDP).
+        model: The model as trained (plain, wrapped by DDP / FSDP, or a DeepSpeed engine).
 
     Returns:
         Parameter name -> full tensor on the CPU.
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+    model = unwrap_deepspeed(model)
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if any(_zero3_partitioned(p) for _, p in trainable):
+        with gathered_trainable(model):
+            return {_unwrapped_name(model, n): p.detach().clone().cpu() for n, p in trainable}
     options = StateDictOptions(full_state_dict=True, ignore_frozen_params=True)
     state = get_model_state_dict(model, options=options)
     # ignore_frozen_params drops frozen parameters but not the entries a layer adds beside them in its state dict
@@ -224,6 +233,82 @@ def full_adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     frozen = {_unwrapped_name(model, n) for n, p in model.named_parameters() if not p.requires_grad}
     # Full state dicts hold plain tensors (the type allows any state value).
     return {k: cast(torch.Tensor, v).detach().cpu() for k, v in state.items() if not _beside(k, frozen)}
+
+
+@contextmanager
+def gathered_trainable(model: nn.Module) -> Iterator[None]:
+    """Within it, every trainable parameter DeepSpeed ZeRO-3 partitions is whole on every rank (read only); a no-op
+    for any other model. A collective under ZeRO-3: every rank must enter it.
+
+    Args:
+        model: The model as trained (a DeepSpeed engine, or the module it trains).
+
+    Yields:
+        Nothing; the parameters are partitioned again on leaving.
+    """
+    params = [p for p in unwrap_deepspeed(model).parameters() if p.requires_grad and _zero3_partitioned(p)]
+    if not params:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        yield
+
+
+def unwrap_deepspeed(model: nn.Module) -> nn.Module:
+    """The module a DeepSpeed engine trains (``engine.module``), or ``model`` itself when it is no engine.
+
+    Args:
+        model: A model, or the engine ``deepspeed.initialize`` (or the Trainer) returned.
+
+    Returns:
+        The module whose parameter names carry no ``module.`` prefix of the engine.
+    """
+    deepspeed = sys.modules.get("deepspeed")  # an engine exists only where deepspeed was imported
+    engine = getattr(getattr(deepspeed, "runtime", None), "engine", None)
+    if engine is not None and isinstance(model, engine.DeepSpeedEngine):
+        return cast(nn.Module, model.module)
+    return model
+
+
+def _zero3_partitioned(param: torch.Tensor) -> bool:
+    """Whether DeepSpeed ZeRO-3 manages this parameter (it then holds only this rank's partition, or nothing)."""
+    return hasattr(param, "ds_id")
+
+
+def adapter_shapes(model: nn.Module) -> dict[str, torch.Size]:
+    """The full shape of every trainable parameter, keyed as in the unwrapped model, read from the model itself.
+
+    Independent of any gathering: under ZeRO-3 a parameter's data is empty but DeepSpeed records its shape
+    (``ds_shape``); FSDP1 keeps a parameter as a flat shard and records its shape in the flat parameter; an FSDP2
+    parameter (a DTensor) reports its full shape. Not a collective.
+
+    Args:
+        model: The model as trained (plain, wrapped by DDP / FSDP, or a DeepSpeed engine).
+
+    Returns:
+        Parameter name -> full shape.
+    """
+    model = unwrap_deepspeed(model)
+    fsdp1 = _fsdp1_shapes(model)
+    shapes = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            shape = getattr(param, "ds_shape", None) or fsdp1.get(id(param)) or param.shape
+            shapes[_unwrapped_name(model, name)] = torch.Size(shape)
+    return shapes
+
+
+def _fsdp1_shapes(model: nn.Module) -> dict[int, torch.Size]:
+    """id(original parameter) -> its shape, for the parameters FSDP1 (use_orig_params=True) holds as flat shards."""
+    shapes: dict[int, torch.Size] = {}
+    for module in model.modules():
+        flat = getattr(getattr(module, "_handle", None), "flat_param", None)
+        params, recorded = getattr(flat, "_params", None), getattr(flat, "_shapes", None)
+        if params is not None and recorded is not None:
+            shapes.update({id(p): torch.Size(s) for p, s in zip(params, recorded)})
+    return shapes
 
 
 _WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
@@ -249,49 +334,140 @@ def save_adapter(peft_model: nn.Module, wrapped: nn.Module, out_dir: str | os.Pa
     """Save the adapter of ``peft_model`` (trained as ``wrapped``) from rank 0, as PEFT's ``save_pretrained`` does.
 
     Every rank must call it. Files are written to a temporary directory beside ``out_dir`` and moved into place
-    one by one, so an interrupted save never leaves a half-written file under its final name; a barrier follows.
+    one by one, so an interrupted save never leaves a half-written file under its final name. Every tensor is
+    checked against the shape of the parameter it saves (see
+    [`write_adapter`][kradapter.dist.write_adapter]); a failure on any rank is raised on every rank.
 
     Args:
         peft_model: The unwrapped PEFT model (its config and ``save_pretrained``).
-        wrapped: The same model as trained (DDP / FSDP wrapper, or ``peft_model`` itself).
+        wrapped: The same model as trained (DDP / FSDP wrapper, DeepSpeed engine, or ``peft_model`` itself).
         out_dir: The adapter directory to write.
 
     Raises:
-        RuntimeError: If PEFT wrote fewer tensors than the model trains (a wrapper PEFT cannot see through);
-            nothing is moved into ``out_dir`` then.
+        RuntimeError: On every rank, naming the rank and the tensor, if a tensor was gathered or written with
+            another shape than its parameter's or not written at all; nothing is moved into ``out_dir`` then.
     """
-    state_dict = full_adapter_state_dict(wrapped)
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        out_dir = Path(out_dir)
+    out_dir = Path(out_dir)
+    tmp = None
+    if is_main_process():
         out_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".adapter-", dir=out_dir.parent))
-        try:
-            cast(Any, peft_model).save_pretrained(tmp, state_dict=state_dict)
-            _check_saved(tmp, state_dict)
-            for path in tmp.rglob("*"):
-                if path.is_file():
-                    target = out_dir / path.relative_to(tmp)
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(path, target)
-        finally:
+    try:
+        write_adapter(peft_model, wrapped, tmp)
+        _agree(_attempt(lambda: _move_files(tmp, out_dir) if tmp is not None else None))
+    finally:
+        if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-    if dist.is_initialized():
-        dist.barrier()
 
 
-def _check_saved(directory: Path, state_dict: dict[str, torch.Tensor]) -> None:
-    """PEFT picks adapter tensors by module name and can silently pick too few from a wrapped model: count them."""
+def write_adapter(peft_model: nn.Module, wrapped: nn.Module, directory: str | os.PathLike | None) -> None:
+    """Gather the adapter of ``peft_model`` (trained as ``wrapped``) and write it with PEFT's ``save_pretrained``
+    into ``directory`` on rank 0, checked tensor by tensor. Every rank must call it; it ends with every rank.
+
+    The check: each trainable parameter is gathered whole (its shape is the one the model records, see
+    [`adapter_shapes`][kradapter.dist.adapter_shapes]), PEFT selects a tensor for it, and the file holds that
+    tensor with that shape. A (0,)-shaped tensor from an ungathered ZeRO-3 partition, or a key PEFT could not
+    match (a wrapper's prefix), therefore fails instead of writing an empty adapter.
+
+    Args:
+        peft_model: The unwrapped PEFT model (its config and ``save_pretrained``).
+        wrapped: The same model as trained (DDP / FSDP wrapper, DeepSpeed engine, or ``peft_model`` itself).
+        directory: Where rank 0 writes (ignored on the other ranks; may be None there).
+
+    Raises:
+        RuntimeError: On every rank, with one message naming the rank and the tensor, if any rank failed.
+    """
+    expected = adapter_shapes(wrapped)
+    state: dict[str, torch.Tensor] = {}
+
+    def gather() -> None:
+        state.update(full_adapter_state_dict(wrapped))
+        for name, shape in expected.items():
+            got = state.get(name)
+            if got is None or got.shape != shape:
+                have = "missing" if got is None else f"gathered with shape {tuple(got.shape)}"
+                raise RuntimeError(f"tensor {name} is {have} but the model trains it with shape {tuple(shape)}")
+
+    _agree(_attempt(gather))
+
+    def write() -> None:
+        if directory is None:
+            raise ValueError("rank 0 was given no directory to write the adapter into")
+        cast(Any, peft_model).save_pretrained(directory, state_dict=state)
+        _check_saved(peft_model, Path(directory), expected)
+
+    _agree(_attempt(write) if is_main_process() else None)
+
+
+def _attempt(step) -> str | None:
+    """Run `step`; its error as one line naming this rank, or None."""
+    try:
+        step()
+    except Exception as err:  # reported on every rank by _agree
+        kind = "" if isinstance(err, RuntimeError) else f"{type(err).__name__}: "
+        return f"rank {rank()}: {kind}{err}"
+    return None
+
+
+def _agree(failure: str | None) -> None:
+    """A collective: every rank learns whether any rank failed (so none is left waiting at a later barrier) and
+    raises the first failure's message; outside a process group, raise this process's failure."""
+    failures = [failure]
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        failures = [None] * dist.get_world_size()
+        dist.all_gather_object(failures, failure)
+    reported = [f for f in failures if f is not None]
+    if reported:
+        raise RuntimeError(f"the adapter save failed, nothing was saved: {reported[0]}")
+
+
+def _move_files(src: Path, dest: Path) -> None:
+    """Move every file under `src` into `dest`, one ``os.replace`` each."""
+    for path in src.rglob("*"):
+        if path.is_file():
+            target = dest / path.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+
+
+def _check_saved(peft_model: nn.Module, directory: Path, expected: dict[str, torch.Size]) -> None:
+    """Every trainable parameter is in the written file under the key PEFT gives it, with its full shape.
+
+    PEFT picks adapter tensors by name and silently picks none from keys it cannot match: the keys it must write
+    come from running its own selection on shape-only (meta) stand-ins of the parameters.
+    """
+    from peft.utils import get_peft_model_state_dict
     from safetensors import safe_open
 
-    written = 0
-    for path in directory.rglob("adapter_model.safetensors"):
-        with safe_open(path, "pt") as f:
-            written += len(list(f.keys()))
-    if written < len(state_dict):
-        raise RuntimeError(
-            f"the adapter save wrote {written} tensors but the model trains {len(state_dict)}; nothing was saved "
-            f"(is the model wrapped in a way PEFT cannot see through?)"
+    names = {}  # id(stand-in) -> parameter name
+    stand_ins = {}
+    for name, shape in expected.items():
+        stand_ins[name] = torch.empty(shape, device="meta")
+        names[id(stand_ins[name])] = name
+    model = cast(Any, peft_model)
+    for adapter in model.peft_config:
+        selected = get_peft_model_state_dict(
+            model, state_dict=stand_ins, adapter_name=adapter, save_embedding_layers=False
         )
+        if not selected:
+            continue
+        path = directory / ("" if adapter == "default" else adapter) / "adapter_model.safetensors"
+        if not path.is_file():
+            raise RuntimeError(f"adapter {adapter}: no {path.name} was written")
+        with safe_open(str(path), "pt") as f:
+            written = {key: torch.Size(f.get_slice(key).get_shape()) for key in f.keys()}
+        for key, stand_in in selected.items():
+            name = names[id(stand_in)]
+            if key not in written:
+                raise RuntimeError(f"tensor {name} was not written (PEFT's key {key})")
+            if written[key] != stand_in.shape:
+                raise RuntimeError(
+                    f"tensor {name} was written with shape {tuple(written[key])} but the model trains it with "
+                    f"shape {tuple(stand_in.shape)}"
+                )
+        for name in expected.keys() - {names[id(v)] for v in selected.values()}:
+            if name.endswith(f".{adapter}") or f".{adapter}." in name:
+                raise RuntimeError(f"tensor {name} is trained but PEFT does not save it (a wrapper's key prefix?)")
 
 
 def max_difference_across_ranks(model: nn.Module) -> float | None:

@@ -8,6 +8,7 @@ import signal
 import numpy as np
 from transformers import TrainerCallback
 
+from ..dist import gathered_trainable
 from ..spectral import effective_rank
 from .deltas import adapter_deltas
 from .methods import full_deltas
@@ -22,7 +23,10 @@ class EffectiveRankCallback(TrainerCallback):
         self.history: list[tuple[int, float, float, float]] = []
 
     def measure(self, step: int) -> None:
-        deltas = full_deltas(self.model, self.reference) if self.reference is not None else adapter_deltas(self.model)
+        with gathered_trainable(self.model):  # whole under ZeRO-3 (a collective: every rank measures)
+            deltas = (
+                full_deltas(self.model, self.reference) if self.reference is not None else adapter_deltas(self.model)
+            )
         if not deltas:
             return
         ranks = [effective_rank(d) for d in deltas.values()]

@@ -121,6 +121,14 @@ def add_train_arguments(p: argparse.ArgumentParser, compare: bool = False) -> No
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
+        "--deepspeed",
+        default=None,
+        metavar="CONFIG",
+        help="train under DeepSpeed with this config (ZeRO-2/3, e.g. examples/deepspeed/zero3.json), launched by "
+        "the deepspeed launcher or torchrun; needs kradapter[deepspeed]. Under accelerate launch --use_deepspeed "
+        "give the config to accelerate instead",
+    )
+    p.add_argument(
         "--quantize",
         choices=QUANTIZE_CHOICES,
         default=None,

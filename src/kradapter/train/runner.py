@@ -27,7 +27,14 @@ from typing import Any
 
 import torch
 
-from ..dist import is_main_process, local_batch_size, max_difference_across_ranks, world_size
+from ..dist import (
+    gathered_trainable,
+    is_main_process,
+    local_batch_size,
+    max_difference_across_ranks,
+    world_size,
+    write_adapter,
+)
 from ..io import check_writable_dir, read_json, staging_dir, write_json, write_text
 from ..learning_rates import default_lr
 from ..outdir import OutputLock, clean_interrupted, publish_version
@@ -164,6 +171,8 @@ def train_seed(
         label_names=["labels"],
         dataloader_num_workers=0,
         disable_tqdm=args.quiet,
+        # --deepspeed; accelerate launch --use_deepspeed passes its config to the Trainer itself.
+        deepspeed=getattr(args, "deepspeed", None),
     )
     timer = StepTimer()  # first: its step time excludes the other callbacks' work
     # ~20 points by default: enough for the effective rank to read as a curve (one SVD per layer each, cheap).
@@ -281,7 +290,9 @@ def _evaluate_and_save(job: _SeedJob, done: _TrainedSeed) -> dict:
     if not rank_cb.history:  # no step ran in this session (resumed after training had finished)
         rank_cb.measure(trainer.state.global_step)
     scores, extra = evaluate_sets(prepared, model, {"validation": prepared.validation, **job.eval_sets})
-    deltas = full_deltas(model, reference) if reference is not None else adapter_deltas(model)
+    with gathered_trainable(model):  # ZeRO-3 holds a partition of each parameter: whole for the analysis
+        deltas = full_deltas(model, reference) if reference is not None else adapter_deltas(model)
+        max_difference = max_difference_across_ranks(model)
     if not deltas:
         raise RuntimeError(f"method {job.method} left no adapted layer to analyse")  # a bug, not bad input
     spectral = spectral_table(deltas)
@@ -311,13 +322,14 @@ def _evaluate_and_save(job: _SeedJob, done: _TrainedSeed) -> dict:
         ],
         "processes": world_size(),
         # Under torchrun: how far any rank's trained weights are from rank 0's (0.0: the replicas stayed in sync).
-        "max_weight_difference_across_ranks": max_difference_across_ranks(model),
+        "max_weight_difference_across_ranks": max_difference,
     }
     # The adapter and result.json become the seed's results together, in one step.
     staging = staging_dir(job.seed_dir)
     if job.save_adapter:
         if reference is None:
-            model.save_pretrained(str(staging))
+            # Gathered (FSDP, ZeRO-3) and checked tensor by tensor; rank 0 writes, the others' staging is dropped.
+            write_adapter(model, trainer.model_wrapped, staging)
         else:
             _save_full(model, reference, prepared.head, staging)
         write_json(
@@ -420,6 +432,7 @@ def run(args: argparse.Namespace, extra_callbacks=()) -> dict:
         raise ValueError("give --lr or --lr-grid, not both")
     if getattr(args, "quantize", None):
         _check_quantize(args)
+    _check_deepspeed(args)
     _check_scoring(args, task)
     out = Path(args.output_dir)
     check_writable_dir(out)
@@ -430,6 +443,22 @@ def run(args: argparse.Namespace, extra_callbacks=()) -> dict:
             return _run_locked(args, task, seeds, grid, out, extra_callbacks)
         except KeyboardInterrupt:
             raise TrainingInterrupted(_interrupted_state(out)) from None
+
+
+def _check_deepspeed(args) -> None:
+    """Refuse an untested DeepSpeed setup (--deepspeed, or accelerate launch --use_deepspeed) before anything loads."""
+    from ..zero import accelerate_deepspeed_config, check_deepspeed_config
+
+    given = getattr(args, "deepspeed", None)
+    config = given if given is not None else accelerate_deepspeed_config()
+    if config is None:
+        return
+    config = check_deepspeed_config(config, quantize=getattr(args, "quantize", None))
+    if args.method == "full" and config["zero_optimization"]["stage"] == 3:
+        raise ValueError(
+            "method full under DeepSpeed ZeRO-3 is not supported: its update is saved from every weight of the "
+            "targets, which ZeRO-3 holds partitioned; use ZeRO-2 (examples/deepspeed/zero2.json)"
+        )
 
 
 def _interrupted_state(out: Path) -> str:
