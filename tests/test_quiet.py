@@ -7,7 +7,6 @@ import subprocess
 import sys
 import warnings
 
-import pytest
 import torch
 
 import kradapter  # noqa: F401  (installs the bitsandbytes filter)
