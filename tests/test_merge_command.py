@@ -9,6 +9,7 @@ import torch
 from peft import get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+import _bounds as bounds
 import kradapter  # noqa: F401
 from kradapter import KRAdapterConfig
 from kradapter.cli import main
@@ -144,10 +145,21 @@ def test_merge_rejects_a_directory_without_adapter_config(dirs, tmp_path):
         merge_to_dir(str(root / "base"), str(tmp_path), tmp_path / "out")
 
 
-def test_merge_of_a_4bit_trained_adapter_dequantizes_the_base(tmp_path):
+@pytest.mark.parametrize("layout", ["float32", "bf16-packed", "cpu-default"])
+def test_merge_of_a_4bit_trained_adapter_dequantizes_the_base(tmp_path, monkeypatch, layout):
+    """The merged float32 model reproduces the 4-bit adapted one within the error of bitsandbytes' CPU forward:
+    "float32" forces its standard float32 path, "bf16-packed" its AVX512-BF16 kernel (a bfloat16 stand-in built from
+    bitsandbytes' pieces where the CPU lacks it, tests/_bnb_cpu_layout.py), "cpu-default" takes what this CPU picks,
+    so it is held to the worst documented precision."""
     pytest.importorskip("bitsandbytes")
-    from kradapter import quant
+    from bitsandbytes.nn import Linear4bit
 
+    from _bnb_cpu_layout import force_cpu_layout
+    from kradapter import quant
+    from kradapter.merge import probe_inputs
+
+    if layout != "cpu-default":
+        force_cpu_layout(layout == "bf16-packed", monkeypatch.setattr)  # before Linear4bit is built: it reads the flag
     llama().save_pretrained(tmp_path / "base")
     base4 = LlamaForCausalLM.from_pretrained(
         tmp_path / "base", quantization_config=quant.bnb_config("4bit"), device_map="cpu"
@@ -156,14 +168,40 @@ def test_merge_of_a_4bit_trained_adapter_dequantizes_the_base(tmp_path):
     model = get_peft_model(base4, KRAdapterConfig(target_modules=TARGETS, alpha=0.5, init_weights=False)).eval()
     model.save_pretrained(tmp_path / "adapter")
     ids = torch.randint(0, 128, (2, 7))
-    with torch.no_grad():
+    with torch.no_grad(), bounds.LastLinearInput(model.get_base_model().lm_head) as last:
         expected = model(input_ids=ids).logits
+        model(**probe_inputs(model.config))  # the inputs merge_to_dir compares on
     result = merge_to_dir(str(tmp_path / "base"), str(tmp_path / "adapter"), tmp_path / "out", quantize="4bit")
-    assert result.dequantized and result.max_logit_diff < 1e-4
+    # Each 4-bit linear errs by its path's bound (its reduction length = in_features), each adapted one also by the
+    # float32 reordering of base + adapter against the merged weight; all relative to the logits' operand magnitude.
+    per_layer = bounds.bnb_4bit_cpu_float32 if layout == "float32" else bounds.bnb_4bit_cpu
+    stages = [per_layer(m.in_features) for m in model.modules() if isinstance(m, Linear4bit)]
+    stages += [bounds.float_linear(m.in_features) for m in model.modules() if hasattr(m, "kradapter_U")]
+    tol = bounds.compose(stages) * last.magnitude()
+    assert len(stages) == 14 + 8 and result.dequantized and result.max_logit_diff <= tol
     merged = LlamaForCausalLM.from_pretrained(tmp_path / "out").eval()
     assert "quantization_config" not in merged.config.to_dict()
     with torch.no_grad():
-        torch.testing.assert_close(merged(input_ids=ids).logits, expected, atol=1e-4, rtol=1e-4)
+        assert (merged(input_ids=ids).logits - expected).abs().max().item() <= tol
+    # Whatever the kernel: each merged weight is bitsandbytes' own dequantization plus the update, up to the
+    # float32 rounding of that sum (u (|W| + |Delta W|) per element).
+    weights = dict(merged.named_parameters())
+    for name, layer in model.get_base_model().named_modules():
+        if hasattr(layer, "kradapter_U"):
+            w, delta = bnb_dequantized(layer.get_base_layer()), layer.get_delta_weight("default")
+            err = (weights[name + ".weight"] - (w + delta)).abs()
+            assert (err <= bounds.unit_roundoff(torch.float32) * (w.abs() + delta.abs())).all(), name
+
+
+def bnb_dequantized(layer):
+    """bitsandbytes' own dequantization of a Linear4bit's weight, in either CPU layout (independent of kradapter)."""
+    import bitsandbytes as bnb
+    from _bnb_cpu_layout import packed_weight_reference
+
+    w = layer.weight
+    if getattr(w.quant_state, "packing_format_for_cpu", False):
+        return packed_weight_reference(w.data, w.quant_state).float()
+    return bnb.functional.dequantize_4bit(w.data, w.quant_state).float()
 
 
 def test_merge_works_for_the_other_methods_too(dirs, tmp_path):
