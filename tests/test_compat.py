@@ -512,7 +512,7 @@ def test_installed_versions_are_tested_ones():
         ({"peft": "0.21.2"}, ["peft 0.21.2 (tested: 0.22.0 to 0.22.x)"]),
         ({"peft": "0.22.7"}, []),
         ({"peft": "0.23.0"}, ["peft 0.23.0 (tested: 0.22.0 to 0.22.x)"]),
-        ({"transformers": "4.50.0"}, ["transformers 4.50.0 (tested: 5.0.0 to 5.25.x)"]),
+        ({"transformers": "4.50.0"}, ["transformers 4.50.0 (tested: 5.6.0 to 5.25.x)"]),
         ({"transformers": "5.25.3"}, []),
         (
             {"peft": "0.21.0", "transformers": "5.24.0"},

@@ -43,7 +43,7 @@ import torch
 # when this was last raised: a later release line gets a warning at import, not a refusal.
 TESTED_RANGES = {
     "peft": ("0.22.0", "0.22"),
-    "transformers": ("5.0.0", "5.25"),
+    "transformers": ("5.6.0", "5.25"),
 }
 # Known to break, whatever else is installed: transformers >= 5.24 refuses peft < 0.22 in its PEFT integration.
 BROKEN_PAIRS = [(("peft", "<", "0.22"), ("transformers", ">=", "5.24"))]
