@@ -16,6 +16,7 @@ from peft.config import PeftConfig
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 
+from .. import _load_checks
 from .._compat import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, Conv1D, get_pattern_key
 from ._delta_layer import DeltaLayer
 from ._mixed_batch import mixed_batch_hooks
@@ -27,6 +28,16 @@ def pattern_value(pattern: dict | None, key: str, default: Any) -> Any:
     else `default`; a pattern of None has no entries."""
     pattern = pattern or {}
     return pattern.get(get_pattern_key(pattern.keys(), key), default)
+
+
+def _holds(key: str, adapter_name: str, prefix: str) -> bool:
+    """Whether a loaded key is a tensor of `adapter_name` (`...<prefix>X.<adapter_name>...` or a modules_to_save
+    copy `...modules_to_save.<adapter_name>...`)."""
+    parts = key.split(".")
+    return any(
+        (part.startswith(prefix) or part == "modules_to_save") and parts[i + 1] == adapter_name
+        for i, part in enumerate(parts[:-1])
+    )
 
 
 class DeltaTuner(BaseTuner):
@@ -119,6 +130,25 @@ class DeltaTuner(BaseTuner):
         add_weighted_adapter(
             self, adapters, weights, adapter_name, combination_type, self.combinations, self.tuner_layer_cls.method_name
         )
+
+    # --- loading: PEFT's load_state_dict reaches the tuner with the whole checkpoint before any layer copies a tensor
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        """Refuse the adapters' tensors before any is copied: non-float, NaN/Inf, wrong shapes, or tensors for
+        modules that hold no such adapter (PEFT would cast, load, fail halfway, or drop them with a warning). The
+        error names each tensor as the file names it; PeftModel's load (_peft_guards) adds the file and puts the
+        model back as it was."""
+        problems = []
+        for adapter_name in self.peft_config:
+            tensors = {
+                "base_model." + _load_checks.file_form(key[len(prefix) :], adapter_name, (self.prefix,)): tensor
+                for key, tensor in state_dict.items()
+                if key.startswith(prefix) and _holds(key, adapter_name, self.prefix)
+            }
+            if tensors:
+                problems += _load_checks.tensor_problems(tensors, self.model, adapter_name, (self.prefix,))
+        if problems:
+            raise _load_checks.AdapterTensorError(f"adapter weights do not fit: {_load_checks.describe(problems)}")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @contextmanager
     def _enable_peft_forward_hooks(self, *args, **kwargs):
