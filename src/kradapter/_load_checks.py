@@ -9,6 +9,7 @@ file gives them, so an error names what a user finds in the file.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from torch import nn
 
 WEIGHTS_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
 _TREE = ("_modules", "_parameters", "_buffers", "_forward_hooks", "_forward_pre_hooks")
+_LAYER_STATE = ("_active_adapter", "merged_adapters", "_disable_adapters")
 _WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 _SHOWN = 5  # problems named in one message; the rest are counted
 
@@ -36,6 +38,10 @@ class Snapshot:
     def __init__(self, model: nn.Module):
         self.model = model
         self.modules = [(m, {k: dict(getattr(m, k)) for k in _TREE}) for m in model.modules()]
+        # which adapters each tuner layer runs and has merged: plain attributes an injection may switch
+        self.layer_state = [
+            (m, {k: copy.copy(vars(m)[k]) for k in _LAYER_STATE if k in vars(m)}) for m in model.modules()
+        ]
         self.requires_grad = [(p, p.requires_grad) for p in model.parameters()]
         self.attributes = dict(vars(model))
         self.peft_config = dict(getattr(model, "peft_config", None) or {})
@@ -46,6 +52,8 @@ class Snapshot:
                 current = getattr(module, name)
                 current.clear()
                 current.update(saved)
+        for module, state in self.layer_state:
+            vars(module).update(state)
         for param, requires_grad in self.requires_grad:
             param.requires_grad_(requires_grad)
         for name in set(vars(self.model)) - set(self.attributes):  # e.g. the peft_config PEFT sets on the base model

@@ -15,6 +15,7 @@ deleted says what to do, not KeyError, when next used.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import json
 from pathlib import Path
@@ -30,6 +31,7 @@ from ._load_checks import (
 )
 
 __all__ = ["WEIGHTS_NAMES", "AdapterLoadError", "install", "weights_file"]
+_inside_load = contextvars.ContextVar("kradapter_inside_load", default=False)
 
 
 def saved_type_is_ours(model_id, subfolder: str | None = None) -> bool:
@@ -54,10 +56,17 @@ def _holds_ours(model) -> bool:
 
 
 def _load_from(model, model_id, subfolder, adapter_name: str, load, *, check_after: bool):
-    """guarded_load with the file PEFT / transformers will read: read and checked first when it is a local file."""
+    """guarded_load with the file PEFT / transformers will read: read and checked first when it is a local file.
+    A load inside a guarded one (PeftModel.from_pretrained calls load_adapter) is the outer one's to guard."""
+    if _inside_load.get():
+        return load()
     path, known = weights_file(model_id, subfolder)
     tensors = read_checked(path, adapter_name) if known is None else None
-    return guarded_load(model, path, adapter_name, load, tensors=tensors, known=known, check_after=check_after)
+    token = _inside_load.set(True)
+    try:
+        return guarded_load(model, path, adapter_name, load, tensors=tensors, known=known, check_after=check_after)
+    finally:
+        _inside_load.reset(token)
 
 
 def install() -> None:

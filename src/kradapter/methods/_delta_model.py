@@ -40,6 +40,11 @@ def _holds(key: str, adapter_name: str, prefix: str) -> bool:
     )
 
 
+def _names(key: str, prefix: str) -> bool:
+    """Whether a loaded key is an adapter tensor: a segment starts with the method's prefix, or is modules_to_save."""
+    return any(part.startswith(prefix) or part == "modules_to_save" for part in key.split("."))
+
+
 class DeltaTuner(BaseTuner):
     # LoRA-family methods: by default adapt what PEFT's LoRA adapts for a known architecture.
     target_module_mapping = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
@@ -137,15 +142,23 @@ class DeltaTuner(BaseTuner):
         modules that hold no such adapter (PEFT would cast, load, fail halfway, or drop them with a warning). The
         error names each tensor as the file names it; PeftModel's load (_peft_guards) adds the file and puts the
         model back as it was."""
-        problems = []
-        for adapter_name in self.peft_config:
+        ours = {k[len(prefix) :]: t for k, t in state_dict.items() if k.startswith(prefix) and _names(k, self.prefix)}
+        present = [name for name in self.peft_config if any(_holds(k, name, self.prefix) for k in ours)]
+        # PEFT inserts the adapter name only into keys of modules holding the adapter: a key without one is a
+        # tensor for a module the adapter does not adapt, checked as part of every adapter being loaded
+        stray = {k: t for k, t in ours.items() if not any(_holds(k, name, self.prefix) for name in self.peft_config)}
+        problems: list[str] = []
+        for adapter_name in present or list(self.peft_config)[-1:]:
             tensors = {
-                "base_model." + _load_checks.file_form(key[len(prefix) :], adapter_name, (self.prefix,)): tensor
-                for key, tensor in state_dict.items()
-                if key.startswith(prefix) and _holds(key, adapter_name, self.prefix)
+                "base_model." + _load_checks.file_form(key, adapter_name, (self.prefix,)): tensor
+                for key, tensor in ours.items()
+                if key in stray or _holds(key, adapter_name, self.prefix)
             }
-            if tensors:
-                problems += _load_checks.tensor_problems(tensors, self.model, adapter_name, (self.prefix,))
+            problems += [
+                p
+                for p in _load_checks.tensor_problems(tensors, self.model, adapter_name, (self.prefix,))
+                if p not in problems
+            ]
         if problems:
             raise _load_checks.AdapterTensorError(f"adapter weights do not fit: {_load_checks.describe(problems)}")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
