@@ -254,9 +254,8 @@ def _unet_and_bad_file(tmp_path):
 def test_diffusers_refused_load_leaves_no_wrapper_and_a_later_save_round_trips(tmp_path):
     """The data-loss case: a refused load used to leave empty wrapper layers behind, and the next save wrote an
     adapter whose reload gave other outputs."""
-    from test_diffusers import out
-
     from kradapter.diffusers_io import load_adapter
+    from test_diffusers import out
 
     tiny_unet, targets, bad = _unet_and_bad_file(tmp_path)
     unet = tiny_unet()
@@ -276,9 +275,8 @@ def test_diffusers_refused_load_leaves_no_wrapper_and_a_later_save_round_trips(t
 
 @pytest.mark.parametrize("edit", ["nan", "int64", "unadapted module"])
 def test_diffusers_load_refuses_bad_tensors_naming_them(tmp_path, edit):
-    from test_diffusers import adapted, out, tiny_unet
-
     from kradapter.diffusers_io import load_adapter
+    from test_diffusers import adapted, out, tiny_unet
 
     adapted().save_lora_adapter(tmp_path)
     file = tmp_path / "pytorch_lora_weights.safetensors"
