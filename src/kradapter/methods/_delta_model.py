@@ -98,9 +98,34 @@ class DeltaTuner(BaseTuner):
 
     # --- merges: every layer is checked before any is touched, so a refused merge leaves the model unchanged --------
     def check_merge(self, adapter_names: list[str] | None, safe_merge: bool) -> None:
-        """Raise if merging must not start; with safe_merge, also if any layer would get NaN/Inf weights."""
+        """Raise if merging must not start: a layer's weight is tied to another module's; with safe_merge, also if
+        any layer would get NaN/Inf weights."""
+        self._check_merge_untied(adapter_names)
         if safe_merge:
             self._check_merge_finite(adapter_names)
+
+    def _check_merge_untied(self, adapter_names: list[str] | None) -> None:
+        # A tied weight (GPT-2's wte and lm_head) is one tensor used twice: merging the update into it changes
+        # the other use too, which the adapter never changed, so the merged model would compute something else.
+        owners: dict[int, list[str]] = {}
+        for name, param in self.model.named_parameters(remove_duplicate=False):
+            owners.setdefault(id(param), []).append(name)
+        for key, module in self.model.named_modules():
+            if not isinstance(module, self.tuner_layer_cls):
+                continue
+            names = module.active_adapters if adapter_names is None else adapter_names
+            if not any(module.has_adapter(n) and n not in module.merged_adapters for n in names):
+                continue
+            weight = getattr(module.get_base_layer(), "weight", None)
+            inside = key + "."
+            others = [n for n in owners.get(id(weight), []) if not n.startswith(inside)]
+            if others:
+                raise ValueError(
+                    f"cannot merge into '{key}': its weight is tied to '{others[0].removesuffix('.weight')}' (the same "
+                    "tensor), which the adapter does not change, so a merge would change both uses; keep the "
+                    "adapter unmerged, or untie the weights first (give the other module a copy of the weight); "
+                    "nothing was merged"
+                )
 
     def _check_merge_finite(self, adapter_names: list[str] | None) -> None:
         for key, module in self.model.named_modules():
