@@ -19,6 +19,7 @@ from torch import nn
 from .. import _load_checks
 from .._compat import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, Conv1D, get_pattern_key
 from ._delta_layer import DeltaLayer
+from ._geometry import weight_geometry
 from ._mixed_batch import mixed_batch_hooks
 from ._weighted import Combination, add_weighted_adapter
 
@@ -38,6 +39,48 @@ def _holds(key: str, adapter_name: str, prefix: str) -> bool:
         (part.startswith(prefix) or part == "modules_to_save") and parts[i + 1] == adapter_name
         for i, part in enumerate(parts[:-1])
     )
+
+
+_SIZE_SETTINGS = ("r", "k1", "kron_shape")
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:,.1f} GiB"
+
+
+def memory_of(device: torch.device) -> int | None:
+    """Total memory of `device` in bytes (the machine's RAM for the CPU), or None where it cannot be told."""
+    import os
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type == "cpu":
+        try:
+            return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None  # meta (nothing is allocated), mps, xpu, ...
+
+
+# Heads PEFT's task models add to modules_to_save themselves, all candidates at once (a model has one of them).
+_TASK_HEADS = {"classifier", "score", "qa_outputs"}
+
+
+def check_modules_to_save(model: nn.Module, config: PeftConfig) -> None:
+    """Refuse, before injection, a modules_to_save name that matches no module (PEFT accepts it silently, and the
+    module the user meant is then neither trained nor saved)."""
+    from peft.utils.other import _is_valid_match
+
+    names = list(getattr(config, "modules_to_save", None) or [])
+    keys = [key for key, _ in model.named_modules(remove_duplicate=False)]
+    for name in names:
+        if getattr(config, "task_type", None) and name in _TASK_HEADS:
+            continue
+        if not any(_is_valid_match(key, name) for key in keys):
+            raise ValueError(
+                f"modules_to_save: {name!r} matches no module of the model (a name or the end of a dotted name, "
+                f"e.g. 'classifier' or 'model.score'); nothing was adapted"
+            )
 
 
 def _names(key: str, prefix: str) -> bool:
@@ -83,6 +126,7 @@ class DeltaTuner(BaseTuner):
                 f"{self.tuner_layer_cls.method_name} adapts modules, not parameters (got parameter '{parameter_name}')"
             )
         kwargs = self.layer_kwargs(config, current_key)
+        self._check_adapter_fits(config, target, current_key, kwargs)
         try:
             if isinstance(target, self.tuner_layer_cls):
                 target.update_layer(adapter_name, inference_mode=config.inference_mode, **kwargs)
@@ -95,6 +139,36 @@ class DeltaTuner(BaseTuner):
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)  # an added, inactive adapter stays frozen until set_adapter
         self._replace_module(parent, target_name, new_module, target)
+
+    def _pre_injection_hook(self, model: nn.Module, config: PeftConfig, adapter_name: str) -> None:
+        self._adapter_bytes = 0  # what this injection has allocated so far (_check_adapter_fits)
+        check_modules_to_save(model, config)
+
+    def _check_adapter_fits(self, config, target: nn.Module, key: str, settings: dict) -> None:
+        """Refuse, before allocating, an adapter whose parameters could not fit in memory (SinLoRA with r=10**9):
+        one error naming the module, the settings and the size, not an allocator error of many GB."""
+        numel_of = getattr(config, "adapter_numel", None)
+        base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+        if numel_of is None or not hasattr(base, "weight"):
+            return
+        try:
+            d_out, d_in = weight_geometry(base)
+            numel = numel_of(d_out, d_in, settings)
+        except (TypeError, ValueError):  # a layer the method cannot adapt: its own check names the problem
+            return
+        if numel is None:
+            return
+        size = numel * 4  # adapter parameters are kept in float32 (autocast_adapter_dtype)
+        self._adapter_bytes = getattr(self, "_adapter_bytes", 0) + size
+        available = memory_of(base.weight.device)
+        if available is not None and self._adapter_bytes > available:
+            shown = ", ".join(f"{k}={v!r}" for k, v in settings.items() if k in _SIZE_SETTINGS)
+            total = f"; {_gib(self._adapter_bytes)} with the modules before it" if self._adapter_bytes > size else ""
+            raise ValueError(
+                f"{self.tuner_layer_cls.method_name} on module '{key}' ({d_out} x {d_in}) with {shown}: its adapter "
+                f"has {numel:,} parameters ({_gib(size)} in float32){total}, more than the {_gib(available)} of "
+                f"memory on {base.weight.device}; use a smaller value (rank_pattern / k1_pattern set it per module)"
+            )
 
     # --- merges: every layer is checked before any is touched, so a refused merge leaves the model unchanged --------
     def check_merge(self, adapter_names: list[str] | None, safe_merge: bool) -> None:
