@@ -1,103 +1,82 @@
-"""PEFT's load and save, made whole-or-nothing for every method (installed once by ``import kradapter``).
+"""Loads and saves of kradapter's adapters made whole-or-nothing on PEFT's and transformers' paths (installed once
+by ``import kradapter``). Adapters of PEFT's own methods (LoRA, ...) are left to PEFT: each wrapper first asks
+whether the adapter is ours (its adapter_config.json's ``peft_type``, or the model's configs) and otherwise calls
+the original with the same arguments.
 
-Also: a PeftModel whose only adapter was deleted says what to do, not KeyError, when next used.
-
-PEFT injects an adapter's layers into the user's model before it reads the weights file, so a missing, empty or
-truncated file raises (a SafetensorError, or a Hub repo-id error that names no file) with the layers left in. The
-wrappers here snapshot the model's module tree first and, on any failure, put it back and raise one error that
-names the file. A loaded adapter holding NaN/Inf values is refused the same way. Tensors missing from the file keep
-their initial values: PEFT warns about them in from_pretrained, and load_adapter (which only returns them) now
-warns too, naming each. save_pretrained refuses meta-device weights before it writes anything.
+Why wrappers at all: PEFT and transformers inject an adapter's layers into the user's model before they read the
+weights file, and our tuner is not on the call path when that read fails (a missing, empty or truncated file), nor
+at all on transformers' path, which loads tensors without ``load_state_dict``. So the wrappers read the file first
+(refusing what cannot load: unreadable, non-float, NaN/Inf tensors) before the model is touched, snapshot the
+module tree, and on any later failure (the tuner's own check of shapes and modules before any tensor is copied,
+DeltaTuner._load_from_state_dict; transformers' report) put it back and raise one error that names the file.
+save_pretrained refuses meta-device weights before it writes anything. A PeftModel whose only adapter of ours was
+deleted says what to do, not KeyError, when next used.
 """
 
 from __future__ import annotations
 
 import contextvars
 import functools
-import warnings
+import json
 from pathlib import Path
 
-import torch
-from torch import nn
+from ._load_checks import (
+    WEIGHTS_NAMES,
+    AdapterLoadError,
+    check_tensors,
+    guarded_load,
+    is_ours,
+    read_checked,
+    weights_file,
+)
 
-WEIGHTS_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
-_inside_from_pretrained = contextvars.ContextVar("kradapter_inside_from_pretrained", default=False)
-
-
-class AdapterLoadError(ValueError):
-    """An adapter could not be loaded; the model it was loaded into is as it was before."""
-
-
-class _Snapshot:
-    """The module tree of `model` (children, parameters, buffers, hooks of every module), trainability and the
-    model's own attributes: what PEFT's injection changes."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-        self.modules = [(m, {k: dict(getattr(m, k)) for k in _TREE}) for m in model.modules()]
-        self.requires_grad = [(p, p.requires_grad) for p in model.parameters()]
-        self.attributes = set(vars(model))
-
-    def restore(self) -> None:
-        for module, tree in self.modules:
-            for name, saved in tree.items():
-                current = getattr(module, name)
-                current.clear()
-                current.update(saved)
-        for param, requires_grad in self.requires_grad:
-            param.requires_grad_(requires_grad)
-        for name in set(vars(self.model)) - self.attributes:  # e.g. the peft_config PEFT sets on the base model
-            delattr(self.model, name)
+__all__ = ["WEIGHTS_NAMES", "AdapterLoadError", "install", "weights_file"]
+_inside_load = contextvars.ContextVar("kradapter_inside_load", default=False)
 
 
-_TREE = ("_modules", "_parameters", "_buffers", "_forward_hooks", "_forward_pre_hooks")
+def saved_type_is_ours(model_id, subfolder: str | None = None) -> bool:
+    """Whether the adapter_config.json at `model_id` (a local directory) names one of our methods. An unreadable
+    config counts as ours when its text names one of them, so our load reports it."""
+    from . import _registry
+
+    file = Path(str(model_id), subfolder or "", "adapter_config.json")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, ValueError):
+        return False  # a Hub id or a missing directory: PEFT's own handling
+    try:
+        return is_ours(json.loads(text).get("peft_type"))
+    except (ValueError, AttributeError):
+        return any(f'"{name.upper()}"' in text for name in _registry.REGISTERED)
 
 
-def weights_file(model_id, subfolder: str | None = None) -> tuple[str, str | None]:
-    """(the file a load reads, or would read; why it cannot, when that is known before reading it)."""
-    directory = Path(model_id, subfolder or "")
-    if not directory.is_dir():
-        return str(directory), "no such directory (and not an adapter on the Hugging Face Hub)"
-    if not (directory / "adapter_config.json").is_file():
-        return str(directory / "adapter_config.json"), "missing"
-    for name in WEIGHTS_NAMES:
-        if (directory / name).is_file():
-            return str(directory / name), None
-    return str(directory / WEIGHTS_NAMES[0]), f"missing (nor is there {WEIGHTS_NAMES[1]})"
+def _holds_ours(model) -> bool:
+    configs = getattr(model, "peft_config", None)
+    return isinstance(configs, dict) and any(is_ours(getattr(c, "peft_type", None)) for c in configs.values())
 
 
-def _load_error(model_id, subfolder, err: BaseException) -> AdapterLoadError:
+def _load_from(model, model_id, subfolder, adapter_name: str, load, *, check_after: bool):
+    """guarded_load with the file PEFT / transformers will read: read and checked first when it is a local file.
+    A load inside a guarded one (PeftModel.from_pretrained calls load_adapter) is the outer one's to guard."""
+    if _inside_load.get():
+        return load()
     path, known = weights_file(model_id, subfolder)
-    reason = known or f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
-    return AdapterLoadError(f"cannot load adapter {path}: {reason}; the model is as it was before")
-
-
-def _non_finite(peft_model, adapter_name: str) -> list[str]:
-    from peft.utils import get_peft_model_state_dict
-
-    state = get_peft_model_state_dict(peft_model, adapter_name=adapter_name)
-    return [
-        name for name, t in state.items() if t.is_floating_point() and not t.is_meta and not torch.isfinite(t).all()
-    ]
-
-
-def _check_loaded(peft_model, model_id, subfolder, adapter_name: str, load_result) -> None:
-    bad = _non_finite(peft_model, adapter_name)
-    path, _ = weights_file(model_id, subfolder)
-    if bad:
-        raise AdapterLoadError(
-            f"cannot load adapter {path}: tensors hold NaN or Inf values: {', '.join(bad)}; "
-            "the model is as it was before"
-        )
-    missing = list(getattr(load_result, "missing_keys", []) or [])
-    if missing and not _inside_from_pretrained.get():  # from_pretrained warns about them itself
-        warnings.warn(
-            f"adapter {path} lacks these tensors, which keep their initial values: {', '.join(missing)}", stacklevel=3
-        )
+    tensors = read_checked(path, adapter_name) if known is None else None
+    token = _inside_load.set(True)
+    try:
+        return guarded_load(model, path, adapter_name, load, tensors=tensors, known=known, check_after=check_after)
+    finally:
+        _inside_load.reset(token)
 
 
 def install() -> None:
-    """Wrap PeftModel.from_pretrained, load_adapter and save_pretrained (idempotent)."""
+    """Wrap PeftModel's and transformers' adapter loads and PeftModel.save_pretrained for our methods
+    (idempotent)."""
+    _install_peft()
+    _install_transformers()
+
+
+def _install_peft() -> None:
     from peft import PeftModel
 
     if getattr(PeftModel, "_kradapter_guarded", False):
@@ -108,44 +87,44 @@ def install() -> None:
 
     @functools.wraps(from_pretrained)
     def guarded_from_pretrained(cls, model, model_id, *args, **kwargs):
-        snapshot = _Snapshot(model)
-        token = _inside_from_pretrained.set(True)
-        try:
+        subfolder = kwargs.get("subfolder")
+        if not saved_type_is_ours(model_id, subfolder):
             return from_pretrained(cls, model, model_id, *args, **kwargs)
-        except BaseException as err:
-            snapshot.restore()
-            if isinstance(err, AdapterLoadError) or not isinstance(err, Exception):
-                raise
-            raise _load_error(model_id, kwargs.get("subfolder"), err) from err
-        finally:
-            _inside_from_pretrained.reset(token)
+        adapter_name = kwargs.get("adapter_name", args[0] if args else "default")
+        return _load_from(
+            model,
+            model_id,
+            subfolder,
+            adapter_name,
+            lambda: from_pretrained(cls, model, model_id, *args, **kwargs),
+            check_after=False,  # DeltaTuner checks the tensors before it copies any
+        )
 
     @functools.wraps(load_adapter)
     def guarded_load_adapter(self, model_id, adapter_name, *args, **kwargs):
-        existed = adapter_name in self.peft_config
-        snapshot = _Snapshot(self)
-        try:
-            result = load_adapter(self, model_id, adapter_name, *args, **kwargs)
-            _check_loaded(self, model_id, kwargs.get("subfolder"), adapter_name, result)
-            return result
-        except BaseException as err:
-            if not existed:
-                _forget_adapter(self, adapter_name)
-            snapshot.restore()
-            if isinstance(err, AdapterLoadError) or not isinstance(err, Exception):
-                raise
-            raise _load_error(model_id, kwargs.get("subfolder"), err) from err
+        subfolder = kwargs.get("subfolder")
+        if not saved_type_is_ours(model_id, subfolder):
+            return load_adapter(self, model_id, adapter_name, *args, **kwargs)
+        return _load_from(
+            self,
+            model_id,
+            subfolder,
+            adapter_name,
+            lambda: load_adapter(self, model_id, adapter_name, *args, **kwargs),
+            check_after=False,
+        )
 
     @functools.wraps(save_pretrained)
     def guarded_save_pretrained(self, save_directory, *args, **kwargs):
-        _refuse_meta(self, kwargs.get("selected_adapters"), save_directory, kwargs.get("state_dict"))
+        if _holds_ours(self):
+            _refuse_meta(self, kwargs.get("selected_adapters"), save_directory, kwargs.get("state_dict"))
         return save_pretrained(self, save_directory, *args, **kwargs)
 
     active_config = PeftModel.active_peft_config.fget
 
     @functools.wraps(active_config)
     def guarded_active_config(self):
-        if not self.peft_config:
+        if not self.peft_config and getattr(self, "_kradapter_empty_hook", None) is not None:
             _no_adapter_left(self, ())
         return active_config(self)
 
@@ -153,8 +132,9 @@ def install() -> None:
 
     @functools.wraps(delete_adapter)
     def guarded_delete_adapter(self, adapter_name):
+        was_ours = adapter_name in self.peft_config and is_ours(self.peft_config[adapter_name].peft_type)
         delete_adapter(self, adapter_name)
-        if not self.peft_config and getattr(self, "_kradapter_empty_hook", None) is None:
+        if was_ours and not self.peft_config and getattr(self, "_kradapter_empty_hook", None) is None:
             self._kradapter_empty_hook = self.register_forward_pre_hook(_no_adapter_left)
 
     @functools.wraps(add_adapter)
@@ -175,24 +155,44 @@ def install() -> None:
     PeftModel._kradapter_guarded = True
 
 
+def _install_transformers() -> None:
+    """transformers' PeftAdapterMixin.load_adapter: model.load_adapter(dir), and AutoModel*.from_pretrained(dir)
+    of an adapter directory, which calls it."""
+    try:
+        from transformers.integrations.peft import PeftAdapterMixin
+    except ImportError:  # transformers without its PEFT integration: nothing to guard
+        return
+    if getattr(PeftAdapterMixin, "_kradapter_guarded", False):
+        return
+    load_adapter = PeftAdapterMixin.load_adapter
+
+    @functools.wraps(load_adapter)
+    def guarded_load_adapter(self, peft_model_id=None, adapter_name=None, peft_config=None, *args, **kwargs):
+        adapter_kwargs = kwargs.get("adapter_kwargs") or {}
+        subfolder = kwargs.get("subfolder", adapter_kwargs.get("subfolder"))
+        state_dict = kwargs.get("adapter_state_dict", args[0] if args else None)
+        if peft_config is not None:
+            ours = is_ours(peft_config.get("peft_type") if isinstance(peft_config, dict) else peft_config.peft_type)
+        else:
+            ours = peft_model_id is not None and saved_type_is_ours(peft_model_id, subfolder)
+        if not ours:
+            return load_adapter(self, peft_model_id, adapter_name, peft_config, *args, **kwargs)
+        load = functools.partial(load_adapter, self, peft_model_id, adapter_name, peft_config, *args, **kwargs)
+        if state_dict is None:
+            return _load_from(self, peft_model_id, subfolder, adapter_name or "default", load, check_after=True)
+        path = "the adapter_state_dict given"
+        check_tensors(path, state_dict, adapter_name or "default")
+        return guarded_load(self, path, adapter_name or "default", load, tensors=state_dict, check_after=True)
+
+    PeftAdapterMixin.load_adapter = guarded_load_adapter
+    PeftAdapterMixin._kradapter_guarded = True
+
+
 def _no_adapter_left(module, args) -> None:
     raise ValueError(
         "this PeftModel has no adapter left (its only adapter was deleted): add one with "
         "add_adapter() or load_adapter(), or take the base model back with unload()"
     )
-
-
-def _forget_adapter(peft_model, adapter_name: str) -> None:
-    """Drop the per-adapter entries a failed load added to existing layers and to the config table."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    for module in peft_model.modules():
-        if isinstance(module, BaseTunerLayer):
-            for attr in module.adapter_layer_names + module.other_param_names:
-                table = getattr(module, attr, None)
-                if isinstance(table, (dict, nn.ModuleDict, nn.ParameterDict)) and adapter_name in table:
-                    del table[adapter_name]
-    peft_model.peft_config.pop(adapter_name, None)
 
 
 def _refuse_meta(peft_model, selected, save_directory, state_dict=None) -> None:
@@ -203,8 +203,9 @@ def _refuse_meta(peft_model, selected, save_directory, state_dict=None) -> None:
     else:
         tensors = {name: {} for name in (selected or list(peft_model.peft_config)) if name in peft_model.peft_config}
         for key, t in [*peft_model.named_parameters(), *peft_model.named_buffers()]:
+            segments = key.split(".")
             for name in tensors:
-                if f".{name}" in key or key.endswith(name):
+                if name in segments:  # the adapter's own segment: adapter 'b' is not the b of 'base_model'
                     tensors[name][key] = t
     for name, named in tensors.items():
         meta = [k for k, t in named.items() if getattr(t, "is_meta", False)]

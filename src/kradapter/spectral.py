@@ -13,10 +13,17 @@ def singular_values(M: torch.Tensor) -> torch.Tensor:
 
     Returns:
         The singular values, a 1-D float64 CPU tensor.
+
+    Raises:
+        ValueError: If ``M`` holds NaN or Inf values (a diverged update has no spectrum).
     """
     M = M.detach()
     if M.dim() > 2:
         M = M.reshape(M.shape[0], -1)
+    if not bool(torch.isfinite(M).all()):
+        raise ValueError(
+            f"the {tuple(M.shape)} matrix holds NaN or Inf values (a diverged update?); it has no spectrum"
+        )
     return torch.linalg.svdvals(M.to(device="cpu", dtype=torch.float64))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 
 def check_positive_int(value, where: str) -> None:
@@ -17,9 +18,48 @@ def check_finite(value, where: str, positive: bool = False) -> None:
         raise ValueError(f"{where} must be > 0, got {value!r}")
 
 
+# float16's largest finite value: with a scale beyond it, a half-precision model's update overflows to Inf for an
+# input and Delta W of order 1, and float32 follows by 1e38. No useful adapter scale comes near it.
+SCALE_LIMIT = 65504.0
+
+
+def check_scale(value, where: str) -> None:
+    """An adapter's scale (alpha, lora_alpha): a finite number, not 0 (every update would be 0 and get no
+    gradient), at most SCALE_LIMIT in size."""
+    check_finite(value, where)
+    if value == 0:
+        raise ValueError(f"{where}=0 makes every update zero, so the adapter can never train; use a non-zero value")
+    if abs(value) > SCALE_LIMIT:
+        raise ValueError(
+            f"{where}={value!r} is too large: the update it scales overflows to Inf (in float16 beyond "
+            f"{SCALE_LIMIT:g}); use |{where}| <= {SCALE_LIMIT:g}"
+        )
+
+
 def check_probability(value, where: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
         raise ValueError(f"{where}={value!r} must be in [0, 1)")
+
+
+def check_regex(pattern, where: str) -> None:
+    """A regex field (target_modules given as a str, a *_pattern key): re.error becomes one ValueError naming the
+    field and the pattern."""
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"{where}: {pattern!r} is not a valid regular expression ({err})") from None
+
+
+def check_patterns(config, fields: tuple[str, ...]) -> None:
+    """Every regex a config holds: target_modules / exclude_modules given as a str, and the keys of `fields`
+    (rank_pattern, alpha_pattern, k1_pattern; PEFT matches their keys as regexes)."""
+    for name in ("target_modules", "exclude_modules"):
+        value = getattr(config, name, None)
+        if isinstance(value, str):
+            check_regex(value, name)
+    for name in fields:
+        for key in getattr(config, name, None) or {}:
+            check_regex(key, f"{name} key")
 
 
 def normalise_targets(config) -> None:

@@ -1,8 +1,9 @@
-"""Trainer callbacks: the effective rank of the adapted updates as training goes, and a Ctrl-C that stops at the
-end of the current step with a checkpoint saved."""
+"""Trainer callbacks: the effective rank of the adapted updates as training goes, a Ctrl-C that stops at the
+end of the current step with a checkpoint saved, and a stop at the first NaN/Inf loss."""
 
 from __future__ import annotations
 
+import math
 import signal
 
 import numpy as np
@@ -27,8 +28,8 @@ class EffectiveRankCallback(TrainerCallback):
             deltas = (
                 full_deltas(self.model, self.reference) if self.reference is not None else adapter_deltas(self.model)
             )
-        if not deltas:
-            return
+        if not deltas or not all(bool(d.isfinite().all()) for d in deltas.values()):
+            return  # a diverged update has no spectrum; DivergenceGuard stops the run
         ranks = [effective_rank(d) for d in deltas.values()]
         self.history.append((step, float(np.mean(ranks)), float(np.min(ranks)), float(np.max(ranks))))
 
@@ -40,6 +41,37 @@ class EffectiveRankCallback(TrainerCallback):
         # Runs before the progress printer (user callbacks come first), so the value shows up in the log line.
         if logs is not None and self.history and "loss" in logs:
             logs["eff_rank"] = round(self.history[-1][1], 2)
+
+
+class TrainingDiverged(ValueError):
+    """The training loss became NaN or Inf: the run stopped; its line names the step, learning rate and method."""
+
+
+class DivergenceGuard(TrainerCallback):
+    """Stop training at the first logged loss (or gradient norm) that is NaN or Inf, recording where
+    (`diverged`: step, value and learning rate) for the one line the runner reports."""
+
+    def __init__(self):
+        self.diverged: dict | None = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.diverged is not None or not logs:
+            return
+        values = {k: logs[k] for k in ("loss", "grad_norm") if isinstance(logs.get(k), (int, float))}
+        if any(not math.isfinite(v) for v in values.values()):
+            lr = logs.get("learning_rate", args.learning_rate)
+            self.diverged = {"step": state.global_step, "lr": lr, **values}
+            control.should_training_stop = True
+            control.should_save = False  # a checkpoint of NaN weights would be resumed from
+
+    def error(self, method: str, lr: float) -> TrainingDiverged:
+        """The one-line error for a run that diverged (`lr`: the run's peak learning rate)."""
+        d = self.diverged or {}
+        what = ", ".join(f"{k} {d[k]:.4g}" for k in ("loss", "grad_norm") if k in d)
+        return TrainingDiverged(
+            f"training diverged at step {d.get('step')}: {what} (method {method}, learning rate {lr:g}, "
+            f"{d.get('lr', lr):.3g} at that step); lower the learning rate; no result was written"
+        )
 
 
 class GracefulInterrupt(TrainerCallback):

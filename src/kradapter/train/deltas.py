@@ -46,7 +46,13 @@ def adapter_deltas(model: nn.Module, adapter_name: str | None = None) -> dict[st
 
 
 def spectral_table(deltas: dict[str, torch.Tensor]) -> dict[str, dict]:
-    """{layer: {effective_rank, nuclear_norm, frobenius_norm, rank, shape}}."""
+    """{layer: {effective_rank, nuclear_norm, frobenius_norm, rank, shape}}; refuses a non-finite update."""
+    bad = [name for name, delta in deltas.items() if not bool(torch.isfinite(delta).all())]
+    if bad:
+        raise ValueError(
+            f"Delta W of {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} holds NaN or Inf values (training "
+            "diverged?); no spectral report of a non-finite update"
+        )
     table = {}
     for name, delta in deltas.items():
         row = spectral_summary(delta)

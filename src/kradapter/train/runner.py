@@ -39,7 +39,7 @@ from ..io import check_writable_dir, read_json, staging_dir, write_json, write_t
 from ..learning_rates import default_lr
 from ..outdir import OutputLock, clean_interrupted, publish_version
 from .baselines import BALANCED, group_baselines, not_above_majority
-from .callbacks import EffectiveRankCallback, GracefulInterrupt
+from .callbacks import DivergenceGuard, EffectiveRankCallback, GracefulInterrupt
 from .checkpoints import StepTimer, drop_partial, latest_complete_checkpoint
 from .deltas import adapter_deltas, spectral_means, spectral_table
 from .methods import apply_method, budget_k1, check_method, full_deltas, peft_config, trainable_parameters
@@ -178,12 +178,13 @@ def train_seed(
     # ~20 points by default: enough for the effective rank to read as a curve (one SVD per layer each, cheap).
     rank_cb = EffectiveRankCallback(model, args.rank_every or max(1, steps_planned // RANK_POINTS), reference)
     interrupt = GracefulInterrupt()
+    divergence = DivergenceGuard()
     trainer = Trainer(
         model=model,
         args=targs,
         train_dataset=prepared.train,
         data_collator=prepared.collator,
-        callbacks=[timer, rank_cb, interrupt, *extra_callbacks],
+        callbacks=[timer, rank_cb, interrupt, divergence, *extra_callbacks],
     )
     last, partial = latest_complete_checkpoint(ckpt_root)
     for path, reason in partial:
@@ -209,6 +210,10 @@ def train_seed(
         with interrupt:
             trainer.train(resume_from_checkpoint=str(last) if last else None)
     steps = trainer.state.global_step
+    if divergence.diverged is not None:
+        if is_main_process():  # checkpoints of a diverging run: a rerun must not resume from them
+            shutil.rmtree(ckpt_root, ignore_errors=True)
+        raise divergence.error(method, lr)
     if interrupt.requested:
         saved, _ = latest_complete_checkpoint(ckpt_root)
         finished = " (training had finished)" if steps >= trainer.state.max_steps else ""

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from peft.config import PeftConfig
 
 from ... import _registry
 from ...ops import BUDGET_WORDS
-from .._config_checks import check_field_types, normalise_targets
+from .._config_checks import check_field_types, check_patterns, check_scale, normalise_targets
 
 
 def check_k1(k1, where: str = "k1") -> None:
@@ -32,17 +31,17 @@ def check_k1(k1, where: str = "k1") -> None:
 
 
 def check_alpha(alpha, where: str = "alpha") -> None:
-    """Refuse an ``alpha`` that is not a finite number.
+    """Refuse an ``alpha`` that cannot work: not a finite number, 0 (the adapter never trains), or so large that
+    the update overflows (``_config_checks.SCALE_LIMIT``).
 
     Args:
         alpha: The value to check.
         where: The field's name, for the message.
 
     Raises:
-        ValueError: If ``alpha`` is a bool, not a number, NaN or infinite.
+        ValueError: If ``alpha`` is a bool, not a number, NaN, infinite, 0 or beyond the limit.
     """
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
-        raise ValueError(f"{where} must be a finite number, got {alpha!r}")
+    check_scale(alpha, where)
 
 
 @dataclass
@@ -115,6 +114,7 @@ class KRAdapterConfig(PeftConfig):
         normalise_targets(self)
         self.alpha_pattern = self.alpha_pattern or {}  # None (e.g. from a hand-written JSON) means no overrides
         self.k1_pattern = self.k1_pattern or {}
+        check_patterns(self, ("alpha_pattern", "k1_pattern"))
         check_k1(self.k1)
         check_alpha(self.alpha)
         for key, value in (self.alpha_pattern or {}).items():
@@ -127,3 +127,10 @@ class KRAdapterConfig(PeftConfig):
             p = getattr(self, name)
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"{name}={p!r} must be in [0, 1)")
+
+    def adapter_numel(self, d_out: int, d_in: int, settings: dict) -> int:
+        """Parameters of the adapter on a d_out x d_in layer with `settings` (its k1): U and V, n (k1 + k2)."""
+        from ...ops import resolve_k
+
+        k1, k2 = resolve_k(d_out, d_in, settings["k1"])
+        return min(d_out, d_in) * (k1 + k2)

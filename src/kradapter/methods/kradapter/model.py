@@ -1,11 +1,9 @@
 """KRAdapterModel: which module types get a KRAdapter layer. Injection, saving, loading and the handling of
 several named adapters are PEFT's (BaseTuner); creating layers and model-wide merge checks are DeltaTuner's.
 
-Two additions make bad input fail cleanly. PEFT injects layer by layer, so a bad target found halfway would leave
-the model half-adapted: `inject_adapter` first checks every target (type, k1 against its shape) and only then lets
-PEFT inject. And PEFT loads a checkpoint only after it has injected the layers, so weights of the wrong shape would
-leave those layers behind in the user's base model: `_load_from_state_dict` checks the shapes first and, on a
-mismatch, removes the adapter it was loading before raising.
+PEFT injects layer by layer, so a bad target found halfway would leave the model half-adapted: `inject_adapter`
+first checks every target (type, k1 against its shape) and only then lets PEFT inject. Loaded tensors are checked
+by DeltaTuner before any is copied; a failed load is undone by the load paths themselves (_peft_guards).
 """
 
 from __future__ import annotations
@@ -14,15 +12,12 @@ import copy
 from typing import cast
 
 import torch
-from peft.config import PeftConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from ..._compat import (
     DUMMY_TARGET_MODULES,
-    AuxiliaryTrainingWrapper,
     Conv1D,
-    _get_submodules,
     _maybe_include_all_linear_layers,
     get_quantization_kwargs,
 )
@@ -96,15 +91,6 @@ DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
 }
 
 SUPPORTED_BASE_TYPES = (nn.Linear, Conv1D, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, nn.MultiheadAttention)
-
-
-def _adapter_of(param_name: str, prefix: str) -> str | None:
-    """The adapter a parameter belongs to: `...kradapter_U.<name>` or `...modules_to_save.<name>.weight`, else None."""
-    parts = param_name.split(".")
-    for i, part in enumerate(parts[:-1]):
-        if part.startswith(prefix) or part == "modules_to_save":
-            return parts[i + 1]
-    return None
 
 
 def unsupported_target_error(key: str, module: nn.Module) -> ValueError:
@@ -327,44 +313,3 @@ class KRAdapterModel(DeltaTuner):
         if prefixes:
             selected.update({k: v for k, v in state_dict.items() if k.startswith(prefixes)})
         return selected
-
-    # --- loading: check shapes before any tensor is copied; undo the injection on a mismatch --------------------
-    def _pre_injection_hook(self, model: nn.Module, config: PeftConfig, adapter_name: str) -> None:
-        # Injection freezes the base model; remember its trainability so a failed load can restore it.
-        self._requires_grad_before_injection = [(p, p.requires_grad) for p in model.parameters()]
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        # nn.Module.load_state_dict calls this with the whole checkpoint before it visits any adapter layer.
-        for name, param in self.named_parameters():
-            key = prefix + name
-            adapter_name = _adapter_of(name, self.prefix)
-            if adapter_name is None or key not in state_dict or state_dict[key].shape == param.shape:
-                continue
-            self._remove_failed_adapter(adapter_name)
-            shown = key.replace(f".{adapter_name}.", ".").removesuffix(f".{adapter_name}")  # the name in the file
-            raise ValueError(
-                f"adapter weights do not fit this model: tensor '{shown}' has shape {tuple(state_dict[key].shape)} "
-                f"in the checkpoint but {tuple(param.shape)} in the model (trained on another model, or with another "
-                f"k1?); adapter '{adapter_name}' was not loaded and the model is as it was before"
-            )
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def _remove_failed_adapter(self, adapter_name: str) -> None:
-        """Take out an adapter whose weights could not be loaded, leaving the model as it was before."""
-        if set(self.peft_config) != {adapter_name}:
-            self.delete_adapter(adapter_name)  # other adapters stay; PEFT removes this one's layers and config
-            return
-        # The only adapter: give back the bare base model. Not PEFT's unload(), which would keep the *copy* of
-        # each modules_to_save module; the originals are what the user passed in.
-        wrappers = (BaseTunerLayer, AuxiliaryTrainingWrapper)
-        wrapped = [key for key, m in self.model.named_modules() if isinstance(m, wrappers)]
-        for key in wrapped:
-            if any(key.startswith(outer + ".") for outer in wrapped):
-                continue  # inside a wrapper that is taken out as a whole
-            parent, module, name = _get_submodules(self.model, key)
-            original = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module.original_module
-            setattr(parent, name, original)
-        if hasattr(self.model, "peft_config"):
-            del self.model.peft_config
-        for param, requires_grad in getattr(self, "_requires_grad_before_injection", []):
-            param.requires_grad_(requires_grad)

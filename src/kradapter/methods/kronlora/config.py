@@ -7,7 +7,14 @@ from dataclasses import dataclass, field
 from peft.config import PeftConfig
 
 from ... import _registry
-from .._config_checks import check_field_types, check_finite, check_positive_int, check_probability, normalise_targets
+from .._config_checks import (
+    check_field_types,
+    check_patterns,
+    check_positive_int,
+    check_probability,
+    check_scale,
+    normalise_targets,
+)
 
 
 def check_kron_shape(value, where: str = "kron_shape") -> None:
@@ -89,10 +96,18 @@ class KronLoRAConfig(PeftConfig):
         check_kron_shape(self.kron_shape)
         if isinstance(self.kron_shape, tuple):
             self.kron_shape = list(self.kron_shape)  # JSON round trip gives a list; keep one form
-        check_finite(self.alpha, "alpha")
+        check_patterns(self, ("rank_pattern", "alpha_pattern"))
+        check_scale(self.alpha, "alpha")
         for key, value in (self.rank_pattern or {}).items():
             check_positive_int(value, f"rank_pattern[{key!r}]")
         for key, value in (self.alpha_pattern or {}).items():
-            check_finite(value, f"alpha_pattern[{key!r}]")
+            check_scale(value, f"alpha_pattern[{key!r}]")
         check_probability(self.dropout, "dropout")
         check_probability(self.module_dropout, "module_dropout")
+
+    def adapter_numel(self, d_out: int, d_in: int, settings: dict) -> int:
+        """Parameters of the adapter on a d_out x d_in layer with `settings` (r, kron_shape): A, B1 and B2."""
+        from ...ops import kronlora_shapes
+
+        shapes = kronlora_shapes(d_out, d_in, settings["kron_shape"], settings["r"])
+        return sum(rows * cols for rows, cols in shapes)

@@ -7,7 +7,15 @@ from dataclasses import dataclass, field
 from peft.config import PeftConfig
 
 from ... import _registry
-from .._config_checks import check_field_types, check_finite, check_positive_int, check_probability, normalise_targets
+from .._config_checks import (
+    check_field_types,
+    check_finite,
+    check_patterns,
+    check_positive_int,
+    check_probability,
+    check_scale,
+    normalise_targets,
+)
 
 
 @dataclass
@@ -74,7 +82,8 @@ class SinLoRAConfig(PeftConfig):
         self.peft_type = _registry.peft_type("SINLORA")
         normalise_targets(self)
         check_positive_int(self.r, "r")
-        check_finite(self.lora_alpha, "lora_alpha")
+        check_patterns(self, ("rank_pattern", "alpha_pattern"))
+        check_scale(self.lora_alpha, "lora_alpha")
         check_finite(self.freq, "freq")
         if self.freq == 0:
             raise ValueError("freq=0 makes sin(freq * B A) identically zero; use a non-zero frequency")
@@ -83,6 +92,10 @@ class SinLoRAConfig(PeftConfig):
         for key, value in (self.rank_pattern or {}).items():
             check_positive_int(value, f"rank_pattern[{key!r}]")
         for key, value in (self.alpha_pattern or {}).items():
-            check_finite(value, f"alpha_pattern[{key!r}]")
+            check_scale(value, f"alpha_pattern[{key!r}]")
         check_probability(self.dropout, "dropout")
         check_probability(self.module_dropout, "module_dropout")
+
+    def adapter_numel(self, d_out: int, d_in: int, settings: dict) -> int:
+        """Parameters of the adapter on a d_out x d_in layer with `settings` (its r): A and B, r (d_in + d_out)."""
+        return settings["r"] * (d_in + d_out)
