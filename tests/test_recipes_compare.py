@@ -41,7 +41,7 @@ def test_compare_two_methods_per_method_lr(tmp_path, capsys):
     assert [r[0] for r in table["rows"]] == ["majority class", "chance", "kradapter", "lora"]
     assert table["rows"][0][3:6] == ["33.3", "-", "33.3"] and table["rows"][1][3:6] == ["33.3", "-", "33.3"]
     assert [r[2] for r in table["rows"][2:]] == ["0.005 (set, untuned)", "0.002 (set, untuned)"]
-    assert table["rows"][2][table["header"].index("time x")] == "1.00"
+    assert table["rows"][2][table["header"].index("cpu x")] == "1.00"
     assert "ID bal." in table["header"] and "OOD bal." in table["header"]
     # a method at or below a set's majority rate is flagged in the cells, the notes and the JSON
     metrics = {m: json.loads((out / m / "metrics.json").read_text()) for m in ("kradapter", "lora")}

@@ -78,11 +78,18 @@ def drop_partial(skipped: list[tuple[Path, str]]) -> None:
 class StepTimer(TrainerCallback, ExportableState):
     """Seconds spent in training steps, summed over every session of a run: its state is saved in each
     checkpoint's trainer_state.json, so a resumed run counts the steps before the interrupt too, and the time to
-    load a checkpoint is not counted as training."""
+    load a checkpoint is not counted as training.
 
-    def __init__(self, seconds: float = 0.0, steps: int = 0):
-        self.seconds, self.steps = float(seconds), int(steps)
+    Wall seconds (what a user waits) and this process's CPU seconds (all its threads; much less sensitive to other
+    work on a shared machine) are both kept, with the 1-minute load average at the first and the last timed step
+    of this session: a reader can tell a slow step from a busy machine."""
+
+    def __init__(self, seconds: float = 0.0, steps: int = 0, cpu_seconds: float = 0.0):
+        self.seconds, self.steps, self.cpu_seconds = float(seconds), int(steps), float(cpu_seconds)
         self._last: float | None = None
+        self._last_cpu: float | None = None
+        self.load_first: float | None = None
+        self.load_last: float | None = None
 
     def restore(self, checkpoint: Path | None) -> None:
         if checkpoint is None:
@@ -91,17 +98,35 @@ class StepTimer(TrainerCallback, ExportableState):
         saved = saved_callback_state(state, type(self).__name__)
         self.seconds = float(saved.get("args", {}).get("seconds", 0.0))
         self.steps = int(saved.get("args", {}).get("steps", 0))
+        self.cpu_seconds = float(saved.get("args", {}).get("cpu_seconds", 0.0))
 
     def on_step_begin(self, args, state, control, **kwargs):
         synchronize()  # on CUDA the clock must cover the step's kernels, not just their launch
-        self._last = time.perf_counter()
+        if self.load_first is None:
+            self.load_first = load_average()
+        self._last, self._last_cpu = time.perf_counter(), time.process_time()
 
     def on_step_end(self, args, state, control, **kwargs):
         if self._last is not None:
             synchronize()
             self.seconds += time.perf_counter() - self._last
+            self.cpu_seconds += time.process_time() - (self._last_cpu or 0.0)
             self.steps += 1
-            self._last = None
+            self._last = self._last_cpu = None
+            self.load_last = load_average()
 
     def state(self) -> dict:
-        return {"args": {"seconds": self.seconds, "steps": self.steps}, "attributes": {}}
+        return {
+            "args": {"seconds": self.seconds, "steps": self.steps, "cpu_seconds": self.cpu_seconds},
+            "attributes": {},
+        }
+
+
+def load_average() -> float | None:
+    """The machine's 1-minute load average (None where the OS has none)."""
+    import os
+
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None

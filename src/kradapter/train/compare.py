@@ -199,7 +199,7 @@ def comparison_rows(metrics: dict[str, dict]) -> tuple[list[str], list[list[str]
         "nuclear",
         "Frobenius",
         "s/epoch",
-        "time x",
+        "cpu x",
         "peak MB",
     ]
     rows = []
@@ -215,7 +215,10 @@ def comparison_rows(metrics: dict[str, dict]) -> tuple[list[str], list[list[str]
     base_time = None
     for method, m in metrics.items():
         spe = m["efficiency"]["seconds_per_epoch"]["mean"]
-        base_time = base_time or spe
+        # the ratio from CPU seconds: the runs are one after another, and CPU time stretches far less than wall
+        # time when the machine is busy (older runs without CPU seconds fall back to wall time)
+        cpe = (m["efficiency"].get("cpu_seconds_per_epoch") or {}).get("mean") or spe
+        base_time = base_time or cpe
         s = m["spectral_summary"]
         lr = f"{m['learning_rate']:g}" + ("*" if m.get("lr_selection") else _untuned(method, m["learning_rate"]))
         rows.append(
@@ -230,7 +233,7 @@ def comparison_rows(metrics: dict[str, dict]) -> tuple[list[str], list[list[str]
                 _cell(s["nuclear_norm"], 1.0, 3),
                 _cell(s["frobenius_norm"], 1.0, 4),
                 f"{spe:.1f}" if spe else "-",
-                f"{spe / base_time:.2f}" if spe and base_time else "-",
+                f"{cpe / base_time:.2f}" if cpe and base_time else "-",
                 f"{m['efficiency']['peak_memory_mb']:.0f}",
             ]
         )
@@ -377,8 +380,11 @@ def summarise(out: Path, methods: list[str], command: str, dirs: dict[str, Path]
     for kind, e_header, e_rows in extra_tables:
         lines += [f"{kind} x 100:", format_table(e_header, e_rows), ""]
     notes = [
-        "eff. rank / nuclear / Frobenius: means over adapted layers of Delta W; time x: seconds per epoch relative "
-        f"to {methods[0]} in this run; peak MB: {first['efficiency']['memory_kind']}.",
+        "eff. rank / nuclear / Frobenius: means over adapted layers of Delta W; s/epoch: wall seconds of the "
+        "training steps per epoch (extrapolated where a run trained less than one epoch); cpu x: this process's "
+        f"CPU seconds per epoch relative to {methods[0]}'s, the methods run one after another; peak MB: "
+        f"{first['efficiency']['memory_kind']}.",
+        *load_caveat(metrics),
     ]
     if (first.get("baselines") or {}).get("tests"):
         notes.append(
@@ -574,3 +580,20 @@ def run(args: argparse.Namespace, train) -> int:
     print(summarise(out, methods, command), end="")
     print(f"written: {out}/comparison.txt, comparison.md, comparison.json, comparison.png")
     return 0
+
+
+def load_caveat(metrics: dict) -> list[str]:
+    """One line with the load average each method's timed steps saw, and a warning when it changed by more than
+    half a core between methods: wall-time comparisons across them then mean little."""
+    spans = {m: (v["efficiency"].get("load_average") or None) for m, v in metrics.items()}
+    seen = {m: s for m, s in spans.items() if s}
+    if not seen:
+        return []
+    line = "load average during timed steps: " + ", ".join(
+        f"{m} {s[0]:g}" + (f"-{s[1]:g}" if s[1] != s[0] else "") for m, s in seen.items()
+    )
+    low = min(s[0] for s in seen.values())
+    high = max(s[1] for s in seen.values())
+    if high - low > 0.5:
+        line += f"; the load changed ({low:g} to {high:g}): compare times with care, or rerun on an idle machine"
+    return [line]

@@ -45,6 +45,7 @@ from .deltas import adapter_deltas, spectral_means, spectral_table
 from .methods import apply_method, budget_k1, check_method, full_deltas, peft_config, trainable_parameters
 from .metrics import group_means, mean_std, r_gen
 from .options import check_options
+from .progress import use_labelled_progress
 from .tasks import task_module
 from .tasks.base import Prepared
 
@@ -186,6 +187,7 @@ def train_seed(
         data_collator=prepared.collator,
         callbacks=[timer, rank_cb, interrupt, divergence, *extra_callbacks],
     )
+    use_labelled_progress(trainer, f"{method} seed {seed} lr {lr:g}", show=not args.quiet)
     last, partial = latest_complete_checkpoint(ckpt_root)
     for path, reason in partial:
         log.warning("ignoring partial checkpoint %s (%s; a run was killed while saving it)", path, reason)
@@ -318,6 +320,11 @@ def _evaluate_and_save(job: _SeedJob, done: _TrainedSeed) -> dict:
         "steps_timed": timer.steps,
         "epochs_timed": epochs_timed,
         "seconds_per_epoch": timer.seconds / epochs_timed if epochs_timed > 0 else None,
+        # Beside it, what it is: this process's CPU seconds in the same steps, and the machine's load average at the
+        # first and last timed step (a busy machine stretches wall time); epochs_timed < 1 means extrapolated.
+        "train_cpu_seconds": timer.cpu_seconds,
+        "cpu_seconds_per_epoch": timer.cpu_seconds / epochs_timed if epochs_timed > 0 else None,
+        "load_average": [timer.load_first, timer.load_last],
         "peak_memory_mb": peak_mb,
         "memory_kind": memory_kind,
         "spectral": spectral,
@@ -630,11 +637,39 @@ def aggregate(prepared: Prepared, args, method, lr, selection, seeds, results, z
         "efficiency": {
             "seconds_per_epoch": mean_std([r["seconds_per_epoch"] for r in results]),
             "train_seconds": mean_std([r["train_seconds"] for r in results]),
+            "cpu_seconds_per_epoch": mean_std([r.get("cpu_seconds_per_epoch") for r in results]),
+            "epochs_timed": mean_std([r.get("epochs_timed") for r in results]),
+            # [min, max] of the load averages seen at the timed steps of every seed (None: not recorded)
+            "load_average": _load_span(results),
             "peak_memory_mb": max(r["peak_memory_mb"] for r in results),
             "memory_kind": first["memory_kind"],
         },
         "adapter": ".",
     }
+
+
+def _load_span(results: list[dict]) -> list[float] | None:
+    loads = [v for r in results for v in (r.get("load_average") or []) if v is not None]
+    return [min(loads), max(loads)] if loads else None
+
+
+def timing_note(efficiency: dict) -> str:
+    """What a printed time per epoch is: wall clock of the training steps only, measured over whole epochs or
+    extrapolated from part of one, the CPU seconds beside it, and the load average while it was measured."""
+    epochs = (efficiency.get("epochs_timed") or {}).get("mean")
+    kind = (
+        "(wall clock of the training steps"
+        if epochs is None
+        else f"(wall clock of the training steps, {'measured over' if epochs >= 1 else 'extrapolated from'} "
+        f"{epochs:.2g} epoch{'s' if epochs != 1 else ''}"
+    )
+    cpu = (efficiency.get("cpu_seconds_per_epoch") or {}).get("mean")
+    if cpu is not None:
+        kind += f"; CPU {cpu:.1f} s"
+    load = efficiency.get("load_average")
+    if load:
+        kind += f"; load average {load[0]:g}" + (f"-{load[1]:g}" if load[1] != load[0] else "")
+    return kind + ")"
 
 
 def _pm(block: dict | None, digits: int = 3) -> str:
@@ -686,7 +721,7 @@ def format_summary(m: dict) -> str:
     )
     e = m["efficiency"]
     lines.append(
-        f"time per epoch {_pm(e['seconds_per_epoch'], 1)} s; peak memory {e['peak_memory_mb']:.0f} MB "
+        f"time per epoch {_pm(e['seconds_per_epoch'], 1)} s {timing_note(e)}; peak memory {e['peak_memory_mb']:.0f} MB "
         f"({e['memory_kind']})"
     )
     return "\n".join(lines) + "\n"
