@@ -68,3 +68,27 @@ def test_progress_bar_is_labelled_and_log_lines_stay_off_stdout(capsys):
     assert out == ""
     assert "kradapter seed 0 lr 0.03: {'loss': '1.235'}" in err and "total_flos" not in err
     assert "kradapter seed 0 lr 0.03" in err.split("{")[0]  # the bar itself carries the label
+
+
+def test_comparison_plot_draws_majority_and_chance_lines(monkeypatch, tmp_path):
+    from kradapter.train import compare
+
+    captured = {}
+    monkeypatch.setattr(compare, "save_figure", lambda fig, path: captured.setdefault("fig", fig))
+    monkeypatch.setattr("matplotlib.pyplot.close", lambda fig: None)
+    block = {"mean": 0.6, "std": 0.01}
+    metrics = {
+        m: {
+            "groups": {"ID": block, "OOD": block},
+            "seeds": [0, 1],
+            "metric": "accuracy",
+            "baselines": {"groups": {"ID": {"majority": 0.41, "chance": 0.33}, "OOD": {"majority": 0.5, "chance": 0.5}}},
+        }
+        for m in ("kradapter", "lora")
+    }
+    compare.plot(metrics, tmp_path / "comparison.png")
+    ax = captured["fig"].axes[0]
+    labels = ax.get_legend_handles_labels()[1]
+    assert labels.count("majority class") == 1 and labels.count("chance") == 1
+    heights = sorted(round(seg[0][1], 6) for coll in ax.collections for seg in coll.get_segments())
+    assert 41.0 in heights and 50.0 in heights and 33.0 in heights

@@ -42,8 +42,8 @@ def _sqrt_axis(ax) -> None:
 
 
 def figure1(doc: dict, previews: dict[str, np.ndarray], path: str | os.PathLike) -> None:
-    """Row 1 the targets, row 2 squared nuclear error as % of LoRA's (bars, the number over each bar is the bar's
-    value) with the squared Frobenius error as % of LoRA's (black diamonds), row 3 the singular value spectra of
+    """Row 1 the targets, row 2 squared nuclear error as % of LoRA's (bars, each bar's value beside its method's name
+    under the axis) with the squared Frobenius error as % of LoRA's (black diamonds), row 3 the singular value spectra of
     target and reconstructions on a square-root scale."""
     targets = list(doc["results"])
     methods = list(doc["config"]["methods"])
@@ -61,16 +61,7 @@ def figure1(doc: dict, previews: dict[str, np.ndarray], path: str | os.PathLike)
         rows = doc["results"][target]
         shown = [m for m in methods if rows[m]["sq_nuclear_pct_of_lora"] is not None]
         pct = [rows[m]["sq_nuclear_pct_of_lora"] for m in shown]
-        bars = ax.bar(range(len(shown)), pct, color=[colors[m] for m in shown])
-        for bar, value in zip(bars, pct):
-            ax.text(
-                bar.get_x() + bar.get_width() / 2,
-                bar.get_height(),
-                f"{value:.0f}",
-                ha="center",
-                va="bottom",
-                fontsize=7,
-            )
+        ax.bar(range(len(shown)), pct, color=[colors[m] for m in shown])
         frob = [rows[m].get("sq_frobenius_pct_of_lora") for m in shown]
         ax.plot(
             [i for i, f in enumerate(frob) if f is not None],
@@ -80,7 +71,8 @@ def figure1(doc: dict, previews: dict[str, np.ndarray], path: str | os.PathLike)
             label="sq. Frobenius error, % of LoRA",
         )
         ax.axhline(100.0, color="gray", lw=0.6, ls=":")
-        ax.set_xticks(range(len(shown)), shown, rotation=90, fontsize=8)
+        # each bar's value goes in its tick label, where no diamond can sit on it
+        ax.set_xticks(range(len(shown)), [f"{m} {v:.0f}" for m, v in zip(shown, pct)], rotation=90, fontsize=8)
         ax.tick_params(axis="y", labelsize=7)
         ax.set_ylim(0, max(pct + [f for f in frob if f is not None] + [100.0]) * 1.3)
         if col == 0:

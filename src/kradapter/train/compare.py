@@ -342,6 +342,16 @@ def plot(metrics: dict[str, dict], path: Path) -> None:
                     linestyles="dashed",
                     label="zero-shot" if j == 0 else None,
                 )
+    # What a constant answer scores: a bar at the majority line is not a result (the table flags it too).
+    base_groups = (next(iter(metrics.values())).get("baselines") or {}).get("groups") or {}
+    for kind, style, color in (("majority", "dotted", "tab:red"), ("chance", "dashdot", "tab:gray")):
+        drawn = False
+        for j, g in enumerate(groups):
+            rate = (base_groups.get(g) or {}).get(kind)
+            if rate is not None:
+                label = f"{'majority class' if kind == 'majority' else 'chance'}" if not drawn else None
+                ax1.hlines(100 * rate, j - 0.1, j + 0.9, colors=color, linestyles=style, label=label)
+                drawn = True
     ax1.set_xticks(x + width * (len(metrics) - 1) / 2, groups)
     ax1.set_ylabel(f"{next(iter(metrics.values()))['metric']} (%)")
     ax1.set_title(_seed_caption(metrics))
@@ -353,7 +363,8 @@ def plot(metrics: dict[str, dict], path: Path) -> None:
     ax2.set_xlabel("training step")
     ax2.set_ylabel("mean effective rank of Delta W")
     ax2.set_title("effective rank as training goes (first seed)")
-    ax2.legend(fontsize=8)
+    if ax2.get_legend_handles_labels()[1]:  # runs from before the history was recorded have none
+        ax2.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
