@@ -79,6 +79,21 @@ def test_two_processes_train_like_one(strategy, tmp_path, single_process):
         assert torch.equal(state[name], weight), name
 
 
+@pytest.mark.parametrize("method", ["sinlora", "kronlora"])
+def test_fsdp1_saves_sinlora_and_kronlora_whole(method, tmp_path):
+    """The FSDP1 save fix lives in the shared tuner: the other methods' adapters save whole too (PEFT alone selects
+    nothing from module names that FSDP1's wrappers renamed), and reload exactly."""
+    run = torchrun(str(SCRIPT), "--strategy", "fsdp1", "--method", method, "--out", str(tmp_path))
+    assert run.returncode == 0, run.stderr[-4000:]
+    trained = torch.load(tmp_path / "rank0.pt")
+    assert trained and all(w.numel() > 0 for w in trained.values())
+    loaded = PeftModel.from_pretrained(tiny.tiny_model(), tmp_path / "adapter")
+    state = loaded.state_dict()
+    assert {n for n in state if f"{method}_" in n} == set(trained)
+    for name, weight in trained.items():
+        assert torch.equal(state[name], weight), name
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

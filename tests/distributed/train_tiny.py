@@ -28,7 +28,7 @@ from peft import get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import kradapter  # noqa: F401  (registers KRAdapter with PEFT)
-from kradapter import KRAdapterConfig
+from kradapter import KRAdapterConfig, KronLoRAConfig, SinLoRAConfig
 from kradapter import dist as kdist
 
 STEPS, GLOBAL_BATCH, SEQ, VOCAB, LR = 4, 4, 16, 128, 1e-2
@@ -49,8 +49,17 @@ def tiny_model() -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
-def tiny_peft_model():
-    return get_peft_model(tiny_model(), KRAdapterConfig(target_modules=["k_proj", "v_proj"], alpha=1.0))
+# --method: the adapter trained; KRAdapter unless a test asks for another of ours (init_weights=False: both factors
+# random, so a save that drops or zeroes a tensor shows)
+METHODS = {
+    "kradapter": lambda: KRAdapterConfig(target_modules=["k_proj", "v_proj"], alpha=1.0),
+    "sinlora": lambda: SinLoRAConfig(target_modules=["k_proj", "v_proj"], r=4, init_weights=False),
+    "kronlora": lambda: KronLoRAConfig(target_modules=["k_proj", "v_proj"], r=2, kron_shape=2, init_weights=False),
+}
+
+
+def tiny_peft_model(method: str = "kradapter"):
+    return get_peft_model(tiny_model(), METHODS[method]())
 
 
 def packed_4bit_peft_model(base: Path):
@@ -103,11 +112,13 @@ def batches() -> torch.Tensor:
     return torch.randint(0, VOCAB, (STEPS, GLOBAL_BATCH, SEQ), generator=torch.Generator().manual_seed(1))
 
 
-def train(strategy: str = "single", out: Path | None = None, base: Path | None = None) -> dict:
+def train(
+    strategy: str = "single", out: Path | None = None, base: Path | None = None, method: str = "kradapter"
+) -> dict:
     """Run the few steps; returns (and on every rank writes) what the test compares."""
     import torch.distributed as dist
 
-    peft_model = tiny_peft_model() if base is None else packed_4bit_peft_model(base)
+    peft_model = tiny_peft_model(method) if base is None else packed_4bit_peft_model(base)
     packed_before = packed_layers(peft_model) if base is not None else []
     rank, world_size = 0, 1
     if strategy == "accelerate":
@@ -183,13 +194,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--strategy", choices=STRATEGIES, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--base", type=Path, help="a saved tiny Llama: load it 4-bit in the CPU-packed layout")
+    parser.add_argument("--method", choices=sorted(METHODS), default="kradapter")
     args = parser.parse_args(argv)
     if args.base is not None:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for _bnb_cpu_layout
         from _bnb_cpu_layout import force_cpu_layout
 
         force_cpu_layout(packed=True)  # before the model is built: Linear4bit reads the CPU check in __init__
-    train(args.strategy, args.out, args.base)
+    train(args.strategy, args.out, args.base, args.method)
     return 0
 
 

@@ -88,6 +88,11 @@ def _names(key: str, prefix: str) -> bool:
     return any(part.startswith(prefix) or part == "modules_to_save" for part in key.split("."))
 
 
+def unwrapped_name(name: str) -> str:
+    """A module name without the segments FSDP1 and activation-checkpoint wrappers insert."""
+    return name.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "")
+
+
 class DeltaTuner(BaseTuner):
     # LoRA-family methods: by default adapt what PEFT's LoRA adapts for a known architecture.
     target_module_mapping = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
@@ -169,6 +174,23 @@ class DeltaTuner(BaseTuner):
                 f"has {numel:,} parameters ({_gib(size)} in float32){total}, more than the {_gib(available)} of "
                 f"memory on {base.weight.device}; use a smaller value (rank_pattern / k1_pattern set it per module)"
             )
+
+    # --- saving under FSDP1: every method of ours, not only KRAdapter ------------------------------------------------
+    @classmethod
+    def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
+        """PEFT selects adapter entries by the names of the modules holding them. FSDP1 wraps decoder layers in place,
+        so those names gain '_fsdp_wrapped_module.' segments that a full state dict's keys do not have, and PEFT
+        would select nothing (an empty adapter file, silently). Match on names without wrapper segments."""
+        selected = super()._get_adapter_state_dict(model, config, adapter_name, state_dict, unwanted_adapter_names)
+        prefixes = tuple(
+            f"{unwrapped_name(name)}.{attr}."
+            for name, module in model.named_modules()
+            if isinstance(module, cls.tuner_layer_cls) and unwrapped_name(name) != name
+            for attr in module.adapter_layer_names
+        )
+        if prefixes:
+            selected.update({k: v for k, v in state_dict.items() if k.startswith(prefixes)})
+        return selected
 
     # --- merges: every layer is checked before any is touched, so a refused merge leaves the model unchanged --------
     def check_merge(self, adapter_names: list[str] | None, safe_merge: bool) -> None:

@@ -111,11 +111,6 @@ def unsupported_target_error(key: str, module: nn.Module) -> ValueError:
     )
 
 
-def unwrapped_name(name: str) -> str:
-    """A module name without the segments FSDP1 and activation-checkpoint wrappers insert."""
-    return name.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "")
-
-
 class KRAdapterModel(DeltaTuner):
     """Injects KRAdapter layers into a model (use through ``peft.get_peft_model`` with a ``KRAdapterConfig``)."""
 
@@ -296,20 +291,3 @@ class KRAdapterModel(DeltaTuner):
             if isinstance(module, QuantizedLinear) and (reason := module.merge_blocker()) is not None:
                 raise ValueError(f"cannot merge KRAdapter into '{key}': {reason}")
         super().check_merge(adapter_names, safe_merge)
-
-    # --- saving under FSDP1 ----------------------------------------------------------------------------------------
-    @classmethod
-    def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
-        """PEFT selects adapter entries by the names of the modules holding them. FSDP1 wraps decoder layers in place,
-        so those names gain '_fsdp_wrapped_module.' segments that a full state dict's keys do not have, and PEFT
-        0.21 would select nothing (an empty adapter file, silently). Match on names without wrapper segments."""
-        selected = super()._get_adapter_state_dict(model, config, adapter_name, state_dict, unwanted_adapter_names)
-        prefixes = tuple(
-            f"{unwrapped_name(name)}.{attr}."
-            for name, module in model.named_modules()
-            if isinstance(module, KRAdapterLayer) and unwrapped_name(name) != name
-            for attr in module.adapter_layer_names
-        )
-        if prefixes:
-            selected.update({k: v for k, v in state_dict.items() if k.startswith(prefixes)})
-        return selected
