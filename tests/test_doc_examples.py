@@ -59,7 +59,6 @@ import re
 import shlex
 import subprocess
 import sys
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,7 +107,9 @@ def parse_marker(body: str, where: str) -> tuple[set[str], dict[str, list[str]]]
         elif eq and base in KEYS and (base == name or base == "args"):
             keys.setdefault(name, []).append(value)
         else:
-            raise ValueError(f"{where}: unknown doctest marker item {token!r} (flags {sorted(FLAGS)}, keys {sorted(KEYS)})")
+            raise ValueError(
+                f"{where}: unknown doctest marker item {token!r} (flags {sorted(FLAGS)}, keys {sorted(KEYS)})"
+            )
     return flags, keys
 
 
@@ -274,6 +275,10 @@ def shell_commands(text: str, console: bool) -> list[list[str]]:
 
 
 def _pyproject() -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli", reason="reading pyproject.toml on Python 3.10 needs tomli")
     return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 
 
@@ -470,7 +475,7 @@ def test_every_block_is_collected_and_markers_are_well_formed():
     assert any(p.startswith("docs/") for p in pages)
     for block in BLOCKS:
         if "skip" in block.flags or "parse-only" in block.flags:
-            assert block.key("reason"), f"{block.id}: skip and parse-only need reason=\"...\""
+            assert block.key("reason"), f'{block.id}: skip and parse-only need reason="..."'
         if {"long", "gpu"} & block.flags:
             shrinks = [k for k in block.keys if k == "sub" or k.startswith("args")]
             assert shrinks, f"{block.id}: a long/gpu block must say how it is shrunk (args=... or sub=OLD=>NEW)"
