@@ -4,6 +4,8 @@
 #
 #   1. mkdocs build --strict: a broken link, a missing reference, a docstring warning or an undocumented public
 #      name (docs/hooks.py) fails it
+#   1b. docs/check_site.py: the built site in headless Chromium (math rendered, no request beyond 127.0.0.1,
+#      screenshots); skipped, saying so, when Chromium is absent (CI installs it with: apt-get install -y chromium)
 #   2. ruff check, ruff format --check, mypy (the library core, [tool.mypy] in pyproject.toml)
 #   3. python -m build, twine check dist/*
 #   4. the sdist installed into a fresh venv, then its own tests from the unpacked sdist (against the installed
@@ -26,6 +28,14 @@ step() {  # step NAME COMMAND...: run it, remember a failure, go on
 pip install --quiet ".[docs,dev]" || { echo "installing the docs and dev extras failed"; exit 1; }
 
 step docs mkdocs build --strict --site-dir "$ROOT/site"
+site_check() {
+    if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null && [ -z "${CHROMIUM:-}" ]; then
+        echo "site-check: SKIPPED: no Chromium here (apt-get install -y chromium, or set CHROMIUM=/path/to/chrome)"
+        return 0
+    fi
+    python docs/check_site.py --site "$ROOT/site" --shots "$ROOT/site-screenshots"
+}
+step site-check site_check
 step ruff-check ruff check .
 step ruff-format ruff format --check .
 step mypy mypy

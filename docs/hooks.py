@@ -6,6 +6,9 @@
   ``metadata["help"]``: the config's own help text is the one source of its documentation.
 - ``<!-- cli-options: COMMAND -->`` becomes a table of that ``kradapter`` subcommand's options, from its argparse
   help: the CLI's own help text is the one source of a command's option list.
+- MathJax is served from the site itself, never from a CDN: its files come from the PyPI package
+  ``django-static-mathjax`` (MathJax 3.2.2, no dependencies; in the ``docs`` extra) and join the site under
+  ``javascripts/mathjax/`` at build time, so the math renders offline and nothing is vendored in the repository.
 - Every public name on the API pages must have a docstring, and in the core modules every function's docstring
   must name its arguments (``Args:``) and, when its body raises, what it raises (``Raises:``). A missing one is a
   warning, which ``mkdocs build --strict`` turns into a failed build.
@@ -45,6 +48,25 @@ CORE = {
 FIELDS_MARK = re.compile(r"<!--\s*config-fields:\s*([\w.]+)\s*-->")
 OPTIONS_MARK = re.compile(r"<!--\s*cli-options:\s*([\w-]+)\s*-->")
 API_REF = re.compile(r"^:::\s*([\w.]+)", re.M)
+# MathJax's combined TeX component and what it loads beside itself (fonts, TeX extensions, menu, a11y), relative
+# to its es5 folder; MathJax finds them next to the script, so the layout is kept.
+MATHJAX_SITE_DIR = "javascripts/mathjax"
+MATHJAX_FILES = ["tex-mml-chtml.js", "output/chtml/fonts/woff-v2/*.woff", "input/tex/extensions/*.js", "ui/*.js"]
+MATHJAX_FILES += ["a11y/*.js", "adaptors/*.js"]
+
+
+def mathjax_dir() -> Path:
+    """The es5 folder of the MathJax copy that the PyPI package django-static-mathjax installs."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mathjax")
+    es5 = Path(spec.submodule_search_locations[0]) / "static" / "mathjax" / "es5" if spec else None
+    if es5 is None or not (es5 / "tex-mml-chtml.js").is_file():
+        raise RuntimeError(
+            "the docs serve MathJax themselves (no CDN): install it with pip install 'kradapter[docs]' "
+            "(the PyPI package django-static-mathjax)"
+        )
+    return es5
 
 
 def on_files(files, config):
@@ -56,6 +78,12 @@ def on_files(files, config):
             paths[rel] = rel
     for dest, src in paths.items():
         files.append(File.generated(config, dest, abs_src_path=str(ROOT / src)))
+    es5 = mathjax_dir()
+    for path in sorted({p for pattern in MATHJAX_FILES for p in es5.glob(pattern)}):
+        rel = path.relative_to(es5).as_posix()
+        files.append(File.generated(config, f"{MATHJAX_SITE_DIR}/{rel}", abs_src_path=str(path)))
+    licence = es5.parent / "LICENSE"  # Apache-2.0, shipped beside the code it covers
+    files.append(File.generated(config, f"{MATHJAX_SITE_DIR}/LICENSE", abs_src_path=str(licence)))
     for folder in sorted({Path(p).parent for p in paths if p.count("/") == 2}):
         listing = [f"# {folder.as_posix()}/", "", "The files of this folder, as the repository holds them:", ""]
         listing += [f"- [{Path(p).name}]({Path(p).name})" for p in sorted(paths) if Path(p).parent == folder]
