@@ -156,11 +156,11 @@ def absolute_output(model: torch.nn.Module, *args, **kwargs) -> float:
     (Higham §3.5): |relu(a)| <= |a|, and every other step is a sum of products."""
     import copy
 
-    twin = copy.deepcopy(model)
+    twin = copy.deepcopy(model).double()  # float64: the magnitude itself is not rounded to a coarser dtype
     with torch.no_grad():
         for p in twin.parameters():
             p.abs_()
-        args = [a.abs() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
+        args = [a.double().abs() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
         out = twin(*args, **kwargs)
     out = getattr(out, "logits", out)
     return out.detach().double().abs().max().item()
