@@ -143,9 +143,7 @@ def weighted_stages(model: torch.nn.Module) -> list[int]:
     """`reduction_length` of every Linear / Conv1D / Conv2d in `model` (a PEFT wrapper's base layer counted once;
     the adapter's own term is a second, equally long reduction inside the same stage)."""
     kinds = (torch.nn.Linear, torch.nn.Conv2d)
-    return [
-        reduction_length(m) for m in model.modules() if isinstance(m, kinds) or type(m).__name__ == "Conv1D"
-    ]
+    return [reduction_length(m) for m in model.modules() if isinstance(m, kinds) or type(m).__name__ == "Conv1D"]
 
 
 def absolute_output(model: torch.nn.Module, *args, **kwargs) -> float:

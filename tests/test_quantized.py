@@ -271,7 +271,15 @@ def test_requantized_merge_then_unload_gives_a_merged_quantized_model(tiny_llama
     with torch.no_grad():
         unmerged = model(x).logits
     stages = logits_tol  # the stages' relative errors, relative to lm_head's int8-form magnitude (rowmax)
+    layers = quant.quantized_layers(model)
+    exact = {
+        n: dequantize(m.get_base_layer()) + m.get_delta_weight("default").detach().float() for n, m in layers.items()
+    }
     errors = quant.merge_requantized(model)
+    for name, layer in layers.items():  # exactly bitsandbytes' own quantization of the float32 merge
+        want = bnb.nn.Int8Params(exact[name].clone(), requires_grad=False, has_fp16_weights=False).to("cpu")
+        got = layer.get_base_layer()
+        assert torch.equal(got.weight.data, want.data) and torch.equal(got.weight.SCB, want.SCB), name
     # Each adapted layer: the int8 forward on W_deq and on the requantized W' (bnb_8bit_cpu each), the adapter's
     # float32 term (float_linear), and W' - (W_deq + alpha Delta W): bitsandbytes rounds the merged weight to
     # float16 (u16 |T| <= u16 (1 + 2 u16) SCB', SCB' the float16 row absmax), then to int8 steps of SCB'/127 (half a
