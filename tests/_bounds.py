@@ -117,3 +117,57 @@ class LastLinearInput:
         """The largest operand magnitude of the recorded forwards (``rowmax``: the int8 form)."""
         measure = rowmax_magnitude if rowmax else operand_magnitude
         return max(measure(x, self.linear.weight) for x in self.inputs)
+
+
+def low_precision_linear(k: int, dtype: torch.dtype) -> float:
+    """One float16 / bfloat16 linear stage of torch on CPU against the exact product of its float32 weight: the
+    weight rounded to `dtype` once (a merged or summed weight W0 + alpha Delta W), the float32 accumulation of torch's
+    reduced-precision CPU matmul (opmath), and the output rounded to `dtype` once."""
+    u = unit_roundoff(dtype)
+    return (1 + u) ** 2 - 1 + gamma(k, torch.float32)
+
+
+def reduction_length(layer: torch.nn.Module) -> int:
+    """The length of the dot products a Linear / transformers Conv1D / Conv2d computes, plus one for its bias."""
+    w = layer.weight
+    if isinstance(layer, torch.nn.Conv2d):
+        k = w.shape[1] * w.shape[2] * w.shape[3]
+    elif type(layer).__name__ == "Conv1D":  # transformers' (d_in, d_out) layout
+        k = w.shape[0]
+    else:
+        k = w.shape[1]
+    return k + (getattr(layer, "bias", None) is not None)
+
+
+def weighted_stages(model: torch.nn.Module) -> list[int]:
+    """`reduction_length` of every Linear / Conv1D / Conv2d in `model` (a PEFT wrapper's base layer counted once;
+    the adapter's own term is a second, equally long reduction inside the same stage)."""
+    kinds = (torch.nn.Linear, torch.nn.Conv2d)
+    return [reduction_length(m) for m in model.modules() if isinstance(m, kinds) or type(m).__name__ == "Conv1D"]
+
+
+def absolute_output(model: torch.nn.Module, *args, **kwargs) -> float:
+    """The largest output of a copy of `model` whose parameters and floating inputs are replaced by their absolute
+    values. For a network of linear maps (with W0 + alpha * Delta W, alpha >= 0, and Delta W a sum of products of
+    the factors, as KRAdapter's U ⊙ V and Kron-LoRA's A ⊗ B1 B2 are), ReLU, mean and average pooling, this is
+    componentwise at least |W_L| ... |W_1| |x|, the magnitude that a chain's rounding errors are relative to
+    (Higham §3.5): |relu(a)| <= |a|, and every other step is a sum of products."""
+    import copy
+
+    twin = copy.deepcopy(model).double()  # float64: the magnitude itself is not rounded to a coarser dtype
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.abs_()
+        args = [a.double().abs() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
+        out = twin(*args, **kwargs)
+    out = getattr(out, "logits", out)
+    return out.detach().double().abs().max().item()
+
+
+def network_tol(model: torch.nn.Module, x: torch.Tensor, stage=None, extra=()) -> float:
+    """A bound on the difference of two evaluations of a ReLU / pooling network of linear stages (e.g. merged
+    against unmerged): `stage(k)` (default ``float_linear``: both evaluations' own roundings) for each weighted
+    layer of reduction length k, plus `extra` stage errors (a mean's reduction), compounded, times
+    ``absolute_output``."""
+    stage = stage or float_linear
+    return compose([stage(k) for k in weighted_stages(model)] + list(extra)) * absolute_output(model, x)

@@ -1,5 +1,7 @@
 """The fused KRAdapter path (methods/kradapter/fused.py): exact gradients, dtypes, fallbacks, memory, checkpointing."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,6 +10,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers.pytorch_utils import Conv1D
 
+import _bounds as bounds
 from kradapter import KRAdapterConfig
 from kradapter.methods.kradapter import fused as fused_mod
 from kradapter.methods.kradapter.layer import Linear
@@ -35,7 +38,34 @@ def reference(layer, x, U, V):
     return F.linear(x, weight, base.bias)
 
 
+def absolute_reference(layer, x, U, V, g):
+    """y, dX, dU, dV of the reference on the absolute values of x, U, V, W0, b and the upstream gradient g: each is
+    a sum of products of those (alpha > 0), so this is the sum of |terms| that its rounding errors are relative to."""
+    base = layer.base_layer
+    w0 = (base.weight.T if isinstance(base, Conv1D) else base.weight).detach().double().abs()
+    bias = None if base.bias is None else base.bias.detach().double().abs()
+    x, U, V = (t.detach().double().abs().requires_grad_() for t in (x, U, V))
+    g = g.double()
+    y = F.linear(x, w0 + layer.alpha["default"] * kradapter_delta(U, V, layer.d_out, layer.d_in), bias)
+    y.backward(g.abs())
+    return [y.detach(), x.grad, U.grad, V.grad]
+
+
+def reduction_bound(layer, n_rows):
+    """L >= every reduction length in the layer's forward and backward (d_in + 1 for y, d_out for dX, rows x k2 or
+    k1 for dU / dV through G = g^T x) plus the 3 roundings of W0 + alpha U ⊙ V: gamma_L covers each (Higham §3.1)."""
+    k1, k2 = layer.kradapter_U["default"].shape[0], layer.kradapter_V["default"].shape[0]
+    return layer.d_in + 1 + layer.d_out + n_rows * max(k1, k2) + 3
+
+
+def float64_tol(layer, n_rows):
+    """Two float64 evaluations of the fused layer (y, dX, dU, dV) in different orders, relative to the sum of
+    |terms|: each within gamma_L of the exact value (tests/_bounds.py)."""
+    return 2 * bounds.gamma(reduction_bound(layer, n_rows), torch.float64)
+
+
 def grads_vs_reference(layer, x_shape, seed=1):
+    """(ours, reference, tolerance) for y, dX, dU, dV: a componentwise float64 bound (float64_tol x magnitude)."""
     torch.manual_seed(seed)
     U, V = layer.kradapter_U["default"], layer.kradapter_V["default"]
     x = torch.randn(*x_shape, layer.d_in, dtype=U.dtype, requires_grad=True)
@@ -47,7 +77,15 @@ def grads_vs_reference(layer, x_shape, seed=1):
     x2 = x.detach().clone().requires_grad_()
     y2 = reference(layer, x2, U2, V2)
     y2.backward(g)
-    return [(y, y2), (x.grad, x2.grad), (U.grad, U2.grad), (V.grad, V2.grad)]
+    rel = float64_tol(layer, x.numel() // layer.d_in)
+    mags = absolute_reference(layer, x, U, V, g)
+    return [
+        (a, b, rel * m) for (a, b), m in zip([(y, y2), (x.grad, x2.grad), (U.grad, U2.grad), (V.grad, V2.grad)], mags)
+    ]
+
+
+def assert_within(ours, ref, tol):
+    assert ((ours - ref).abs() <= tol).all(), (ours - ref).abs().max().item()
 
 
 @pytest.mark.parametrize(
@@ -66,14 +104,14 @@ def grads_vs_reference(layer, x_shape, seed=1):
 )
 def test_fused_gradients_equal_autograd_of_plain_formula_float64(d_in, d_out, k1, x_shape, conv1d):
     layer = make_layer(d_in, d_out, k1, conv1d=conv1d)
-    for ours, ref in grads_vs_reference(layer, x_shape):
-        torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
+    for ours, ref, tol in grads_vs_reference(layer, x_shape):
+        assert_within(ours, ref, tol)
 
 
 def test_fused_without_bias_and_with_trained_bias():
     layer = make_layer(10, 14, bias=False)
-    for ours, ref in grads_vs_reference(layer, (3,)):
-        torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
+    for ours, ref, tol in grads_vs_reference(layer, (3,)):
+        assert_within(ours, ref, tol)
     layer = make_layer(10, 14)
     layer.base_layer.bias.requires_grad_(True)
     torch.manual_seed(2)
@@ -84,7 +122,10 @@ def test_fused_without_bias_and_with_trained_bias():
     bias_grad = layer.base_layer.bias.grad.clone()
     layer.base_layer.bias.grad = None
     reference(layer, x, layer.kradapter_U["default"], layer.kradapter_V["default"]).square().sum().backward()
-    torch.testing.assert_close(bias_grad, layer.base_layer.bias.grad, rtol=1e-10, atol=1e-12)
+    # db = sum_n 2 y_n: y's componentwise float64 bound carried through the sum of 4 rows, plus that sum's gamma_4.
+    y_abs = absolute_reference(layer, x, layer.kradapter_U["default"], layer.kradapter_V["default"], y.detach())[0]
+    rel = float64_tol(layer, 4) + bounds.gamma(4, torch.float64)
+    assert_within(bias_grad, layer.base_layer.bias.grad, rel * 2 * y_abs.sum(0))
 
 
 def test_frozen_adapter_and_input_without_grad_skip_their_gradients():
@@ -150,10 +191,20 @@ def test_autocast_bfloat16_matches_merged_layer_and_keeps_float32_grads():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y_plain = layer(x)
     assert type(y_plain.grad_fn).__name__ != FUSED_NODE
-    torch.testing.assert_close(y, y_plain, rtol=0.02, atol=0.05)
+    # Forward, relative to |x| (|W0| + alpha |Delta W|) + |b| (tests/_bounds.py): the fused path rounds x, the
+    # summed weight and y to bfloat16 (3 roundings), the plain path x, W0, Delta W, both outputs and their sum (the
+    # weights' roundings are in different terms: 4 along any term); float32 accumulation (49 terms) in each.
+    u = bounds.unit_roundoff(torch.bfloat16)
+    fwd = (1 + u) ** 3 + (1 + u) ** 4 - 2 + 2 * bounds.gamma(49)
+    y_abs, *_ = absolute_reference(layer, x, U, V, torch.zeros_like(y, dtype=torch.float32))
+    assert_within(y.float(), y_plain.float(), fwd * y_abs)
     y_plain.float().square().sum().backward()
-    for ours, plain in zip(fused_grads, [U.grad, V.grad, x.grad]):
-        assert (ours - plain).norm() <= 0.03 * plain.norm()
+    # Backward: the upstream 2y carries the forward bound; then each path rounds g, x and a factor to bfloat16 and
+    # G = g^T x to bfloat16 (4 roundings), reducing in float32 over at most 6 rows x max(k1, k2) (+ the 3 of W).
+    mags = absolute_reference(layer, x, U, V, 2 * y_abs)[1:]
+    bwd = fwd + 2 * ((1 + u) ** 4 - 1) + 2 * bounds.gamma(reduction_bound(layer, 6))
+    for ours, plain, mag in zip(fused_grads, [U.grad, V.grad, x.grad], [mags[1], mags[2], mags[0]]):
+        assert_within(ours, plain, bwd * mag)
 
 
 @pytest.mark.parametrize("base_dtype", [torch.float16, torch.bfloat16, torch.float64])
@@ -173,10 +224,15 @@ def test_frozen_base_of_another_dtype_with_float32_adapter(base_dtype):
     w0 = layer.base_layer.weight.double()
     ref = F.linear(x64, w0 + 0.7 * kradapter_delta(U64, V64, 24, 32), layer.base_layer.bias.double())
     ref.sum().backward()
-    tol = 1e-5 if base_dtype == torch.float64 else 0.02  # the adapter itself is float32
-    torch.testing.assert_close(y.double(), ref, rtol=tol, atol=tol * 5)
-    assert (U.grad.double() - U64.grad).norm() <= tol * U64.grad.norm()
-    assert (V.grad.double() - V64.grad).norm() <= tol * V64.grad.norm()
+    # W0 + alpha Delta W and y (forward), G = g^T x (backward) rounded once each to the base dtype; float32 (or
+    # better) accumulation and the adapter's float32 reduction of G to dU, dV; the float64 reference's own gamma_L.
+    u = bounds.unit_roundoff(base_dtype)
+    L = reduction_bound(layer, 5)
+    rel = (1 + u) ** 2 - 1 + bounds.gamma(L) + bounds.gamma(L, torch.float64)
+    y_abs, _, dU_abs, dV_abs = absolute_reference(layer, x64, U64, V64, torch.ones_like(ref))
+    assert_within(y.double(), ref.detach(), rel * y_abs)
+    assert_within(U.grad.double(), U64.grad, rel * dU_abs)
+    assert_within(V.grad.double(), V64.grad, rel * dV_abs)
 
 
 class QuantizedLike(nn.Parameter):
@@ -275,17 +331,53 @@ def test_fused_and_plain_paths_agree_in_a_peft_model():
         calls = []
         orig = fused_mod.KRAdapterLinearFunction.apply
         fused_mod.KRAdapterLinearFunction.apply = lambda *a: calls.append(1) or orig(*a)
+        layers = {n: m for n, m in model.named_modules() if isinstance(m, Linear)}
+        seen = {}  # each adapted layer's input and output gradient: the operands of its dU, dV
+
+        def record(module, args, y, name):
+            y.register_hook(lambda g: seen.__setitem__(name, (args[0], g)))
+
+        hooks = [m.register_forward_hook(lambda m, a, y, n=n: record(m, a, y, n)) for n, m in layers.items()]
         try:
-            loss = model(input_ids=ids, labels=ids).loss
+            with bounds.LastLinearInput(model.get_base_model().lm_head) as last:
+                loss = model(input_ids=ids, labels=ids).loss
         finally:
             fused_mod.KRAdapterLinearFunction.apply = orig
         assert len(calls) == (4 if fused else 0)  # k_proj and v_proj of 2 layers
         loss.backward()
+        for h in hooks:
+            h.remove()
         losses[fused] = loss.detach()
         grads[fused] = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
-    torch.testing.assert_close(losses[True], losses[False], rtol=1e-12, atol=1e-12)
-    for name, g in grads[True].items():
-        torch.testing.assert_close(g, grads[False][name], rtol=1e-9, atol=1e-12)
+    # float64 forward along a Llama layer's longest path (tests/_bounds.py, as test_merge_command.py counts it):
+    # 9 products (q, k, v, o, scores, probs @ v, gate, up, down) of length <= 49 and 31 elementwise roundings per
+    # layer, then norm and lm_head; each path's own errors. The mean cross-entropy moves by at most 2 max|dlogit|
+    # (its gradient in each token's logits has l1 norm <= 2) plus its own reduction over 64 logits and 18 tokens.
+    u = bounds.unit_roundoff(torch.float64)
+    forward = bounds.compose([bounds.float_linear(49, torch.float64)] * (9 * 2 + 1) + [2 * u] * (31 * 2 + 5))
+    logit_tol = forward * last.magnitude()
+    assert abs(losses[True] - losses[False]).item() <= 2 * logit_tol + bounds.gamma(64 + 18, torch.float64) * 2 * (
+        losses[False].abs().item() + last.magnitude()
+    )
+    # Backward: the same path back (the upstream gradient of each adapted layer carries forward + backward errors),
+    # then dU, dV from that layer's input and output gradient, relative to their sum of |terms| (absolute_reference).
+    backward = bounds.compose([forward, forward])
+    for name, layer in layers.items():
+        x_in, g_out = seen[name]
+        _, _, dU_abs, dV_abs = absolute_reference(
+            layer,
+            x_in.reshape(-1, layer.d_in),
+            *layer.kradapter_U.values(),
+            *layer.kradapter_V.values(),
+            g_out.reshape(-1, layer.d_out),
+        )
+        rel = backward + float64_tol(layer, 18)
+        assert_within(
+            grads[True][f"{name}.kradapter_U.default"], grads[False][f"{name}.kradapter_U.default"], rel * dU_abs
+        )
+        assert_within(
+            grads[True][f"{name}.kradapter_V.default"], grads[False][f"{name}.kradapter_V.default"], rel * dV_abs
+        )
 
 
 @pytest.mark.parametrize("use_reentrant", [False, True])
@@ -298,7 +390,7 @@ def test_torch_checkpoint_gives_the_same_gradients(use_reentrant):
         p.grad = None
     checkpoint(lambda t: layer(t).square(), x, use_reentrant=use_reentrant).sum().backward()
     for got, want in zip([layer.kradapter_U["default"].grad, layer.kradapter_V["default"].grad, x.grad], expected):
-        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        assert torch.equal(got, want)  # checkpointing reruns the same forward: the same arithmetic
 
 
 def test_transformers_gradient_checkpointing_gives_the_same_gradients():
@@ -333,7 +425,7 @@ def test_transformers_gradient_checkpointing_gives_the_same_gradients():
         assert len(calls) == (8 if ckpt else 4)  # with checkpointing each layer's forward runs again in backward
         grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
     for name, g in grads[0].items():
-        torch.testing.assert_close(grads[1][name], g, rtol=1e-10, atol=1e-12)
+        assert torch.equal(grads[1][name], g), name  # the recomputed forward is the same arithmetic
 
 
 def test_torch_compile_traces_the_fused_function():
@@ -348,9 +440,10 @@ def test_torch_compile_traces_the_fused_function():
     y_eager = layer(x)
     assert type(y_eager.grad_fn).__name__ == FUSED_NODE
     y_eager.square().sum().backward()
-    torch.testing.assert_close(y, y_eager)
+    # aot_eager runs the same aten kernels in the same order as eager: the same arithmetic
+    assert torch.equal(y, y_eager)
     for a, b in zip(got, [layer.kradapter_U["default"].grad, layer.kradapter_V["default"].grad, x.grad]):
-        torch.testing.assert_close(a, b)
+        assert torch.equal(a, b)
 
 
 # --- Conv2d: one convolution with the summed kernel ----------------------------------------------------------------
@@ -382,8 +475,19 @@ def test_conv2d_summed_kernel_path_equals_the_plain_path_float64(conv_kwargs):
         y = layer(xi)
         y.backward(torch.ones_like(y) + y.detach())
         outs.append((y, xi.grad, layer.kradapter_U["default"].grad, layer.kradapter_V["default"].grad))
-    for a, b in zip(*outs):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    # Componentwise against the same computation on absolute values (upstream 1 + |y|, whose own error is y's):
+    # each path within gamma_L of exact, L = every reduction length (x's elements bound all of them) + 3 roundings.
+    twin = copy.deepcopy(fused)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.abs_()
+    xa = x.abs().requires_grad_()
+    ya = twin(xa)
+    ya.backward(1 + 2 * ya.detach())  # 1 + |y| + the forward's error, doubled to cover it (gamma_L << 1)
+    mags = (ya.detach(), xa.grad, twin.kradapter_U["default"].grad, twin.kradapter_V["default"].grad)
+    rel = 4 * bounds.gamma(x.numel() + fused.base_layer.weight.numel() + 3, torch.float64)
+    for a, b, m in zip(*outs, mags):
+        assert_within(a, b, rel * m)
 
 
 def test_conv2d_runs_one_convolution_in_training_and_falls_back_with_dropout(monkeypatch):
@@ -416,7 +520,9 @@ def test_conv2d_bfloat16_base_with_float32_adapter_and_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         z = layer(x.float())
     assert z.dtype == torch.bfloat16
-    torch.testing.assert_close(z.float(), y.float(), rtol=0.05, atol=0.05)
+    # x is bfloat16 already, and autocast casts the summed kernel and bias to bfloat16 as the base dtype does: the same
+    # convolution on the same operands
+    assert torch.equal(z, y)
 
 
 def test_conv2d_kernel_is_summed_like_a_merge_when_adapter_and_base_dtypes_differ():

@@ -16,6 +16,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+import _bounds as bounds
 from _kradapter_models import MLP, ConvNet
 from kradapter import KRAdapterConfig
 from kradapter.methods.kradapter.layer import KRAdapterLayer
@@ -69,6 +70,15 @@ def make(case, adapter_name="default", seed=0, adapter_seed=None, **overrides):
 def fresh_base(case, seed=0):
     torch.manual_seed(seed)
     return CASES[case][0]()
+
+
+# ConvNet's average pool (16 positions) and TokensConv1D's mean (5 tokens): one more reduction after the layers.
+POOL = bounds.float_linear(16)
+
+
+def merge_tol(model, x):
+    """Merged against unmerged in float32: each layer's two evaluations (tests/_bounds.py)."""
+    return bounds.network_tol(model, x, extra=[POOL])
 
 
 def tuner_layers(model):
@@ -218,15 +228,16 @@ def test_merge_changes_nothing_and_merging_twice_warns(case):
     model, x = make(case)
     model.eval()
     out = model(x)
+    tol = merge_tol(model, x)
     model.merge_adapter()
     merged_out = model(x)
-    torch.testing.assert_close(merged_out, out, rtol=1e-4, atol=1e-5)
+    assert (merged_out - out).abs().max().item() <= tol
     with pytest.warns(UserWarning, match="All adapters are already merged"):
         model.merge_adapter()
-    torch.testing.assert_close(model(x), merged_out, rtol=1e-6, atol=1e-6)
+    assert torch.equal(model(x), merged_out)  # nothing was merged twice: the same weights, the same arithmetic
     unloaded = model.merge_and_unload()
     assert not tuner_layers(unloaded)
-    torch.testing.assert_close(unloaded(x), out, rtol=1e-4, atol=1e-5)
+    assert (unloaded(x) - out).abs().max().item() <= tol
 
 
 @case_ids
@@ -235,8 +246,23 @@ def test_merge_in_half_precision(case):
     model = model.to(torch.float16).eval()
     x = x.to(torch.float16) if x.is_floating_point() else x
     out = model(x)
+    # Both paths sum W0 + alpha Delta W in float32 and round it to float16 once per layer (low_precision_linear),
+    # and round the pooled mean once (float32 accumulation); each path's own errors, compounded, relative to the
+    # head's operand magnitude (the convention of tests/_bounds.py.compose; the |W| |x| chain would hide the update).
+    u16 = bounds.unit_roundoff(torch.float16)
+    pool = 2 * (u16 + bounds.gamma(16))
+    stages = [2 * bounds.low_precision_linear(k, torch.float16) for k in bounds.weighted_stages(model)]
+    head = model.get_base_model().head
+    weight = head.modules_to_save["default"].weight if hasattr(head, "modules_to_save") else head.weight
+    recorded = []
+    hook = head.register_forward_hook(lambda m, a, y: recorded.append(a[0]))
+    model(x)
+    hook.remove()
+    extra = [layer.delta_matrix("default").abs() for layer in tuner_layers(model) if layer is head]
+    magnitude = bounds.operand_magnitude(recorded[0], weight.abs() + (extra[0] if extra else 0))
+    tol = bounds.compose(stages + [pool]) * magnitude
     model.merge_adapter()
-    torch.testing.assert_close(model(x), out, rtol=1e-2, atol=1e-2)
+    assert (model(x) - out).abs().max().item() <= tol
     for layer in tuner_layers(model):
         assert layer.get_base_layer().weight.dtype == torch.float16
 
@@ -268,9 +294,10 @@ def test_disable_adapter_gives_base_output_with_and_without_merge(case):
     with model.disable_adapter():
         torch.testing.assert_close(model(x), base_out)
     torch.testing.assert_close(model(x), out)
+    tol = merge_tol(model, x)  # unmerged while disabled: W0 + D - D, within 2u of W0 (test_kradapter_merge)
     model.merge_adapter()
     with model.disable_adapter():
-        torch.testing.assert_close(model(x), base_out, rtol=1e-4, atol=1e-5)
+        assert (model(x) - base_out).abs().max().item() <= tol
 
 
 @case_ids
@@ -373,12 +400,16 @@ def test_two_active_adapters(second_targets):
     assert model.active_adapters == ["default", "other"]
     both = model(x)
     assert not torch.allclose(both, out_a) and not torch.allclose(both, out_b)
+    # float32 merge per layer (float_linear), plus the second adapter's extra rounding in the merged weight
+    # (W0 + D1) + D2 and its extra sum in the unmerged output (tests/_bounds.py).
+    u = bounds.unit_roundoff(torch.float32)
+    tol = bounds.network_tol(model, x, lambda k: bounds.float_linear(k) + 2 * u)
     model.merge_adapter()
-    torch.testing.assert_close(model(x), both, rtol=1e-5, atol=1e-6)
+    assert (model(x) - both).abs().max().item() <= tol
     model.unmerge_adapter()
-    torch.testing.assert_close(model(x), both, rtol=1e-5, atol=1e-6)
+    assert (model(x) - both).abs().max().item() <= tol  # W0 back within 2u per adapter
     merged = model.merge_and_unload(adapter_names=["default", "other"])
-    torch.testing.assert_close(merged(x), both, rtol=1e-5, atol=1e-6)
+    assert (merged(x) - both).abs().max().item() <= tol
 
 
 def test_set_requires_grad_per_adapter():
