@@ -29,6 +29,12 @@ pip install --quiet ".[docs,dev]" || { echo "installing the docs and dev extras 
 
 step docs mkdocs build --strict --site-dir "$ROOT/site"
 site_check() {
+    # CI machines start without Chromium: Debian's package, where this runs as root with apt (bounded; else skipped)
+    if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        timeout 600 bash -c 'apt-get install -y -q chromium >/dev/null 2>&1 ||
+            { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }' \
+            || echo "site-check: installing Debian's chromium failed"
+    fi
     if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null && [ -z "${CHROMIUM:-}" ]; then
         echo "site-check: SKIPPED: no Chromium here (apt-get install -y chromium, or set CHROMIUM=/path/to/chrome)"
         return 0
