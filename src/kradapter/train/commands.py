@@ -250,8 +250,8 @@ def _compare_arguments(p: argparse.ArgumentParser) -> None:
         type=parse_interval,
         default=INTERVAL_METHODS[0],
         metavar="METHOD",
-        help="how the 95%% intervals and paired tests are computed: bootstrap (default; over test examples and "
-        "seeds, docs/guides/recipes.md)",
+        help="how compare computes its intervals and paired tests: bootstrap (the default and only one: over "
+        "test examples and seeds, see docs/guides/recipes.md)",
     )
     p.add_argument(
         "--bootstrap-samples",
