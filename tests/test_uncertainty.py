@@ -54,14 +54,18 @@ def test_draws_are_seeded_and_use_one_seed_draw_per_unit():
     assert np.allclose(diff, a - bootstrap_scores(d, 300, seed=7), rtol=0, atol=50 * np.finfo(float).eps)
 
 
-def test_a_draw_is_the_count_weighted_mean_over_drawn_seeds_and_examples():
-    """Reproduce the first draws by hand: the same generator calls, then an explicit double loop."""
+def test_a_draw_is_the_count_weighted_mean_over_drawn_seeds_and_examples(monkeypatch):
+    """Reproduce the draws by hand: the same generator calls (seed counts, then example counts chunk by chunk,
+    here chunks of 3 and 1), then an explicit double loop."""
+    import kradapter.train.uncertainty as unc
+
+    monkeypatch.setattr(unc, "_CHUNK", 3)
     rng = np.random.default_rng(5)
     m = rng.integers(0, 2, size=(3, 7)).astype(float)
     draws = bootstrap_scores([m], 4, seed=11)
     gen = np.random.default_rng(11)
     w = gen.multinomial(3, [1 / 3] * 3, size=4)
-    v = gen.multinomial(7, [1 / 7] * 7, size=4)
+    v = np.concatenate([gen.multinomial(7, [1 / 7] * 7, size=3), gen.multinomial(7, [1 / 7] * 7, size=1)])
     for b in range(4):
         by_hand = sum(w[b, s] * v[b, i] * m[s, i] for s in range(3) for i in range(7)) / 21
         assert draws[b] == pytest.approx(by_hand, abs=21 * np.finfo(float).eps)

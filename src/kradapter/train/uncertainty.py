@@ -37,7 +37,7 @@ INTERVAL_METHODS = ("bootstrap",)
 DEFAULT_SAMPLES = 2000
 DEFAULT_SEED = 0
 Z95 = 1.959963984540054  # the standard normal's 97.5th percentile; printed as 1.96
-_CHUNK = 256  # draws computed together: bounds memory at _CHUNK x examples floats
+_CHUNK = 256  # draws made and summed together: memory stays at _CHUNK x examples numbers
 
 RESAMPLING = (
     "95% percentile bootstrap: each draw resamples the seeds with replacement (jointly across a group's test "
@@ -108,11 +108,11 @@ def bootstrap_scores(matrices: Sequence[np.ndarray], samples: int, seed: int = D
     total = np.zeros(samples)
     for m in mats:
         n = m.shape[1]
-        example_counts = rng.multinomial(n, np.full(n, 1.0 / n), size=samples).astype(np.float64)
         for start in range(0, samples, _CHUNK):
-            part = slice(start, start + _CHUNK)
+            part = slice(start, min(start + _CHUNK, samples))
+            example_counts = rng.multinomial(n, np.full(n, 1.0 / n), size=part.stop - part.start)
             # draw b's weighted mean: sum_s sum_i w[b,s] C[s,i] v[b,i] / (seeds x examples)
-            total[part] += np.einsum("bs,si,bi->b", seed_counts[part], m, example_counts[part]) / (n_seeds * n)
+            total[part] += ((seed_counts[part] @ m) * example_counts).sum(axis=1) / (n_seeds * n)
     return total / len(mats)
 
 
