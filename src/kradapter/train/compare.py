@@ -385,7 +385,7 @@ def summarise(
         lines += [f"{kind} x 100:", format_table(e_header, e_rows), ""]
     unc_tables = [
         ("95% intervals x 100", unc["table"]),
-        ("paired differences x 100 (row - column)", unc["pairwise_table"]),
+        ("paired differences x 100 (first method - second, same seeds and examples)", unc["pairwise_table"]),
     ]
     for title, t in unc_tables:
         lines += [f"{title}:", format_table(t["header"], t["rows"]), ""]
