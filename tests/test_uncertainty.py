@@ -102,3 +102,45 @@ def test_shapes_and_options_are_checked_with_one_clear_error():
     with pytest.raises(argparse.ArgumentTypeError, match=">= 100"):
         parse_samples("10")
     assert parse_samples("500") == 500 and parse_interval("bootstrap") == "bootstrap"
+
+
+def _run(tmp_path, name, seeds, tests):
+    """A run directory as compare reads it: metrics (seeds, sizes, groups) and its per_example.json."""
+    import json
+
+    d = tmp_path / name
+    d.mkdir()
+    groups = {"a": "ID", "b": "OOD", "c": "OOD"}
+    metrics = {
+        "seeds": seeds,
+        "sizes": {n: len(rows[0]) for n, rows in tests.items()},
+        "tests": {n: {"group": groups[n]} for n in tests},
+    }
+    (d / "per_example.json").write_text(json.dumps({"seeds": seeds, "tests": tests}))
+    return d, metrics
+
+
+def test_compare_pairs_runs_over_their_common_seeds_and_groups_sets(tmp_path):
+    from kradapter.train.interval_tables import NO_RECORD, interval_tables
+
+    # x: seeds 0 and 1, right on every example of seed 1 only; y: seeds 1 and 2, always wrong
+    x = {n: [[0] * k, [1] * k] for n, k in (("a", 4), ("b", 3), ("c", 5))}
+    y = {n: [[0] * k, [0] * k] for n, k in (("a", 4), ("b", 3), ("c", 5))}
+    dx, mx = _run(tmp_path, "x", [0, 1], x)
+    dy, my = _run(tmp_path, "y", [1, 2], y)
+    dz, mz = _run(tmp_path, "z", [0], {"a": [[1] * 4], "b": [[1] * 3], "c": [[1] * 5]})
+    mz["seeds"] = [7]  # another run's record beside it: not read
+    dw, mw = _run(tmp_path, "w", [5], {"a": [[1] * 4], "b": [[1] * 3], "c": [[1] * 5]})
+    unc = interval_tables({"x": mx, "y": my, "z": mz, "w": mw}, {"x": dx, "y": dy, "z": dz, "w": dw}, samples=200)
+    assert unc["table"]["header"] == ["method", "ID", "OOD", "b (OOD)", "c (OOD)"]
+    assert unc["per_method"]["x"]["OOD"]["estimate"] == 0.5 and unc["per_method"]["z"] is None
+    assert unc["table"]["rows"][2][:2] == ["z", NO_RECORD]
+    xy = [p for p in unc["pairwise"] if (p["a"], p["b"]) == ("x", "y")]
+    assert [p["set"] for p in xy] == ["ID", "OOD", "b (OOD)", "c (OOD)"]
+    for p in xy:  # seed 1 only: x right everywhere, y wrong everywhere
+        assert p["seeds"] == [1] and (p["difference"], p["low"], p["high"]) == (1.0, 1.0, 1.0) and p["separated"]
+    assert xy[1]["pairs_now"] == 8  # OOD: 1 seed x (3 + 5) examples
+    rows = unc["pairwise_table"]["rows"]
+    assert rows[0] == ["x - y", "ID", "+100.0", "[100.0, 100.0]", "< 0.005", "separated"]
+    assert ["x - w", "ID", "-", "-", "-", "not paired: no common seeds"] in rows
+    assert ["x - z", "-", "-", "-", "-", NO_RECORD] in rows and ["y - z", "-", "-", "-", "-", NO_RECORD] in rows
