@@ -219,6 +219,19 @@ def tiny_clip(tmp: Path, classes=("circle", "square", "triangle")) -> str:
     return str(tmp / "clip")
 
 
+# --- per-example records ------------------------------------------------------------------------------------------
+def check_per_example(out: Path, metrics: dict) -> dict:
+    """DIR/per_example.json holds 0/1 per test example and seed, whose mean is exactly the run's recorded score."""
+    record = json.loads((out / "per_example.json").read_text())
+    assert record["seeds"] == metrics["seeds"] and set(record["tests"]) == set(metrics["tests"])
+    for name, t in metrics["tests"].items():
+        rows = record["tests"][name]
+        assert [len(r) for r in rows] == [metrics["sizes"][name]] * len(metrics["seeds"])
+        assert all(set(r) <= {0, 1} for r in rows)
+        assert [sum(r) / len(r) for r in rows] == t["per_seed"]
+    return record
+
+
 # --- arguments ------------------------------------------------------------------------------------------------------
 def train_args(task: str, out: Path, **overrides) -> argparse.Namespace:
     """The Namespace `kradapter train` would build, with test-sized defaults."""

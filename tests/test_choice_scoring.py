@@ -12,7 +12,7 @@ import torch
 from kradapter.train.baselines import balanced_accuracy, set_baselines
 from kradapter.train.runner import run
 from kradapter.train.tasks.choice_scoring import as_classes, check_choices, choice_logprobs, pick, row_choices
-from recipe_fixtures import commonsense_data, commonsense_rows, tiny_llama, train_args
+from recipe_fixtures import check_per_example, commonsense_data, commonsense_rows, tiny_llama, train_args
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +135,7 @@ def test_commonsense_loglik_default_reports_acc_norm_balanced_and_baselines(llam
         assert set(m["zero_shot"]["extra"][name]) == {"acc_norm", "balanced_accuracy"}
     assert json.loads((tmp_path / "run" / "run.json").read_text())["key"]["scoring"] == "loglik"
     assert "acc_norm" in (tmp_path / "run" / "summary.txt").read_text()
+    check_per_example(tmp_path / "run", m)  # the chosen answer's correctness, per question
 
 
 def test_loglik_needs_choices_and_fails_before_training(llama, tmp_path, capsys):

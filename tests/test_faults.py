@@ -16,7 +16,14 @@ import pytest
 from kradapter.train.runner import run
 from recipe_fixtures import text_data, tiny_bert, train_args
 
-PUBLISHED = ("metrics.json", "summary.txt", "adapter_config.json", "adapter_model.safetensors", "kradapter_run.json")
+PUBLISHED = (
+    "metrics.json",
+    "per_example.json",
+    "summary.txt",
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "kradapter_run.json",
+)
 OLD_LR, NEW_LR = 1e-2, 3e-2
 
 # (what is written, which occurrence): each a distinct step of a run; checkpoints at steps 2 and 4.
@@ -32,6 +39,7 @@ POINTS = [
     ("rmtree .result-", 1),  # the seed's old result set, deleted after the switch
     ("rmtree checkpoints-lr-", 1),  # the seed's checkpoints, deleted once it has finished
     ("replace metrics.json", 1),  # the run's metrics, in its staging directory
+    ("replace per_example.json", 1),  # the run's per-example correctness, written after its metrics
     ("rename .staging-", 2),
     ("replace .published", 2),  # the run's switch
     ("rmtree .result-", 2),

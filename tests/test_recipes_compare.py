@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pytest
+
 from kradapter.cli import main
 from recipe_fixtures import text_data, tiny_bert
 
@@ -58,6 +61,67 @@ def test_compare_two_methods_per_method_lr(tmp_path, capsys):
         assert (out / name).stat().st_size > 0
     for method in ("kradapter", "lora"):
         assert json.loads((out / method / "metrics.json").read_text())["method"] == method
+    check_intervals(out, metrics, saved, printed)
+
+
+def check_intervals(out, metrics, saved, printed):
+    """Per-example records beside metrics.json, the intervals they give, and the table without them."""
+    from kradapter.train.compare import summarise
+
+    for method, m in metrics.items():
+        record = json.loads((out / method / "per_example.json").read_text())
+        assert record["seeds"] == m["seeds"] == [0]
+        for name, t in m["tests"].items():
+            rows = record["tests"][name]
+            assert len(rows) == 1 and len(rows[0]) == m["sizes"][name] and set(rows[0]) <= {0, 1}
+            assert sum(rows[0]) / len(rows[0]) == t["mean"]  # the recorded score is their mean, exactly
+    unc = saved["intervals"]
+    assert unc["method"] == "bootstrap" and unc["samples"] == 2000 and "seeds with replacement" in unc["resampling"]
+    assert unc["table"]["header"] == ["method", "ID", "OOD"]
+    for method, m in metrics.items():
+        for group in ("ID", "OOD"):
+            iv = unc["per_method"][method][group]
+            assert iv["estimate"] == m["groups"][group]["mean"] and iv["low"] <= iv["estimate"] <= iv["high"]
+    assert [(p["a"], p["b"], p["set"]) for p in unc["pairwise"]] == [
+        ("kradapter", "lora", "ID"),
+        ("kradapter", "lora", "OOD"),
+    ]
+    for p, row in zip(unc["pairwise"], unc["pairwise_table"]["rows"]):
+        means = [metrics[m]["groups"][p["set"]]["mean"] for m in ("kradapter", "lora")]
+        # the mean of 0/1 differences against the difference of two means: rounding of sums of at most 24 terms
+        assert p["difference"] == pytest.approx(means[0] - means[1], rel=0, abs=2 * 24 * np.finfo(float).eps)
+        assert p["separated"] == (p["low"] > 0 or p["high"] < 0)
+        assert row[-1] == "separated" or row[-1].startswith("not separated at this size")
+    assert "95% intervals x 100:" in printed and "paired differences x 100" in printed and "1.96 * sd" in printed
+    # one method against itself: difference 0, interval [0, 0], not separated
+    same = summarise(
+        out / "self", ["kradapter", "lora"], "", dict.fromkeys(["kradapter", "lora"], out / "kradapter"), samples=200
+    )
+    assert "kradapter - lora" in same
+    pairs = json.loads((out / "self" / "comparison.json").read_text())["intervals"]["pairwise"]
+    assert {(p["difference"], p["low"], p["high"], p["separated"], p["p"]) for p in pairs} == {
+        (0.0, 0.0, 0.0, False, 1.0)
+    }
+    # a run from before the records: the table is still printed, with a note instead of intervals
+    (out / "lora" / "per_example.json").unlink()
+    text = summarise(out, ["kradapter", "lora"], "")
+    assert "lora: no per-example results: rerun for intervals" in text and "eff. rank" in text
+    old = json.loads((out / "comparison.json").read_text())["intervals"]
+    assert old["per_method"]["lora"] is None and old["pairwise"] == []
+    assert old["pairwise_table"]["rows"] == [
+        ["kradapter - lora", "-", "-", "-", "-", "no per-example results: rerun for intervals"]
+    ]
+
+
+def test_unknown_interval_method_is_refused_at_parse_time(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["compare", "--task", "text", "--interval", "bca", "--output-dir", str(tmp_path / "a")])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "argument --interval: unknown interval method 'bca'; accepted: bootstrap" in err
+    with pytest.raises(SystemExit):
+        main(["compare", "--task", "text", "--bootstrap-samples", "5", "--output-dir", str(tmp_path / "a")])
+    assert "argument --bootstrap-samples: must be an integer >= 100" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
 
 
 def test_compare_rejects_unknown_method_and_lr_for_another_method(tmp_path, capsys):

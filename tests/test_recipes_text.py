@@ -125,6 +125,9 @@ def test_glue_regression_and_matthews(bert, tmp_path):
         )
     )
     assert m["metric"] == "matthews"
+    # intervals are of accuracies only: a Matthews-scored run records no per-example correctness
+    assert not (tmp_path / "cola" / "per_example.json").exists()
+    assert json.loads((tmp_path / "cola" / "seeds" / "seed-0" / "result.json").read_text())["correct"] == {}
 
 
 def test_metrics_match_their_definitions():

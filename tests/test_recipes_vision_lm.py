@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from kradapter.train.runner import run
-from recipe_fixtures import commonsense_data, image_data, tiny_clip, tiny_llama, tiny_resnet, train_args
+from recipe_fixtures import (
+    check_per_example,
+    commonsense_data,
+    image_data,
+    tiny_clip,
+    tiny_llama,
+    tiny_resnet,
+    train_args,
+)
 
 
 def test_answer_extraction_follows_llm_adapters():
@@ -62,7 +70,11 @@ def test_generation_scores_rows_with_answer_texts_by_their_own_choices(tmp_path)
         def generate(self, input_ids, **kwargs):
             return torch.cat([input_ids, torch.tensor([reply["input_ids"]]).expand(len(input_ids), -1)], 1)
 
-    assert prepared.evaluate(Replies(), prepared.tests["texts"])["accuracy"] == pytest.approx(2 / 3)  # no "true"
+    scores = prepared.evaluate(Replies(), prepared.tests["texts"])
+    assert scores["accuracy"] == pytest.approx(2 / 3)  # no "true"
+    # per-example correctness in the test order, though generation ran longest prompt first (the last row here)
+    lengths = [len(ids) for ids in prepared.tests["texts"]["input_ids"]]
+    assert max(range(3), key=lambda i: lengths[i]) == 2 and scores["correct"] == [1, 1, 0]
 
 
 def test_generation_options_refuse_values_that_cannot_run(capsys):
@@ -102,6 +114,7 @@ def test_commonsense_end_to_end_with_zero_shot_and_groups(tmp_path):
     assert (tmp_path / "run" / "zero_shot.json").exists()
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["zero_shot"] == zero
+    check_per_example(tmp_path / "run", m)  # generated answers: correctness back in test order
     key = json.loads((tmp_path / "run" / "run.json").read_text())["key"]
     assert key["generation"] == {"num_beams": 4, "max_new_tokens": 6}
     greedy = train_args(
@@ -133,6 +146,7 @@ def test_image_with_conv_targets_and_frozen_batchnorm(tmp_path):
     assert not any("embedder" in t for t in m["targets"])  # the stem (3 input channels) is left alone
     assert len(m["spectral"]) == len(m["targets"])
     assert m["tests"]["dim"]["group"] == "OOD" and m["sizes"]["dim"] == 6
+    check_per_example(out, m)
     # BatchNorm statistics did not move: the saved adapter alone reproduces the fine-tuned model
     from kradapter.train.tasks import load_model
 

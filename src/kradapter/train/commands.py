@@ -243,6 +243,23 @@ def _compare_arguments(p: argparse.ArgumentParser) -> None:
         "high: KRAdapter's k1 = m^(1/2), m^(1/3), m^(1/4), comparators matched), plotted as score against "
         "trainable parameters; runs go to DIR/budget-WORD/METHOD",
     )
+    from .uncertainty import DEFAULT_SAMPLES, INTERVAL_METHODS, parse_interval, parse_samples
+
+    p.add_argument(
+        "--interval",
+        type=parse_interval,
+        default=INTERVAL_METHODS[0],
+        metavar="METHOD",
+        help="how compare computes its intervals and paired tests: bootstrap (the default and only one: over "
+        "test examples and seeds, see docs/guides/recipes.md)",
+    )
+    p.add_argument(
+        "--bootstrap-samples",
+        type=parse_samples,
+        default=DEFAULT_SAMPLES,
+        metavar="N",
+        help=f"bootstrap draws (default {DEFAULT_SAMPLES}, seeded: the same runs give the same intervals)",
+    )
     add_train_arguments(p, compare=True)
 
 

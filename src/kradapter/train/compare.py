@@ -13,7 +13,9 @@ from pathlib import Path
 from ..io import read_json, save_figure, write_json, write_text
 from ..learning_rates import default_lr
 from .baselines import BALANCED
+from .interval_tables import check_interval, interval_tables
 from .methods import budget_k1, check_method
+from .uncertainty import DEFAULT_SAMPLES
 
 
 def parse_methods(value: str) -> list[str]:
@@ -370,9 +372,14 @@ def plot(metrics: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
-def summarise(out: Path, methods: list[str], command: str, dirs: dict[str, Path] | None = None) -> str:
-    """Tables and plot of the methods' runs (in DIR/METHOD, or where `dirs` says), written to DIR."""
-    metrics = {m: read_json((dirs or {}).get(m, out / m) / "metrics.json") for m in methods}
+def summarise(
+    out: Path, methods: list[str], command: str, dirs: dict[str, Path] | None = None, samples: int = DEFAULT_SAMPLES
+) -> str:
+    """Tables and plot of the methods' runs (in DIR/METHOD, or where `dirs` says), written to DIR; with 95%
+    intervals and paired differences (``samples`` bootstrap draws) where the runs recorded per-example results."""
+    run_dirs = {m: (dirs or {}).get(m, out / m) for m in methods}
+    metrics = {m: read_json(run_dirs[m] / "metrics.json") for m in methods}
+    unc = interval_tables(metrics, run_dirs, samples)
     first = metrics[methods[0]]
     header, rows = comparison_rows(metrics)
     t_header, t_rows = per_test_rows(metrics)
@@ -390,6 +397,12 @@ def summarise(out: Path, methods: list[str], command: str, dirs: dict[str, Path]
     ]
     for kind, e_header, e_rows in extra_tables:
         lines += [f"{kind} x 100:", format_table(e_header, e_rows), ""]
+    unc_tables = [
+        ("95% intervals x 100", unc["table"]),
+        ("paired differences x 100 (first method - second, same seeds and examples)", unc["pairwise_table"]),
+    ]
+    for title, t in unc_tables:
+        lines += [f"{title}:", format_table(t["header"], t["rows"]), ""]
     notes = [
         "eff. rank / nuclear / Frobenius: means over adapted layers of Delta W; s/epoch: wall seconds of the "
         "training steps per epoch (extrapolated where a run trained less than one epoch); cpu x: this process's "
@@ -411,11 +424,14 @@ def summarise(out: Path, methods: list[str], command: str, dirs: dict[str, Path]
                 f"lr* {method}: picked {sel['picked']:g} on the validation split from "
                 + ", ".join(f"{k} -> {100 * v:.1f}" for k, v in sel["grid"].items())
             )
+    notes += unc["notes"]
     lines += notes
     text = "\n".join(lines) + "\n"
     md_extra = []
     for kind, e_header, e_rows in extra_tables:
         md_extra += [f"{kind} x 100:", "", format_table(e_header, e_rows, markdown=True), ""]
+    for title, t in unc_tables:
+        md_extra += [f"{title}:", "", format_table(t["header"], t["rows"], markdown=True), ""]
     md = (
         "\n".join(
             [
@@ -444,6 +460,7 @@ def summarise(out: Path, methods: list[str], command: str, dirs: dict[str, Path]
             "per_test": {"header": t_header, "rows": t_rows},
             "per_test_extra": {k: {"header": h, "rows": r} for k, h, r in extra_tables},
             "not_above_majority": {m: metrics[m].get("not_above_majority", []) for m in methods},
+            "intervals": {k: v for k, v in unc.items() if k != "notes"},
         },
     )
     plot(metrics, out / "comparison.png")
@@ -542,7 +559,7 @@ def run_budgets(args, methods, lrs, grids, out: Path, budgets: list[str], comman
         if code:
             return code
         dirs = {m: (sub if m in these else first_dir) / m for m in methods}
-        print(summarise(sub, methods, command, dirs), end="")
+        print(summarise(sub, methods, command, dirs, samples=check_interval(args)[1]), end="")
         runs[budget] = {m: read_json(dirs[m] / "metrics.json") for m in methods}
     header, rows = budget_rows(runs)
     first = next(iter(runs[budgets[0]].values()))
@@ -577,6 +594,7 @@ def run(args: argparse.Namespace, train) -> int:
     budgets = parse_budgets(args.budgets) if getattr(args, "budgets", None) else None
     lrs = parse_lr_map(args.lr, methods)
     grids = parse_lr_grid_map(args.lr_grid, methods)
+    _, samples = check_interval(args)  # bootstrap, the one method: before anything trains
     both = [m for m in methods if grids[m] and args.lr and ("=" not in args.lr or f"{m}=" in args.lr)]
     if both:
         raise ValueError(f"--lr and --lr-grid both set a learning rate for {', '.join(both)}")
@@ -588,7 +606,7 @@ def run(args: argparse.Namespace, train) -> int:
     code = run_methods(args, methods, lrs, grids, out, train)
     if code:
         return code
-    print(summarise(out, methods, command), end="")
+    print(summarise(out, methods, command, samples=samples), end="")
     print(f"written: {out}/comparison.txt, comparison.md, comparison.json, comparison.png")
     return 0
 

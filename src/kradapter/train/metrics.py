@@ -37,6 +37,16 @@ def pearson(pred: Sequence[float], gold: Sequence[float]) -> float:
     return float(pearsonr(pred, gold).statistic)
 
 
+# The key under which a task's evaluate also returns each example's correctness (0/1, in the set's order) when its
+# score is an accuracy: the runner stores it (per_example.json) for compare's intervals, never as a score.
+CORRECT = "correct"
+
+
+def correctness(pred: Sequence, gold: Sequence) -> list[int]:
+    """1 where the prediction equals the gold answer, else 0, in the given order (accuracy is their mean)."""
+    return [int(p == g) for p, g in zip(pred, gold, strict=True)]
+
+
 METRICS = {"accuracy": accuracy, "matthews": matthews, "pearson": pearson}
 
 

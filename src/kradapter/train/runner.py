@@ -4,6 +4,8 @@ every adapted layer's update, and write the results atomically.
 
 Layout of --output-dir DIR:
   DIR/metrics.json, DIR/summary.txt        the run's results, only when every seed finished
+  DIR/per_example.json                      each accuracy-scored test example's correctness (0/1) per seed, in
+                                            test order: what `kradapter compare` draws its intervals from
   DIR/adapter_config.json + weights         the first seed's adapter (PEFT save_pretrained), for `report`
   DIR/kradapter_run.json                    how to rebuild the base model
   DIR/seeds/seed-S/                         each seed's adapter, result.json and (while running) checkpoints-lr-X/
@@ -42,8 +44,9 @@ from .baselines import BALANCED, group_baselines, not_above_majority
 from .callbacks import DivergenceGuard, EffectiveRankCallback, GracefulInterrupt
 from .checkpoints import StepTimer, drop_partial, latest_complete_checkpoint
 from .deltas import adapter_deltas, spectral_means, spectral_table
+from .interval_tables import PER_EXAMPLE
 from .methods import apply_method, budget_k1, check_method, full_deltas, peft_config, trainable_parameters
-from .metrics import group_means, mean_std, r_gen
+from .metrics import CORRECT, group_means, mean_std, r_gen
 from .options import check_options
 from .progress import use_labelled_progress
 from .tasks import task_module
@@ -296,7 +299,7 @@ def _evaluate_and_save(job: _SeedJob, done: _TrainedSeed) -> dict:
     peak_mb, memory_kind = _peak_memory_mb()
     if not rank_cb.history:  # no step ran in this session (resumed after training had finished)
         rank_cb.measure(trainer.state.global_step)
-    scores, extra = evaluate_sets(prepared, model, {"validation": prepared.validation, **job.eval_sets})
+    scores, extra, correct = evaluate_sets(prepared, model, {"validation": prepared.validation, **job.eval_sets})
     with gathered_trainable(model):  # ZeRO-3 holds a partition of each parameter: whole for the analysis
         deltas = full_deltas(model, reference) if reference is not None else adapter_deltas(model)
         max_difference = max_difference_across_ranks(model)
@@ -311,6 +314,8 @@ def _evaluate_and_save(job: _SeedJob, done: _TrainedSeed) -> dict:
         "learning_rate": job.lr,
         "scores": scores,
         "extra_scores": extra,
+        # each test example's correctness (0/1, test order), accuracy-scored sets only; {} where none is
+        CORRECT: {name: v for name, v in correct.items() if name in job.eval_sets},
         "trainable_params": done.trainable,
         "total_params": done.total,
         "steps": trainer.state.global_step,
@@ -353,18 +358,22 @@ def _evaluate_and_save(job: _SeedJob, done: _TrainedSeed) -> dict:
     return result
 
 
-def evaluate_sets(prepared: Prepared, model, sets: dict) -> tuple[dict, dict]:
-    """({set: primary score}, {set: {other score: value}}): a task's evaluate returns a number or a dict of named
-    scores holding its primary metric."""
-    scores, extra = {}, {}
+def evaluate_sets(prepared: Prepared, model, sets: dict) -> tuple[dict, dict, dict]:
+    """({set: primary score}, {set: {other score: value}}, {set: [0/1 per example]}): a task's evaluate returns a
+    number or a dict of named scores holding its primary metric, and, for an accuracy, each example's
+    correctness under CORRECT."""
+    scores, extra, correct = {}, {}, {}
     for name, ds in sets.items():
         out = prepared.evaluate(model, ds)
         if isinstance(out, dict):
+            out = dict(out)
+            if CORRECT in out:
+                correct[name] = out.pop(CORRECT)
             scores[name] = out[prepared.metric]
             extra[name] = {k: v for k, v in out.items() if k != prepared.metric}
         else:
             scores[name], extra[name] = out, {}
-    return scores, extra
+    return scores, extra, correct
 
 
 def zero_shot_scores(prepared: Prepared, model, cache: Path | None) -> tuple[dict, dict]:
@@ -381,7 +390,7 @@ def zero_shot_scores(prepared: Prepared, model, cache: Path | None) -> tuple[dic
         stored = read_json(cache)
         if stored.get("key") == json.loads(json.dumps(key)) and "extra" in stored:
             return stored["scores"], stored["extra"]
-    scores, extra = evaluate_sets(prepared, model, {"validation": prepared.validation, **prepared.tests})
+    scores, extra, _ = evaluate_sets(prepared, model, {"validation": prepared.validation, **prepared.tests})
     if cache is not None:
         write_json(cache, {"key": key, "scores": scores, "extra": extra})
     return scores, extra
@@ -527,9 +536,30 @@ def _run_locked(args, task, seeds, grid, out: Path, extra_callbacks) -> dict:
         if item.is_file() and not item.name.startswith(".") and item.name != "result.json":
             shutil.copy2(item, staging / item.name)
     write_json(staging / "metrics.json", metrics)
+    per_example = per_example_record(prepared, seeds, results)
+    if per_example is not None:
+        write_json(staging / PER_EXAMPLE, per_example)
     write_text(staging / "summary.txt", format_summary(metrics))
     publish_version(staging, out)
     return metrics
+
+
+def per_example_record(prepared: Prepared, seeds: list[int], results: list[dict]) -> dict | None:
+    """DIR/per_example.json's content: {"seeds", "metric", "tests": {set: [[0/1 per example] per seed]}} for the
+    test sets every seed recorded; None when none did (a non-accuracy metric, or seeds trained before the record
+    existed: their result.json lacks it)."""
+    if any(CORRECT not in r for r in results):
+        return None
+    names = [n for n in prepared.tests if all(n in r[CORRECT] for r in results)]
+    if not names:
+        return None
+    return {
+        "format": 1,
+        "metric": prepared.metric,
+        "seeds": seeds,
+        "order": "each set's test order; rows: seeds as listed",
+        "tests": {n: [[int(v) for v in r[CORRECT][n]] for r in results] for n in names},
+    }
 
 
 def _check_scoring(args, task) -> None:

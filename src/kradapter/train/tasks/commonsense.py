@@ -22,7 +22,7 @@ import torch
 
 from ..baselines import BALANCED, balanced_accuracy, set_baselines
 from ..data import load_file, parse_data_args, require_columns, spec_args, split_off, subsample
-from ..metrics import accuracy
+from ..metrics import CORRECT, accuracy, correctness
 from ..options import option_type
 from .base import Prepared, batched, load_or_explain, resolve_targets, split_csv
 from .choice_scoring import CONTINUATION, as_classes, check_choices, choice_logprobs, pick, row_choices
@@ -252,6 +252,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
             "accuracy": accuracy(acc, gold),
             "acc_norm": accuracy(norm, gold),
             BALANCED: balanced_accuracy(as_classes(acc, choices), as_classes(gold, choices)),
+            CORRECT: correctness(acc, gold),
         }
 
     def evaluate(model, ds) -> dict:
@@ -283,7 +284,10 @@ def prepare(args: argparse.Namespace) -> Prepared:
         )
         pred, gold, choices = (list(column) for column in zip(*pairs)) if pairs else ([], [], [])
         classes = as_classes(pred, choices), as_classes(gold, choices)
-        return {"accuracy": accuracy(pred, gold), BALANCED: balanced_accuracy(*classes)}
+        in_test_order = [0] * len(pairs)  # pairs came longest prompt first
+        for position, index in enumerate(by_length):
+            in_test_order[index] = int(pred[position] == gold[position])
+        return {"accuracy": accuracy(pred, gold), BALANCED: balanced_accuracy(*classes), CORRECT: in_test_order}
 
     def build_model():
         return load_model(model_path, getattr(args, "quantize", None))

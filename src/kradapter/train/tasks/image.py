@@ -22,7 +22,7 @@ from torch import nn
 
 from ..baselines import BALANCED, balanced_accuracy, set_baselines
 from ..data import load_file, parse_data_args, require_columns, spec_args, split_off, subsample
-from ..metrics import accuracy
+from ..metrics import CORRECT, accuracy, correctness
 from .base import Prepared, batched, load_or_explain, resolve_targets, split_csv
 
 EFFICIENTNET = "efficientnet-lite0"
@@ -156,7 +156,11 @@ def evaluate_logits(args):
 
         pairs = batched(model, ds, stack_collate, args.eval_batch_size, step, desc="evaluating")
         pred, gold = [p for p, _ in pairs], [g for _, g in pairs]
-        return {"accuracy": accuracy(pred, gold), BALANCED: balanced_accuracy(pred, gold)}
+        return {
+            "accuracy": accuracy(pred, gold),
+            BALANCED: balanced_accuracy(pred, gold),
+            CORRECT: correctness(pred, gold),
+        }
 
     return evaluate
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..baselines import BALANCED, balanced_accuracy, set_baselines
 from ..data import check_labels, load_file, parse_data_args, require_columns, spec_args, split_off, subsample
-from ..metrics import METRICS
+from ..metrics import CORRECT, METRICS, correctness
 from .base import Prepared, batched, load_or_explain, resolve_targets, split_csv
 
 HEAD_NAMES = ("pre_classifier", "classifier", "score")
@@ -179,7 +179,9 @@ def prepare_classification(
         pred, gold = [p for p, _ in pairs], [g for _, g in pairs]
         if regression:
             return score(pred, gold)
-        return {metric: score(pred, gold), BALANCED: balanced_accuracy(pred, gold)}
+        scores = {metric: score(pred, gold), BALANCED: balanced_accuracy(pred, gold)}
+        # per-example correctness only where the score is its mean (not Matthews' correlation)
+        return scores | ({CORRECT: correctness(pred, gold)} if metric == "accuracy" else {})
 
     # Majority and chance rates are accuracies: shown beside accuracy-scored sets only.
     baselines = (
