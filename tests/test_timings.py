@@ -82,7 +82,9 @@ def test_comparison_plot_draws_majority_and_chance_lines(monkeypatch, tmp_path):
             "groups": {"ID": block, "OOD": block},
             "seeds": [0, 1],
             "metric": "accuracy",
-            "baselines": {"groups": {"ID": {"majority": 0.41, "chance": 0.33}, "OOD": {"majority": 0.5, "chance": 0.5}}},
+            "baselines": {
+                "groups": {"ID": {"majority": 0.41, "chance": 0.33}, "OOD": {"majority": 0.5, "chance": 0.5}}
+            },
         }
         for m in ("kradapter", "lora")
     }

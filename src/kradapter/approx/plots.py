@@ -42,9 +42,9 @@ def _sqrt_axis(ax) -> None:
 
 
 def figure1(doc: dict, previews: dict[str, np.ndarray], path: str | os.PathLike) -> None:
-    """Row 1 the targets, row 2 squared nuclear error as % of LoRA's (bars, each bar's value beside its method's name
-    under the axis) with the squared Frobenius error as % of LoRA's (black diamonds), row 3 the singular value spectra of
-    target and reconstructions on a square-root scale."""
+    """Row 1 the targets, row 2 squared nuclear error as % of LoRA's (bars, each bar's value beside its method's
+    name under the axis) with the squared Frobenius error as % of LoRA's (black diamonds), row 3 the singular value
+    spectra of target and reconstructions on a square-root scale."""
     targets = list(doc["results"])
     methods = list(doc["config"]["methods"])
     colors = _colors(methods)
