@@ -165,7 +165,8 @@ class DeltaTuner(BaseTuner):
             return
         size = numel * 4  # adapter parameters are kept in float32 (autocast_adapter_dtype)
         self._adapter_bytes = getattr(self, "_adapter_bytes", 0) + size
-        available = memory_of(base.weight.device)
+        weight = base.weight
+        available = memory_of(weight.device) if isinstance(weight, torch.Tensor) else None
         if available is not None and self._adapter_bytes > available:
             shown = ", ".join(f"{k}={v!r}" for k, v in settings.items() if k in _SIZE_SETTINGS)
             total = f"; {_gib(self._adapter_bytes)} with the modules before it" if self._adapter_bytes > size else ""
