@@ -7,7 +7,9 @@ quantized on load with ``quantize=``) are dequantized and the adapter merged in 
 
 The directory is written beside the destination under a temporary name, reloaded from there with plain
 transformers and compared with the unmerged adapted model on a few inputs, and only then renamed into place: an
-interrupted or failed merge leaves no half-written model, and a non-empty destination is never touched.
+interrupted or failed merge leaves no half-written model, and a non-empty destination is never touched. The
+directory gets the permissions any new directory gets (the umask's), and a second merge or convert into the same
+destination while one runs is refused (outdir.OutputLock, beside the destination).
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from .outdir import OutputLock, make_temp_dir_beside
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -136,7 +139,11 @@ def merge_to_dir(
     """
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not supported; choose one of {list(DTYPES)}")
-    out = check_out_dir(out_dir)
+    with OutputLock(out_dir, beside=True, option="--out"):
+        return _merge_locked(base, adapter_dir, check_out_dir(out_dir), dtype, quantize, max_shard_size)
+
+
+def _merge_locked(base, adapter_dir, out: Path, dtype, quantize, max_shard_size) -> MergeResult:
     adapted, cls = load_adapted(base, adapter_dir, quantize)
     config = adapted.get_base_model().config
     if dtype is None:
@@ -159,8 +166,7 @@ def merge_to_dir(
     merged = merged.to(target)
     merged.config.dtype = target
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.merging-", dir=out.parent))
+    tmp = make_temp_dir_beside(out, "merging")
     try:
         merged.save_pretrained(tmp, max_shard_size=max_shard_size, safe_serialization=True)
         _copy_tokenizer_files([Path(base), Path(adapter_dir)], tmp)
