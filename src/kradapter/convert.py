@@ -32,7 +32,7 @@ from torch import nn
 
 from .merge import check_out_dir, load_adapted, probe_inputs
 from .methods._geometry import CONV_TYPES, to_matrix_layout
-from .outdir import OutputLock, make_temp_dir_beside
+from .outdir import OutputLock, give_usual_permissions, make_temp_dir_beside
 
 WEIGHTS = "adapter_model.safetensors"
 PREFIX = "base_model.model."  # PeftModel's module names and PEFT's saved keys start with it
@@ -159,10 +159,15 @@ def _owner(name: str, names: set[str]) -> str | None:
 
 @torch.no_grad()
 def convert_model(
-    peft_model: nn.Module, rank: int | None = None, energy: float | None = None, adapter_name: str = "default"
+    peft_model: nn.Module,
+    rank: int | None = None,
+    energy: float | None = None,
+    adapter_name: str = "default",
+    base_name: str | None = None,
 ) -> Conversion:
     """The LoRA adapter that the truncated SVD of each layer's update makes: at `rank`, or at each layer's smallest
     rank keeping `energy` of sum sigma^2. Factors keep the adapter's dtype. Nothing is changed in `peft_model`.
+    The config's base_model_name_or_path is the source adapter's, else `base_name`.
 
     Raises:
         ValueError: For a bad rank or energy (a rank above a layer's smaller side names the layer), a layer
@@ -216,7 +221,9 @@ def convert_model(
 
     source = peft_model.peft_config[adapter_name]  # type: ignore[index]
     # The rest of the saved adapter (modules_to_save heads, trainable tokens) is method-independent: kept as is.
-    for key, value in get_peft_model_state_dict(peft_model, adapter_name=adapter_name).items():
+    for key, value in get_peft_model_state_dict(
+        peft_model, adapter_name=adapter_name, save_embedding_layers=False
+    ).items():
         if not any(key.startswith(f"{n}.") for n in names):
             state[key] = value.detach()
 
@@ -234,7 +241,7 @@ def convert_model(
         alpha_pattern=dict(pattern),
         fan_in_fan_out=all(isinstance(b, Conv1D) for b in bases),
         modules_to_save=_copied(getattr(source, "modules_to_save", None)),
-        base_model_name_or_path=source.base_model_name_or_path,
+        base_model_name_or_path=source.base_model_name_or_path or base_name,
         revision=source.revision,
         task_type=source.task_type,
         inference_mode=True,
@@ -382,7 +389,7 @@ def convert_to_dir(
         inputs = _probe(adapted.get_base_model())
         with torch.no_grad():
             reference = _outputs(adapted, inputs) if inputs is not None else None
-        conversion = convert_model(adapted, rank=rank, energy=energy)
+        conversion = convert_model(adapted, rank=rank, energy=energy, base_name=str(base))
         source_type = str(getattr(adapted.peft_config["default"].peft_type, "value", "adapter"))
         how = f"--rank {rank}" if rank is not None else f"--energy {energy}"
         tmp = make_temp_dir_beside(out, "converting")
@@ -393,6 +400,7 @@ def convert_to_dir(
             conversion.config.save_pretrained(str(tmp))  # type: ignore[attr-defined]
             diff = _check_loads(adapted, tmp, conversion, inputs, reference)
             (tmp / "README.md").write_text(card(conversion, str(adapter_dir), source_type, how, diff))
+            give_usual_permissions(tmp)
             if out.exists():
                 out.rmdir()  # empty (checked above); rename cannot replace a directory
             os.rename(tmp, out)

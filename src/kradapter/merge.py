@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .outdir import OutputLock, make_temp_dir_beside
+from .outdir import OutputLock, give_usual_permissions, make_temp_dir_beside
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -174,6 +174,7 @@ def _merge_locked(base, adapter_dir, out: Path, dtype, quantize, max_shard_size)
         reloaded = cls.from_pretrained(tmp, dtype=target).eval()
         diff = (_logits(reloaded, inputs) - reference).abs().max().item()
         del reloaded
+        give_usual_permissions(tmp)
         if out.exists():
             out.rmdir()  # empty (checked above); rename cannot replace a directory
         os.rename(tmp, out)

@@ -93,6 +93,21 @@ def new_dir_mode() -> int:
     return 0o777 & ~umask
 
 
+def give_usual_permissions(directory: str | os.PathLike) -> None:
+    """Give `directory`, and every directory and file under it, the mode a new one gets under the umask:
+    mkdtemp makes 0700 directories and safetensors writes 0600 files, which another user (a server) cannot read."""
+    dir_mode = new_dir_mode()
+    file_mode = dir_mode & 0o666
+    os.chmod(directory, dir_mode)
+    for dirpath, dirnames, filenames in os.walk(directory):
+        for name in dirnames:
+            if not os.path.islink(os.path.join(dirpath, name)):
+                os.chmod(os.path.join(dirpath, name), dir_mode)
+        for name in filenames:
+            if not os.path.islink(os.path.join(dirpath, name)):
+                os.chmod(os.path.join(dirpath, name), file_mode)
+
+
 def make_temp_dir_beside(dest: str | os.PathLike, purpose: str) -> Path:
     """A new directory next to `dest` (so it can become `dest` in one rename), with mkdir's usual permissions."""
     dest = Path(dest)
@@ -158,7 +173,7 @@ def publish_version(staging: str | os.PathLike, dest: str | os.PathLike) -> None
         return
     version = dest / f".result-{uuid.uuid4().hex[:12]}"
     os.rename(staging, version)
-    os.chmod(version, new_dir_mode())  # mkdtemp made it 0700; give it the permissions mkdir would have
+    give_usual_permissions(version)  # mkdtemp made it 0700, safetensors its files 0600
     names = sorted(p.name for p in version.iterdir())
     for name in names:  # new names: links that dangle (read as absent) until the switch
         if not os.path.lexists(dest / name):
