@@ -233,6 +233,14 @@ def convert_model(
     bases = [m.get_base_layer() for _, m in layers]
     from ._compat import Conv1D
 
+    if any(isinstance(b, Conv1D) for b in bases) and any(isinstance(b, nn.MultiheadAttention) for b in bases):
+        # PEFT's LoRA flips its config's fan_in_fan_out to True at the first Conv1D, and an attention's out_proj
+        # created after that would read its factors transposed
+        raise ValueError(
+            "this adapter holds both transformers Conv1D and nn.MultiheadAttention layers, which one PEFT LoRA "
+            "config cannot load correctly (fan_in_fan_out); convert an adapter on only one of the two kinds"
+        )
+
     config = LoraConfig(
         r=r,
         lora_alpha=r,
