@@ -437,3 +437,22 @@ def test_an_adapter_on_any_other_model_records_the_path_or_name_the_user_passed(
     adapted_model.save_pretrained(tmp_path / "adapter")
     saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert saved["base_model_name_or_path"] == str(llama_dirs / "base")
+
+
+def test_an_adapter_saved_by_train_converts_on_a_base_saved_without_its_head(tmp_path):
+    """A `kradapter train --task text` adapter on a plain BertModel checkpoint (as the MiniLM default is): the
+    base is built as the task built it (a 3-label classifier, from kradapter_run.json), so the adapter fits."""
+    from transformers import BertModel
+
+    classifier = tiny_bert_classifier()
+    BertModel(classifier.config).save_pretrained(tmp_path / "base")  # architectures: BertModel, no head
+    torch.manual_seed(7)
+    source = get_peft_model(
+        classifier, KRAdapterConfig(target_modules=["query", "value"], modules_to_save=["classifier"])
+    )
+    source.save_pretrained(tmp_path / "adapter")
+    run_info = {"task": "text", "model": "elsewhere", "num_labels": 3, "regression": False, "classes": ["a", "b", "c"]}
+    (tmp_path / "adapter" / "kradapter_run.json").write_text(json.dumps(run_info))
+    result = convert_to_dir(str(tmp_path / "base"), str(tmp_path / "adapter"), tmp_path / "lora", rank=4)
+    assert json.loads((tmp_path / "lora" / "adapter_config.json").read_text())["modules_to_save"] == ["classifier"]
+    assert result.max_output_diff is not None

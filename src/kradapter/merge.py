@@ -84,19 +84,45 @@ def load_adapted(base: str, adapter_dir: str, quantize: str | None = None):
     if not Path(adapter_dir, "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter_dir} has no adapter_config.json: not a saved PEFT adapter directory")
     PeftConfig.from_pretrained(adapter_dir)  # a bad adapter config fails before the base is loaded
-    config = transformers.AutoConfig.from_pretrained(base)
-    cls = _model_class(config)
-    kwargs = {"dtype": torch.float32}
-    if quantize is not None:
-        from .quant import bnb_config
+    from .train.defaults.models import local_copy
 
-        kwargs["quantization_config"] = bnb_config(quantize, compute_dtype=torch.float32)
-    model = cls.from_pretrained(base, **kwargs).eval()
+    base = local_copy(base) or base  # an offline default's public name: its packaged / cached copy
+    model = _task_model(base, adapter_dir) if quantize is None else None
+    if model is not None:
+        cls = type(model)
+    else:
+        config = transformers.AutoConfig.from_pretrained(base)
+        cls = _model_class(config)
+        kwargs = {"dtype": torch.float32}
+        if quantize is not None:
+            from .quant import bnb_config
+
+            kwargs["quantization_config"] = bnb_config(quantize, compute_dtype=torch.float32)
+        model = cls.from_pretrained(base, **kwargs)
+    model = model.eval()
     try:
         adapted = PeftModel.from_pretrained(model, adapter_dir).eval()
     except RuntimeError as err:  # PEFT's size mismatch from load_state_dict (our methods raise ValueError)
         raise ValueError(f"adapter {adapter_dir} does not fit base {base}: {err}") from None
     return adapted, cls
+
+
+def _task_model(base: str, adapter_dir: str):
+    """For an adapter `kradapter train` saved (its run info names the task): the base built as that task built it
+    (e.g. a sequence classifier with the trained number of labels), if that is a transformers model; else None."""
+    from transformers import PreTrainedModel
+
+    from .io import read_json
+    from .train.runner import RUN_INFO
+
+    path = Path(adapter_dir, RUN_INFO)
+    if not path.is_file():
+        return None
+    from .train.tasks import task_module
+
+    info = {**read_json(path), "model": base}
+    model = task_module(info["task"]).rebuild(info)
+    return model.float() if isinstance(model, PreTrainedModel) else None
 
 
 def probe_inputs(config, n: int = 3, seq_len: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
