@@ -182,6 +182,16 @@ def convert_model(
         raise ValueError(f"the model has no adapter layers for adapter '{adapter_name}'; nothing to convert")
     names = {n for n, _ in layers}
     by_name = dict(layers)
+    bases = [m.get_base_layer() for _, m in layers]
+    from ._compat import Conv1D
+
+    if any(isinstance(b, Conv1D) for b in bases) and any(isinstance(b, nn.MultiheadAttention) for b in bases):
+        # PEFT's LoRA flips its config's fan_in_fan_out to True at the first Conv1D, and an attention's out_proj
+        # created after that would read its factors transposed
+        raise ValueError(
+            "this adapter holds both transformers Conv1D and nn.MultiheadAttention layers, which one PEFT LoRA "
+            "config cannot load correctly (fan_in_fan_out); convert an adapter on only one of the two kinds"
+        )
 
     def chosen_rank(name: str, shape: tuple[int, ...], S: torch.Tensor) -> int:
         if rank is None:
@@ -230,16 +240,6 @@ def convert_model(
     targets = {r.name: r.rank for r in results if _owner(PREFIX + r.name, names) is None}
     r = Counter(targets.values()).most_common(1)[0][0]
     pattern = {n: k for n, k in targets.items() if k != r}
-    bases = [m.get_base_layer() for _, m in layers]
-    from ._compat import Conv1D
-
-    if any(isinstance(b, Conv1D) for b in bases) and any(isinstance(b, nn.MultiheadAttention) for b in bases):
-        # PEFT's LoRA flips its config's fan_in_fan_out to True at the first Conv1D, and an attention's out_proj
-        # created after that would read its factors transposed
-        raise ValueError(
-            "this adapter holds both transformers Conv1D and nn.MultiheadAttention layers, which one PEFT LoRA "
-            "config cannot load correctly (fan_in_fan_out); convert an adapter on only one of the two kinds"
-        )
 
     config = LoraConfig(
         r=r,
