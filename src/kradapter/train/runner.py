@@ -35,7 +35,15 @@ from .baselines import BALANCED, group_baselines, not_above_majority
 from .callbacks import EffectiveRankCallback, GracefulInterrupt
 from .checkpoints import StepTimer, drop_partial, latest_complete_checkpoint
 from .deltas import adapter_deltas, spectral_means, spectral_table
-from .methods import apply_method, budget_k1, check_method, full_deltas, peft_config, trainable_parameters
+from .methods import (
+    apply_method,
+    budget_k1,
+    check_method,
+    full_deltas,
+    peft_config,
+    save_adapter,
+    trainable_parameters,
+)
 from .metrics import group_means, mean_std, r_gen
 from .options import check_options
 from .tasks import task_module
@@ -317,7 +325,7 @@ def _evaluate_and_save(job: _SeedJob, done: _TrainedSeed) -> dict:
     staging = staging_dir(job.seed_dir)
     if job.save_adapter:
         if reference is None:
-            model.save_pretrained(str(staging))
+            save_adapter(model, staging)
         else:
             _save_full(model, reference, prepared.head, staging)
         write_json(
