@@ -8,7 +8,8 @@ update) at several ranks and energies, and the bytes on disk of each.
 --runs is the output dir of `kradapter compare --task text ...` (one seed); the test sets are rebuilt with that
 task's defaults and --max-eval-examples, so pass the value the compare run used. Each converted LoRA is written to a
 temporary directory (adapter_config.json + adapter_model.safetensors, as `kradapter convert` writes them), loaded
-with plain PEFT onto a fresh base and evaluated; its size is that of those two files.
+with plain PEFT onto a fresh base, merged (the same function, evaluated faster) and evaluated; its size is that of
+those two files. The unconverted adapter is evaluated the same way.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def _prepared(task: str, max_eval: int):
 
 
 def _scores(prepared, model) -> dict[str, float]:
-    model.eval()
+    """The primary metric on each test set, of the adapter merged into its base (the same function, faster)."""
+    model = model.merge_and_unload().eval()
     out = {}
     with torch.no_grad():
         for name, ds in prepared.tests.items():
@@ -44,7 +46,7 @@ def _scores(prepared, model) -> dict[str, float]:
     return out
 
 
-def study(runs: Path, ranks: list[int], energies: list[float], max_eval: int) -> dict:
+def study(runs: Path, ranks: list[int], energies: list[float], max_eval: int, methods: list[str] | None = None) -> dict:
     from peft import PeftModel
     from safetensors.torch import save_file
 
@@ -58,8 +60,12 @@ def study(runs: Path, ranks: list[int], energies: list[float], max_eval: int) ->
         if prepared is None:
             prepared = _prepared(info["task"], max_eval)
         method = info["method"]
+        if methods and method not in methods:
+            continue
         torch.manual_seed(0)
         adapted = PeftModel.from_pretrained(prepared.build_model(), str(seed_dir)).eval()
+        targets = [{"rank": r} for r in ranks] + [{"energy": e} for e in energies]
+        conversions = [convert_model(adapted, **target) for target in targets]  # before scoring merges `adapted`
         rows.append(
             {
                 "method": method,
@@ -70,8 +76,7 @@ def study(runs: Path, ranks: list[int], energies: list[float], max_eval: int) ->
             }
         )
         print(rows[-1], flush=True)
-        for target in [{"rank": r} for r in ranks] + [{"energy": e} for e in energies]:
-            conversion = convert_model(adapted, **target)
+        for target, conversion in zip(targets, conversions):
             with tempfile.TemporaryDirectory() as tmp:
                 save_file(conversion.state_dict, f"{tmp}/adapter_model.safetensors", metadata={"format": "pt"})
                 conversion.config.save_pretrained(tmp)
@@ -116,11 +121,13 @@ def main() -> None:
     parser.add_argument("--ranks", default="8,32,128")
     parser.add_argument("--energies", default="0.9,0.99")
     parser.add_argument("--max-eval-examples", type=int, default=400)
+    parser.add_argument("--methods", default="", help="only these methods of the run (comma-separated)")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args()
     ranks = [int(r) for r in args.ranks.split(",") if r]
     energies = [float(e) for e in args.energies.split(",") if e]
-    result = study(args.runs, ranks, energies, args.max_eval_examples)
+    methods = [m for m in args.methods.split(",") if m]
+    result = study(args.runs, ranks, energies, args.max_eval_examples, methods)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(table(result))
