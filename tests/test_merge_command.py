@@ -1,6 +1,7 @@
 """`kradapter merge`: a plain transformers directory equal to the adapted model, refusals, quantized bases."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -243,3 +244,28 @@ def test_merge_works_for_the_other_methods_too(dirs, tmp_path):
     with torch.no_grad():
         merged = LlamaForCausalLM.from_pretrained(result.out_dir).eval()
         assert (merged(input_ids=ids).logits - expected).abs().max().item() <= tol
+
+
+def test_merge_output_gets_the_permissions_of_the_umask(dirs, tmp_path):
+    root, _, _ = dirs
+    old = os.umask(0o022)
+    try:
+        merge_to_dir(str(root / "base"), str(root / "adapter"), tmp_path / "merged")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "merged").stat().st_mode & 0o777 == 0o755  # mkdtemp alone gives 0700
+    assert {p.stat().st_mode & 0o777 for p in (tmp_path / "merged").iterdir()} == {0o644}  # safetensors: 0600
+
+
+def test_a_second_merge_into_the_same_out_is_refused_with_one_line(dirs, tmp_path, capsys):
+    from kradapter.outdir import OutputLock
+
+    root, _, _ = dirs
+    out = tmp_path / "merged"
+    argv = ["merge", "--base", str(root / "base"), "--adapter", str(root / "adapter"), "--out", str(out)]
+    with OutputLock(out, beside=True, option="--out"):  # a merge or convert into `out` is running
+        assert main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("kradapter")]
+    assert len(err) == 1 and f"output dir {out} is in use" in err[0] and "--out" in err[0], err
+    assert not out.exists() and not list(tmp_path.iterdir())
+    assert main(argv) == 0 and not list(tmp_path.glob(".*"))  # released: the next one runs and leaves no lock

@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "kradapter.bench.command",
     "kradapter.train.commands",
     "kradapter.merge_command",
+    "kradapter.convert_command",
 )
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}

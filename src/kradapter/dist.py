@@ -360,7 +360,9 @@ def save_adapter(peft_model: nn.Module, wrapped: nn.Module, out_dir: str | os.Pa
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_adapter(peft_model: nn.Module, wrapped: nn.Module, directory: str | os.PathLike | None) -> None:
+def write_adapter(
+    peft_model: nn.Module, wrapped: nn.Module, directory: str | os.PathLike | None, **save_kwargs: Any
+) -> None:
     """Gather the adapter of ``peft_model`` (trained as ``wrapped``) and write it with PEFT's ``save_pretrained``
     into ``directory`` on rank 0, checked tensor by tensor. Every rank must call it; it ends with every rank.
 
@@ -373,6 +375,7 @@ def write_adapter(peft_model: nn.Module, wrapped: nn.Module, directory: str | os
         peft_model: The unwrapped PEFT model (its config and ``save_pretrained``).
         wrapped: The same model as trained (DDP / FSDP wrapper, DeepSpeed engine, or ``peft_model`` itself).
         directory: Where rank 0 writes (ignored on the other ranks; may be None there).
+        **save_kwargs: More keywords for PEFT's ``save_pretrained`` (e.g. ``save_embedding_layers=False``).
 
     Raises:
         RuntimeError: On every rank, with one message naming the rank and the tensor, if any rank failed.
@@ -393,7 +396,7 @@ def write_adapter(peft_model: nn.Module, wrapped: nn.Module, directory: str | os
     def write() -> None:
         if directory is None:
             raise ValueError("rank 0 was given no directory to write the adapter into")
-        cast(Any, peft_model).save_pretrained(directory, state_dict=state)
+        cast(Any, peft_model).save_pretrained(directory, state_dict=state, **save_kwargs)
         _check_saved(peft_model, Path(directory), expected)
 
     _agree(_attempt(write) if is_main_process() else None)

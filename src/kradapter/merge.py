@@ -7,7 +7,9 @@ quantized on load with ``quantize=``) are dequantized and the adapter merged in 
 
 The directory is written beside the destination under a temporary name, reloaded from there with plain
 transformers and compared with the unmerged adapted model on a few inputs, and only then renamed into place: an
-interrupted or failed merge leaves no half-written model, and a non-empty destination is never touched.
+interrupted or failed merge leaves no half-written model, and a non-empty destination is never touched. The
+directory gets the permissions any new directory gets (the umask's), and a second merge or convert into the same
+destination while one runs is refused (outdir.OutputLock, beside the destination).
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from .outdir import OutputLock, give_usual_permissions, make_temp_dir_beside
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -81,19 +84,45 @@ def load_adapted(base: str, adapter_dir: str, quantize: str | None = None):
     if not Path(adapter_dir, "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter_dir} has no adapter_config.json: not a saved PEFT adapter directory")
     PeftConfig.from_pretrained(adapter_dir)  # a bad adapter config fails before the base is loaded
-    config = transformers.AutoConfig.from_pretrained(base)
-    cls = _model_class(config)
-    kwargs = {"dtype": torch.float32}
-    if quantize is not None:
-        from .quant import bnb_config
+    from .train.defaults.models import local_copy
 
-        kwargs["quantization_config"] = bnb_config(quantize, compute_dtype=torch.float32)
-    model = cls.from_pretrained(base, **kwargs).eval()
+    base = local_copy(base) or base  # an offline default's public name: its packaged / cached copy
+    model = _task_model(base, adapter_dir) if quantize is None else None
+    if model is not None:
+        cls = type(model)
+    else:
+        config = transformers.AutoConfig.from_pretrained(base)
+        cls = _model_class(config)
+        kwargs = {"dtype": torch.float32}
+        if quantize is not None:
+            from .quant import bnb_config
+
+            kwargs["quantization_config"] = bnb_config(quantize, compute_dtype=torch.float32)
+        model = cls.from_pretrained(base, **kwargs)
+    model = model.eval()
     try:
         adapted = PeftModel.from_pretrained(model, adapter_dir).eval()
     except RuntimeError as err:  # PEFT's size mismatch from load_state_dict (our methods raise ValueError)
         raise ValueError(f"adapter {adapter_dir} does not fit base {base}: {err}") from None
     return adapted, cls
+
+
+def _task_model(base: str, adapter_dir: str):
+    """For an adapter `kradapter train` saved (its run info names the task): the base built as that task built it
+    (e.g. a sequence classifier with the trained number of labels), if that is a transformers model; else None."""
+    from transformers import PreTrainedModel
+
+    from .io import read_json
+    from .train.runner import RUN_INFO
+
+    path = Path(adapter_dir, RUN_INFO)
+    if not path.is_file():
+        return None
+    from .train.tasks import task_module
+
+    info = {**read_json(path), "model": base}
+    model = task_module(info["task"]).rebuild(info)
+    return model.float() if isinstance(model, PreTrainedModel) else None
 
 
 def probe_inputs(config, n: int = 3, seq_len: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -136,7 +165,11 @@ def merge_to_dir(
     """
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not supported; choose one of {list(DTYPES)}")
-    out = check_out_dir(out_dir)
+    with OutputLock(out_dir, beside=True, option="--out"):
+        return _merge_locked(base, adapter_dir, check_out_dir(out_dir), dtype, quantize, max_shard_size)
+
+
+def _merge_locked(base, adapter_dir, out: Path, dtype, quantize, max_shard_size) -> MergeResult:
     adapted, cls = load_adapted(base, adapter_dir, quantize)
     config = adapted.get_base_model().config
     if dtype is None:
@@ -159,8 +192,7 @@ def merge_to_dir(
     merged = merged.to(target)
     merged.config.dtype = target
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.merging-", dir=out.parent))
+    tmp = make_temp_dir_beside(out, "merging")
     try:
         merged.save_pretrained(tmp, max_shard_size=max_shard_size, safe_serialization=True)
         _copy_tokenizer_files([Path(base), Path(adapter_dir)], tmp)
@@ -168,6 +200,7 @@ def merge_to_dir(
         reloaded = cls.from_pretrained(tmp, dtype=target).eval()
         diff = (_logits(reloaded, inputs) - reference).abs().max().item()
         del reloaded
+        give_usual_permissions(tmp)
         if out.exists():
             out.rmdir()  # empty (checked above); rename cannot replace a directory
         os.rename(tmp, out)

@@ -2,7 +2,8 @@
 
 PEFT's ``save_pretrained`` writes a card from its template that names only PEFT; an adapter of a method PEFT does not
 ship cannot be loaded without ``import kradapter`` (PEFT raises ``KeyError: 'KRADAPTER'``), so the card says so:
-which method, its paper, how to install and load it, and hub metadata (``library_name``, tags).
+which method, its paper, how to install and load it, what a process without kradapter can use (a LoRA made by
+``kradapter convert``, or the model merged by ``kradapter merge``) and hub metadata (``library_name``, tags).
 """
 
 from __future__ import annotations
@@ -83,6 +84,27 @@ def card_section(methods: list[str], base_model: str | None) -> str:
         'model = PeftModel.from_pretrained(base, "<this adapter>")',
         "```",
         "",
+        "### Without kradapter",
+        "",
+        "A process without kradapter (a LoRA-only server such as vLLM, SGLang, TGI or LoRAX, or diffusers) can use "
+        "one of two files made from this adapter, on a machine with kradapter:",
+        "",
+        "- **a plain PEFT LoRA adapter** (each layer's update truncated to rank R by SVD; the command prints what "
+        "that costs per layer: the relative error of the update and the energy kept; `--energy 0.99` picks ranks "
+        "instead), loaded with `PeftModel.from_pretrained`, transformers' `model.load_adapter` or diffusers' "
+        "`load_lora_adapter`:",
+        "",
+        "  ```bash",
+        f'  kradapter convert --adapter "<this adapter>" --base "{base}" --to lora --rank 64 --out lora/',
+        "  ```",
+        "",
+        "- **the merged model** (exact; a full copy of the base's weights), loaded with plain transformers "
+        "`AutoModel*.from_pretrained`:",
+        "",
+        "  ```bash",
+        f'  kradapter merge --adapter "<this adapter>" --base "{base}" --out merged/',
+        "  ```",
+        "",
     ]
     return "\n".join(lines)
 
@@ -105,6 +127,11 @@ def update_card(peft_model, output_dir: str) -> None:
     # "peft" keeps the hub's adapter support (base_model:adapter relations, the PEFT filter); the card's text and
     # the "kradapter" tag say that kradapter is needed.
     card.data["library_name"] = card.data.get("library_name") or "peft"
+    # PEFT's card names the model config's _name_or_path (a local path for kradapter's offline defaults); the
+    # adapter config's base_model_name_or_path is the name to publish (train records the public name there)
+    recorded = {c.base_model_name_or_path for c in peft_model.peft_config.values() if c.base_model_name_or_path}
+    if len(recorded) == 1:
+        card.data["base_model"] = recorded.pop()
     if MARKER not in card.text:
         base = card.data.get("base_model")
         card.text = card_section(methods, base if isinstance(base, str) else None) + "\n" + card.text.lstrip("\n")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -28,38 +29,92 @@ class OutputDirBusy(ValueError):
 
 
 class OutputLock:
-    """`with OutputLock(dir):` one run per directory; a second one gets OutputDirBusy naming the holder's pid."""
+    """`with OutputLock(dir):` one run per directory; a second one gets OutputDirBusy naming the holder's pid.
 
-    def __init__(self, directory: str | os.PathLike):
+    beside=True locks a destination that does not exist yet and must appear in one rename (`merge`, `convert`
+    --out): the lock file is DIR's sibling .NAME.lock, removed on release; a locker re-checks after flock that the
+    file it holds is still the one at that path, so a release never lets two runs in. `option` names the argument
+    to change in the error."""
+
+    def __init__(self, directory: str | os.PathLike, beside: bool = False, option: str = "--output-dir"):
         self.directory = Path(directory)
-        self.path = self.directory / LOCK
+        self.beside = beside
+        self.option = option
+        self.path = self.directory.parent / f".{self.directory.name}.lock" if beside else self.directory / LOCK
         self._fd: int | None = None
 
     def __enter__(self) -> OutputLock:
         if not is_launcher_rank0():  # under torchrun rank 0 holds it for all ranks, group joined or not
             return self
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            if not _try_flock(fd):
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-                raise OutputDirBusy(
-                    f"output dir {self.directory} is in use by another kradapter run (pid {holder}); "
-                    "wait for it to finish or use another --output-dir"
-                )
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._fd = fd
-        return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                if not _try_flock(fd):
+                    holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                    raise OutputDirBusy(
+                        f"output dir {self.directory} is in use by another kradapter run (pid {holder}); "
+                        f"wait for it to finish or use another {self.option}"
+                    )
+                if self.beside and not _same_file(fd, self.path):  # its holder removed it as we opened it
+                    os.close(fd)
+                    continue
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fd = fd
+            return self
 
     def __exit__(self, *exc) -> None:
         if self._fd is not None:
-            os.ftruncate(self._fd, 0)  # the file stays: unlinking it would let two runs lock two different files
+            if self.beside:  # removed while held: a waiter that opened it sees it gone and opens a new one
+                self.path.unlink(missing_ok=True)
+            else:  # the file stays: unlinking it would let two runs lock two different files
+                os.ftruncate(self._fd, 0)
             os.close(self._fd)  # closing releases the flock
             self._fd = None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+
+
+def new_dir_mode() -> int:
+    """The mode os.mkdir gives a new directory under this process's umask (mkdtemp gives 0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o777 & ~umask
+
+
+def give_usual_permissions(directory: str | os.PathLike) -> None:
+    """Give `directory`, and every directory and file under it, the mode a new one gets under the umask:
+    mkdtemp makes 0700 directories and safetensors writes 0600 files, which another user (a server) cannot read."""
+    dir_mode = new_dir_mode()
+    file_mode = dir_mode & 0o666
+    os.chmod(directory, dir_mode)
+    for dirpath, dirnames, filenames in os.walk(directory):
+        for name in dirnames:
+            if not os.path.islink(os.path.join(dirpath, name)):
+                os.chmod(os.path.join(dirpath, name), dir_mode)
+        for name in filenames:
+            if not os.path.islink(os.path.join(dirpath, name)):
+                os.chmod(os.path.join(dirpath, name), file_mode)
+
+
+def make_temp_dir_beside(dest: str | os.PathLike, purpose: str) -> Path:
+    """A new directory next to `dest` (so it can become `dest` in one rename), with mkdir's usual permissions."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{purpose}-", dir=dest.parent))
+    os.chmod(tmp, new_dir_mode())
+    return tmp
 
 
 def _try_flock(fd: int) -> bool:
@@ -118,9 +173,7 @@ def publish_version(staging: str | os.PathLike, dest: str | os.PathLike) -> None
         return
     version = dest / f".result-{uuid.uuid4().hex[:12]}"
     os.rename(staging, version)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(version, 0o777 & ~umask)  # mkdtemp made it 0700; give it the permissions mkdir would have
+    give_usual_permissions(version)  # mkdtemp made it 0700, safetensors its files 0600
     names = sorted(p.name for p in version.iterdir())
     for name in names:  # new names: links that dangle (read as absent) until the switch
         if not os.path.lexists(dest / name):

@@ -21,7 +21,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from .._compat import check_adapters_to_merge
-from ._geometry import base_weight, summed_in_float32, to_weight_layout, weight_geometry
+from ._geometry import PEFT_CONVERTIBLE_TYPES, base_weight, summed_in_float32, to_weight_layout, weight_geometry
 from ._mixed_batch import mixed_batch_forward
 
 
@@ -89,6 +89,17 @@ class DeltaLayer(BaseTunerLayer):
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
         """The update in the base weight's layout (Conv1D transposed, Conv2d kernel shape), adapter dtype."""
         return to_weight_layout(self.get_base_layer(), self.delta_matrix(adapter_name))
+
+    # --- PEFT's additive-delta protocol (peft.convert_to_lora, kradapter convert): W' = W + get_additive_delta ------
+    def _get_additive_delta(self, adapter_name: str = "default") -> torch.Tensor:
+        """W' - W for ``adapter_name``: get_delta_weight, the update merging adds (base weight's layout, adapter
+        dtype). PEFT's public ``get_additive_delta`` calls this after refusing while adapters are merged."""
+        return self.get_delta_weight(adapter_name)
+
+    def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
+        """True where PEFT's convert_to_lora writes correct LoRA factors for this layer type (Linear, Conv1D,
+        nn.MultiheadAttention); convolutions and embeddings convert with ``kradapter convert`` instead."""
+        return isinstance(self.get_base_layer(), PEFT_CONVERTIBLE_TYPES)
 
     def merged_weight(self, adapter_name: str, weight: torch.Tensor | None = None, sign: float = 1.0) -> torch.Tensor:
         """W +/- Delta W computed in float32 or better, returned in W's dtype (W untouched). W defaults to the base

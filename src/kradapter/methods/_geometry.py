@@ -53,6 +53,23 @@ def to_weight_layout(base_layer: nn.Module, delta: torch.Tensor) -> torch.Tensor
     return delta
 
 
+def to_matrix_layout(base_layer: nn.Module, weight_like: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``to_weight_layout``: a tensor laid out like ``base_layer.weight`` as its (d_out x d_in)
+    matrix (Conv1D transposed back, a convolution kernel flattened to out x (in/groups * prod(k)))."""
+    if isinstance(base_layer, Conv1D):
+        return weight_like.T
+    if isinstance(base_layer, CONV_TYPES):
+        return weight_like.reshape(weight_like.shape[0], -1)
+    return weight_like
+
+
+# Base layers whose additive delta PEFT's convert_to_lora turns into correct LoRA factors: it takes the SVD of the
+# delta as one matrix and names the factors lora_A.weight / lora_B.weight, which is LoRA's layout for these (a
+# Conv1D's transpose included; nn.MultiheadAttention's in_proj as LoRA's MHA layer holds it). A convolution kernel
+# (4-D) and an embedding (LoRA names its factors lora_embedding_A/B) need `kradapter convert`.
+PEFT_CONVERTIBLE_TYPES = (nn.Linear, Conv1D, nn.MultiheadAttention)
+
+
 def summed_in_float32(weight: torch.Tensor, delta: torch.Tensor, sign: float = 1.0, cast: bool = True) -> torch.Tensor:
     """W +/- Delta summed in float32 or better (so a low-precision update never rounds W), in W's dtype when cast.
 

@@ -76,6 +76,25 @@ def apply_method(
     return model, reference
 
 
+def use_public_base_names(peft_model) -> None:
+    """Before saving a trained adapter: one trained on an offline default records the model's public name as its
+    base, not the local copy's path PEFT took from the model, so that it names a base any machine can load. Save
+    with ``save_embedding_layers=False`` then (no task resizes the embeddings): PEFT would otherwise look the public
+    name up on the hub to decide, which an offline machine cannot."""
+    from .defaults.models import public_name
+
+    for config in peft_model.peft_config.values():
+        name = public_name(config.base_model_name_or_path)
+        if name is not None:
+            config.base_model_name_or_path = name
+
+
+def save_adapter(peft_model, directory) -> None:
+    """Save a trained adapter in one process (PEFT's save_pretrained) under its public base name."""
+    use_public_base_names(peft_model)
+    peft_model.save_pretrained(str(directory), save_embedding_layers=False)
+
+
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -113,7 +113,12 @@ def _base_model(directory: Path, base: str | None, config, keys: list[str]):
         if base:
             run_info["model"] = base
         return task_module(run_info["task"]).rebuild(run_info), run_info.get("method")
-    path = base or config.base_model_name_or_path
+    if base:
+        path = base
+    else:  # an offline default is recorded under its public name: load its local copy
+        from .defaults.models import local_copy
+
+        path = local_copy(config.base_model_name_or_path) or config.base_model_name_or_path
     if not path:
         raise ValueError(f"{directory}/adapter_config.json names no base model; pass --base PATH")
     auto = _model_class(path, config, keys)

@@ -45,7 +45,15 @@ from .callbacks import DivergenceGuard, EffectiveRankCallback, GracefulInterrupt
 from .checkpoints import StepTimer, drop_partial, latest_complete_checkpoint
 from .deltas import adapter_deltas, spectral_means, spectral_table
 from .interval_tables import PER_EXAMPLE
-from .methods import apply_method, budget_k1, check_method, full_deltas, peft_config, trainable_parameters
+from .methods import (
+    apply_method,
+    budget_k1,
+    check_method,
+    full_deltas,
+    peft_config,
+    trainable_parameters,
+    use_public_base_names,
+)
 from .metrics import CORRECT, group_means, mean_std, r_gen
 from .options import check_options
 from .progress import use_labelled_progress
@@ -346,7 +354,8 @@ def _evaluate_and_save(job: _SeedJob, done: _TrainedSeed) -> dict:
     if job.save_adapter:
         if reference is None:
             # Gathered (FSDP, ZeRO-3) and checked tensor by tensor; rank 0 writes, the others' staging is dropped.
-            write_adapter(model, trainer.model_wrapped, staging)
+            use_public_base_names(model)  # a base any machine can load, not this one's cache path
+            write_adapter(model, trainer.model_wrapped, staging, save_embedding_layers=False)
         else:
             _save_full(model, reference, prepared.head, staging)
         write_json(
