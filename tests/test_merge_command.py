@@ -247,7 +247,7 @@ def test_merge_works_for_the_other_methods_too(dirs, tmp_path):
 
 
 def test_merge_output_gets_the_permissions_of_the_umask(dirs, tmp_path):
-    root, _, _ = dirs
+    root, *_ = dirs
     old = os.umask(0o022)
     try:
         merge_to_dir(str(root / "base"), str(root / "adapter"), tmp_path / "merged")
@@ -260,7 +260,7 @@ def test_merge_output_gets_the_permissions_of_the_umask(dirs, tmp_path):
 def test_a_second_merge_into_the_same_out_is_refused_with_one_line(dirs, tmp_path, capsys):
     from kradapter.outdir import OutputLock
 
-    root, _, _ = dirs
+    root, *_ = dirs
     out = tmp_path / "merged"
     argv = ["merge", "--base", str(root / "base"), "--adapter", str(root / "adapter"), "--out", str(out)]
     with OutputLock(out, beside=True, option="--out"):  # a merge or convert into `out` is running
