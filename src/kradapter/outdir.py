@@ -34,10 +34,12 @@ class OutputLock:
         self.directory = Path(directory)
         self.path = self.directory / LOCK
         self._fd: int | None = None
+        self._created = False
 
     def __enter__(self) -> OutputLock:
         if not is_launcher_rank0():  # under torchrun rank 0 holds it for all ranks, group joined or not
             return self
+        self._created = not self.directory.exists()
         self.directory.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -58,8 +60,20 @@ class OutputLock:
     def __exit__(self, *exc) -> None:
         if self._fd is not None:
             os.ftruncate(self._fd, 0)  # the file stays: unlinking it would let two runs lock two different files
+            if self._created and exc[0] is not None:
+                self._remove_if_untouched()  # still holding the lock: no other run can be working here
             os.close(self._fd)  # closing releases the flock
             self._fd = None
+
+    def _remove_if_untouched(self) -> None:
+        """A run refused before writing anything (an option checked against the data) leaves no directory
+        behind that it created; anything else in it (partial results, checkpoints) stays for the next run."""
+        try:
+            if [p.name for p in self.directory.iterdir()] == [LOCK]:
+                self.path.unlink()
+                self.directory.rmdir()
+        except OSError:
+            pass
 
 
 def _try_flock(fd: int) -> bool:

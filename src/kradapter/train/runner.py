@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import resource
 import shutil
 import sys
@@ -40,7 +41,7 @@ from ..learning_rates import default_lr
 from ..outdir import OutputLock, clean_interrupted, publish_version
 from .baselines import BALANCED, group_baselines, not_above_majority
 from .callbacks import EffectiveRankCallback, GracefulInterrupt
-from .checkpoints import StepTimer, drop_partial, latest_complete_checkpoint
+from .checkpoints import StepTimer, drop_partial, explain_unloadable, latest_complete_checkpoint
 from .deltas import adapter_deltas, spectral_means, spectral_table
 from .methods import apply_method, budget_k1, check_method, full_deltas, peft_config, trainable_parameters
 from .metrics import group_means, mean_std, r_gen
@@ -50,6 +51,7 @@ from .tasks.base import Prepared
 
 RUN_INFO = "kradapter_run.json"
 RANK_POINTS = 20
+MAX_SEEDS = 1000
 FULL_DELTA = "full_delta.safetensors"
 FULL_HEAD = "full_head.safetensors"
 log = logging.getLogger(__name__)  # resume and clean-up notes; `kradapter train` shows them
@@ -66,11 +68,21 @@ def parse_seeds(value: str) -> list[int]:
         if "," in str(value):
             seeds = [int(s) for s in str(value).split(",") if s.strip()]
         else:
-            seeds = list(range(int(value)))
+            count = int(value)
+            if count > MAX_SEEDS:
+                raise ValueError(f"--seeds {value!r}: each seed is a full training run; give at most {MAX_SEEDS}")
+            seeds = list(range(count))
     except ValueError as err:
+        if "--seeds" in str(err):
+            raise
         raise ValueError(f"--seeds {value!r}: give a count (5) or a list (0,1,2)") from err
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds {value!r}: need at least one seed and no repeats")
+    if len(seeds) > MAX_SEEDS:
+        raise ValueError(f"--seeds {value!r}: {len(seeds)} seeds, each a full training run; give at most {MAX_SEEDS}")
+    bad = [s for s in seeds if not 0 <= s < 2**32]
+    if bad:
+        raise ValueError(f"--seeds {value!r}: seed {bad[0]} is outside 0..2**32-1, the range numpy and torch accept")
     return seeds
 
 
@@ -81,8 +93,8 @@ def parse_lr_grid(value: str | None) -> list[float]:
         grid = [float(v) for v in value.split(",") if v.strip()]
     except ValueError as err:
         raise ValueError(f"--lr-grid {value!r}: give comma-separated learning rates, e.g. 1e-4,3e-4,1e-3") from err
-    if len(grid) < 2 or any(lr <= 0 for lr in grid):
-        raise ValueError(f"--lr-grid {value!r}: need at least two positive learning rates")
+    if len(grid) < 2 or not all(math.isfinite(lr) and lr > 0 for lr in grid):
+        raise ValueError(f"--lr-grid {value!r}: need at least two positive finite learning rates")
     return grid
 
 
@@ -203,10 +215,11 @@ def train_seed(
 
         from .._compat import trainer_load_from_checkpoint
 
-        trainer_load_from_checkpoint(trainer, str(last))
+        with explain_unloadable(last):
+            trainer_load_from_checkpoint(trainer, str(last))
         trainer.state = TrainerState.load_from_json(str(last / "trainer_state.json"))
     else:
-        with interrupt:
+        with interrupt, explain_unloadable(last):
             trainer.train(resume_from_checkpoint=str(last) if last else None)
     steps = trainer.state.global_step
     if interrupt.requested:

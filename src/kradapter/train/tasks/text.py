@@ -16,6 +16,7 @@ import numpy as np
 from ..baselines import BALANCED, balanced_accuracy, set_baselines
 from ..data import check_labels, load_file, parse_data_args, require_columns, spec_args, split_off, subsample
 from ..metrics import METRICS
+from ..options import option_type
 from .base import Prepared, batched, load_or_explain, resolve_targets, split_csv
 
 HEAD_NAMES = ("pre_classifier", "classifier", "score")
@@ -32,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="comma-separated class list, in index order (default: the sorted labels of the train file)",
     )
     g.add_argument("--regression", action="store_true", help="a real-valued target (one output, Pearson)")
-    g.add_argument("--max-length", type=int, default=128, help="tokens per example (default 128)")
+    g.add_argument("--max-length", type=option_type("max_length"), default=128, help="tokens per example (default 128)")
 
 
 def default_data() -> list[str]:
