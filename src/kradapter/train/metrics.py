@@ -37,6 +37,13 @@ def pearson(pred: Sequence[float], gold: Sequence[float]) -> float:
     return float(pearsonr(pred, gold).statistic)
 
 
+def mse(pred: Sequence[float], gold: Sequence[float]) -> float:
+    """Mean squared error (scikit-learn's mean_squared_error); NaN for an empty set."""
+    from sklearn.metrics import mean_squared_error
+
+    return float(mean_squared_error(list(gold), list(pred))) if len(gold) else float("nan")
+
+
 METRICS = {"accuracy": accuracy, "matthews": matthews, "pearson": pearson}
 
 
