@@ -30,16 +30,19 @@ class OutputDirBusy(ValueError):
 class OutputLock:
     """`with OutputLock(dir):` one run per directory; a second one gets OutputDirBusy naming the holder's pid."""
 
-    def __init__(self, directory: str | os.PathLike):
+    def __init__(self, directory: str | os.PathLike, fresh: bool | None = None):
+        """``fresh``: the caller made `directory` for this run (default: it does not exist yet); a fresh directory
+        that a failed run leaves holding nothing but the lock is removed."""
         self.directory = Path(directory)
         self.path = self.directory / LOCK
         self._fd: int | None = None
+        self._fresh = fresh
         self._created = False
 
     def __enter__(self) -> OutputLock:
         if not is_launcher_rank0():  # under torchrun rank 0 holds it for all ranks, group joined or not
             return self
-        self._created = not self.directory.exists()
+        self._created = not self.directory.exists() if self._fresh is None else self._fresh
         self.directory.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:

@@ -98,6 +98,8 @@ def unloadable_file(checkpoint: Path) -> tuple[Path, str] | None:
     """The first torch file in `checkpoint` that torch.load(weights_only=True) refuses, with the reason."""
     import torch
 
+    if not checkpoint.is_dir():
+        return None
     for path in sorted(checkpoint.iterdir()):
         if path.suffix in (".pt", ".pth", ".bin") and path.is_file():
             try:

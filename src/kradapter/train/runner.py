@@ -448,8 +448,9 @@ def run(args: argparse.Namespace, extra_callbacks=()) -> dict:
     _check_deepspeed(args)
     _check_scoring(args, task)
     out = Path(args.output_dir)
+    fresh = not out.exists()
     check_writable_dir(out)
-    with OutputLock(out):
+    with OutputLock(out, fresh=fresh):
         for path in clean_interrupted(out):
             log.warning("removed %s, left by an interrupted run", path)
         try:
