@@ -44,6 +44,7 @@ def available_bytes(device: str = "cpu") -> int:
 
 
 def format_bytes(n: float) -> str:
+    """A byte count in binary units: 1536 -> "1.5 KB"."""
     for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
         if n < 1024 or unit == "PB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
