@@ -130,8 +130,19 @@ def test_glue_regression_and_matthews(bert, tmp_path):
     assert json.loads((tmp_path / "cola" / "seeds" / "seed-0" / "result.json").read_text())["correct"] == {}
 
 
+def test_text_regression_trains_and_scores_with_its_own_metrics(bert, tmp_path):
+    """`--task text --regression` once died after training: accuracy of real-valued predictions is undefined."""
+    model, data, _ = bert
+    m = run(
+        train_args("text", tmp_path / "reg", model=model, data=data, regression=True, label_column="score", max_steps=2)
+    )
+    assert m["metric"] == "pearson" and -1.0 <= m["tests"]["test"]["mean"] <= 1.0
+    saved = json.loads((tmp_path / "reg" / "metrics.json").read_text())
+    assert saved["metric"] == "pearson" and saved["tests"]["test"]["extra"]["mse"]["mean"] >= 0.0
+
+
 def test_metrics_match_their_definitions():
-    from kradapter.train.metrics import matthews, pearson, r_gen
+    from kradapter.train.metrics import matthews, mse, pearson, r_gen
 
     assert matthews([1, 1, 0, 0], [1, 1, 0, 0]) == pytest.approx(1.0)
     assert matthews([0, 0, 1, 1], [1, 1, 0, 0]) == pytest.approx(-1.0)
@@ -140,6 +151,7 @@ def test_metrics_match_their_definitions():
     assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0) and pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     # cov / (std std) by hand: x - mean = (-1, 0, 1), y - mean = (-13/6, -1/6, 14/6)
     assert pearson([1, 2, 3], [2, 4, 6.5]) == pytest.approx((27 / 6) / ((2 * (169 + 1 + 196) / 36) ** 0.5))
+    assert mse([1, 2, 3], [2, 4, 6.5]) == pytest.approx((1 + 4 + 12.25) / 3)
     assert r_gen({"ID": 0.8, "OOD": 0.6}, {"ID": 0.6, "OOD": 0.5}) == pytest.approx(0.5)
     assert r_gen({"ID": 0.6, "OOD": 0.6}, {"ID": 0.6, "OOD": 0.5}) is None
 

@@ -114,6 +114,20 @@ def main(argv: list[str] | None = None) -> int:
         # Library errors are written to name the bad input; show them as one line, not a traceback.
         print(f"kradapter {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # disk full, read-only, a directory where a file goes, ...: one line naming the path
+        print(f"kradapter {args.command}: error: {_describe_os_error(err, args)}", file=sys.stderr)
+        return 1
+
+
+def _describe_os_error(err: OSError, args: argparse.Namespace) -> str:
+    """The OS's reason and the path it concerns; when the OS names none (a full disk during write()), the
+    command's output path, where the write was going."""
+    reason = err.strerror or str(err)
+    paths = [p for p in (err.filename, err.filename2) if p is not None]
+    if not paths:
+        out = next((getattr(args, a) for a in ("output_dir", "out", "json") if getattr(args, a, None)), None)
+        return f"{reason} (writing under {out})" if out else reason
+    return f"{reason}: {' -> '.join(map(str, paths))}"
 
 
 def _load_commands() -> None:

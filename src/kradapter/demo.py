@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 from collections import Counter
 
 from .assets import LABELS, load_sentiment, packaged_minilm_path, packaged_sentiment_csv
@@ -68,8 +69,8 @@ def demo_learning_rates(value: str | None) -> dict[str, float]:
         if "--lr" in str(err):
             raise
         raise ValueError(f"--lr {value!r}: give one rate or METHOD=RATE pairs, e.g. kradapter=3e-2,lora=3e-3") from err
-    if any(not lr > 0 for lr in lrs.values()):
-        raise ValueError(f"--lr {value!r}: learning rates must be positive")
+    if any(not (math.isfinite(lr) and lr > 0) for lr in lrs.values()):
+        raise ValueError(f"--lr {value!r}: learning rates must be positive and finite")
     return lrs
 
 
@@ -114,6 +115,17 @@ def run_demo(args: argparse.Namespace) -> int:
             f"and {args.test_size}"
         )
     lrs = demo_learning_rates(args.lr)
+    if not (math.isfinite(args.alpha) and args.alpha > 0):
+        raise ValueError(f"--alpha must be a positive finite number, got {args.alpha}")
+    # The data is checked against the options before any model loads or anything is scored.
+    needed = args.steps * args.batch_size + args.test_size
+    rows = load_sentiment(packaged_sentiment_csv(), needed, args.seed)
+    if len(rows) < needed:
+        raise ValueError(
+            f"--test-size {args.test_size} + --steps {args.steps} x --batch-size {args.batch_size} need {needed:,} "
+            f"tweets ({args.test_size:,} held out, {needed - args.test_size:,} for training); the packaged set has "
+            f"{len(rows):,}"
+        )
     hf_logging.set_verbosity_error()  # the fresh head's "newly initialized" notice is expected here
     hf_logging.disable_progress_bar()  # the per-file "Loading weights" bar; the demo shows its own
     path = packaged_minilm_path()
@@ -121,7 +133,6 @@ def run_demo(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(LABELS))
 
-    rows = load_sentiment(packaged_sentiment_csv(), args.steps * args.batch_size + args.test_size, args.seed)
     test, train = rows[: args.test_size], rows[args.test_size :]
     majority, majority_acc = majority_baseline(test)
 

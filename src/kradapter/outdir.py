@@ -34,18 +34,29 @@ class OutputLock:
     beside=True locks a destination that does not exist yet and must appear in one rename (`merge`, `convert`
     --out): the lock file is DIR's sibling .NAME.lock, removed on release; a locker re-checks after flock that the
     file it holds is still the one at that path, so a release never lets two runs in. `option` names the argument
-    to change in the error."""
+    to change in the error. ``fresh`` (not beside): the caller made `directory` for this run (default: it does not
+    exist yet); a fresh directory that a failed run leaves holding nothing but the lock is removed."""
 
-    def __init__(self, directory: str | os.PathLike, beside: bool = False, option: str = "--output-dir"):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        beside: bool = False,
+        option: str = "--output-dir",
+        fresh: bool | None = None,
+    ):
         self.directory = Path(directory)
         self.beside = beside
         self.option = option
         self.path = self.directory.parent / f".{self.directory.name}.lock" if beside else self.directory / LOCK
         self._fd: int | None = None
+        self._fresh = fresh
+        self._created = False
 
     def __enter__(self) -> OutputLock:
         if not is_launcher_rank0():  # under torchrun rank 0 holds it for all ranks, group joined or not
             return self
+        if not self.beside:
+            self._created = not self.directory.exists() if self._fresh is None else self._fresh
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -73,8 +84,20 @@ class OutputLock:
                 self.path.unlink(missing_ok=True)
             else:  # the file stays: unlinking it would let two runs lock two different files
                 os.ftruncate(self._fd, 0)
+                if self._created and exc[0] is not None:
+                    self._remove_if_untouched()  # still holding the lock: no other run can be working here
             os.close(self._fd)  # closing releases the flock
             self._fd = None
+
+    def _remove_if_untouched(self) -> None:
+        """A run refused before writing anything (an option checked against the data) leaves no directory
+        behind that it created; anything else in it (partial results, checkpoints) stays for the next run."""
+        try:
+            if [p.name for p in self.directory.iterdir()] == [LOCK]:
+                self.path.unlink()
+                self.directory.rmdir()
+        except OSError:
+            pass
 
 
 def _same_file(fd: int, path: Path) -> bool:

@@ -87,12 +87,14 @@ def run_approx_command(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
     from transformers.utils import logging as hf_logging
 
+    from .._resources import check_threads
     from .report import format_table
     from .run import ApproxConfig, run_approx, total_steps, validate
     from .targets import RealSpec
 
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    check_threads("--threads", args.threads)
     torch.set_num_threads(args.threads)
     hf_logging.set_verbosity_error()  # the real target's fresh head: its "newly initialized" notice is expected
     hf_logging.disable_progress_bar()  # one progress bar (the benchmark's) is enough
@@ -175,9 +177,14 @@ def run_spectrum_command(args: argparse.Namespace) -> int:
     shapes = _shapes(args.shapes)
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")
+    from .._resources import check_threads
+    from .spectrum import check_spectrum_memory
+
+    check_spectrum_memory(shapes, args.k)
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        check_threads("--threads", args.threads)
         torch.set_num_threads(args.threads)
     out = check_writable_dir(args.out)
     with tqdm(total=len(shapes) + 1, desc="spectrum", unit="step") as bar:

@@ -48,6 +48,18 @@ class ApproxConfig:
     real: RealSpec = field(default_factory=RealSpec)
 
 
+# A fit holds at least these float32 matrices of the target's shape at once: W0, the target, Delta W, its gradient
+# and the residual (full fine-tuning adds AdamW's two moments); each worker runs one fit.
+MATRICES_PER_FIT = 5
+
+
+def check_fit_memory(option: str, d_out: int, d_in: int, workers: int) -> None:
+    """Refuse a target shape whose fits cannot fit in memory, naming the option, before anything is allocated."""
+    from .._resources import FLOAT32, check_memory
+
+    check_memory(f"{option} ({workers} concurrent fit(s))", MATRICES_PER_FIT * FLOAT32 * d_out * d_in * workers)
+
+
 def validate(cfg: ApproxConfig) -> ApproxConfig:
     """Check everything a run needs; return the config with method/target lists resolved. No work is done."""
     d_out, d_in = cfg.size
@@ -62,6 +74,8 @@ def validate(cfg: ApproxConfig) -> ApproxConfig:
         raise ValueError(f"unknown scaling {cfg.scaling!r}; valid: {', '.join(M.SCALINGS)}")
     if cfg.figure5_size < 0:
         raise ValueError(f"figure5 size must be >= 0 (0 skips Figure 5), got {cfg.figure5_size}")
+    check_fit_memory(f"--size {d_out} {d_in}", d_out, d_in, cfg.workers)
+    check_fit_memory(f"--figure5-size {cfg.figure5_size}", cfg.figure5_size, cfg.figure5_size, cfg.workers)
 
     valid_methods = M.method_names()
     methods = list(valid_methods) if cfg.methods is None else list(cfg.methods)

@@ -98,6 +98,17 @@ def default_ns(k: int, count: int = 12) -> list[int]:
     return ns + [k * k + k, k * k + 4 * k]
 
 
+def check_spectrum_memory(shapes, k: int) -> None:
+    """Refuse, before any allocation, a shape or k whose products cannot fit in memory: the largest shape's two
+    float32 products and their SVD copy, and Theorem 3.1's float64 Khatri-Rao product of k^2 x (k^2 + 4k)."""
+    from .._resources import FLOAT32, FLOAT64, check_memory
+
+    if shapes:
+        d_out, d_in = max(shapes, key=lambda s: s[0] * s[1])
+        check_memory(f"--shapes {d_out}x{d_in}", 3 * FLOAT32 * d_out * d_in)
+    check_memory(f"--k {k}", 2 * FLOAT64 * k * k * (k * k + 4 * k))
+
+
 def run_spectrum(
     shapes, k: int, ns: list[int] | None, seed: int, progress: Callable[[str], None] | None = None
 ) -> dict:
@@ -107,6 +118,7 @@ def run_spectrum(
             raise ValueError(f"each shape must be two positive integers, got {shape!r}")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
+    check_spectrum_memory(shapes, k)
     ns = default_ns(k) if ns is None else list(ns)
     if not ns or any(n < 1 for n in ns):
         raise ValueError(f"n values must be positive integers, got {ns}")

@@ -119,10 +119,28 @@ class BenchOptions:
             raise ValueError(
                 f"hidden={self.hidden} must divide by heads={self.heads}, and heads by kv_heads={self.kv_heads}"
             )
+        self._check_machine()
         from ..ops import resolve_k
 
         for d_in, d_out in self.shapes:
             resolve_k(d_out, d_in, self.k1)  # raises a ValueError naming k1 and the shape
+
+    def _check_machine(self) -> None:
+        """Threads and sizes this machine cannot offer, refused before anything is allocated."""
+        from .._resources import FLOAT32, check_memory, check_threads
+
+        check_threads("threads", self.threads)
+        if "layer" in self.sections or "saved" in self.sections:
+            # one layer case holds x, dy, the output and x's gradient: tokens x (2 d_in + 2 d_out) float32
+            widest = max(2 * d_in + 2 * d_out for d_in, d_out in self.shapes)
+            check_memory(f"tokens={self.tokens}", FLOAT32 * self.tokens * widest, self.device)
+        if "model" in self.sections or "inference" in self.sections:
+            # the logits alone: batch x seq x vocab float32 (and their gradient in training)
+            check_memory(
+                f"batch={self.batch} x seq={self.seq} x vocab={self.vocab}",
+                2 * FLOAT32 * self.batch * self.seq * self.vocab,
+                self.device,
+            )
 
     def to_dict(self) -> dict:
         """The options as a plain dict (recorded in ``bench.json``).

@@ -8,9 +8,11 @@ optimizer and scheduler files it wrote before are there and readable.
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -73,6 +75,38 @@ def drop_partial(skipped: list[tuple[Path, str]]) -> None:
     """Partial checkpoints would confuse the Trainer's rotation (it sorts by mtime); nothing in them is usable."""
     for path, _ in skipped:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def explain_unloadable(checkpoint: Path | None):
+    """Around a resume from `checkpoint`: a file in it that torch cannot load (corrupt, or holding objects its
+    weights_only loader refuses: pickle.UnpicklingError) becomes one ValueError naming the file and how to discard
+    the checkpoint, instead of the same raw traceback on every rerun."""
+    try:
+        yield
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        bad = unloadable_file(checkpoint) if checkpoint is not None else None
+        if bad is None:
+            raise
+        raise ValueError(
+            f"checkpoint {checkpoint}: {bad[0].name} cannot be loaded ({bad[1]}); to discard this checkpoint, "
+            f"delete {checkpoint} (rm -r): the rerun resumes from the previous one or starts the seed over"
+        ) from err
+
+
+def unloadable_file(checkpoint: Path) -> tuple[Path, str] | None:
+    """The first torch file in `checkpoint` that torch.load(weights_only=True) refuses, with the reason."""
+    import torch
+
+    if not checkpoint.is_dir():
+        return None
+    for path in sorted(checkpoint.iterdir()):
+        if path.suffix in (".pt", ".pth", ".bin") and path.is_file():
+            try:
+                torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as err:  # noqa: BLE001  any refusal is the answer; its text goes in the message
+                return path, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    return None
 
 
 class StepTimer(TrainerCallback, ExportableState):

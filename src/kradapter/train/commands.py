@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..cli import command
@@ -293,6 +294,10 @@ def run_report(args: argparse.Namespace) -> int:
     from .deltas import format_spectral_table
     from .report import spectral_report
 
+    if args.json and os.path.isdir(args.json):
+        raise ValueError(
+            f"--json {args.json} is a directory; give a file path, e.g. {os.path.join(args.json, 'report.json')}"
+        )
     _quiet_libraries()
     report = spectral_report(args.adapter_dir, args.base)
     print(f"{report['directory']}: method {report['method']}, {len(report['spectral'])} adapted layers")

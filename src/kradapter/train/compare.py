@@ -587,6 +587,25 @@ def run_budgets(args, methods, lrs, grids, out: Path, budgets: list[str], comman
     return 0
 
 
+def _check_before_writing(args: argparse.Namespace, lrs: dict[str, float], grids: dict[str, str | None]) -> None:
+    """What each method's `kradapter train` would refuse, refused once before the comparison writes anything."""
+    import math
+
+    from .options import check_options
+    from .runner import parse_lr_grid, parse_seeds
+
+    check_options(args)
+    parse_seeds(args.seeds)
+    for method, lr in lrs.items():
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"--lr {args.lr!r}: the learning rate of {method} must be positive and finite, got {lr}")
+    for method, grid in grids.items():
+        try:
+            parse_lr_grid(grid)
+        except ValueError as err:
+            raise ValueError(f"{err} (for {method})") from None
+
+
 def run(args: argparse.Namespace, train) -> int:
     """`kradapter compare`: ``train`` is the function that runs one method's `kradapter train` (the CLI passes its
     own, so this module does not import the CLI)."""
@@ -598,6 +617,7 @@ def run(args: argparse.Namespace, train) -> int:
     both = [m for m in methods if grids[m] and args.lr and ("=" not in args.lr or f"{m}=" in args.lr)]
     if both:
         raise ValueError(f"--lr and --lr-grid both set a learning rate for {', '.join(both)}")
+    _check_before_writing(args, lrs, grids)
     out = Path(args.output_dir or f"runs/compare-{args.task}")
     out.mkdir(parents=True, exist_ok=True)
     command = "kradapter " + " ".join(sys.argv[1:]) if sys.argv[0].endswith(("kradapter", "__main__.py")) else ""

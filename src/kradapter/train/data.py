@@ -113,6 +113,10 @@ def split_off(ds, n: int, seed: int):
         raise ValueError(
             f"cannot carve a validation split of {n} rows from {len(ds)} training rows; pass --data validation=FILE"
         )
-    n = min(n, len(ds) - 1)
+    if n >= len(ds):
+        raise ValueError(
+            f"--val-size {n}: the training data has {len(ds)} rows; hold out at most {len(ds) - 1} so that "
+            "training keeps at least one (or pass --data validation=FILE)"
+        )
     parts = ds.train_test_split(test_size=n, seed=seed, shuffle=True)
     return parts["train"], parts["test"]

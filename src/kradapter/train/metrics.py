@@ -47,6 +47,13 @@ def correctness(pred: Sequence, gold: Sequence) -> list[int]:
     return [int(p == g) for p, g in zip(pred, gold, strict=True)]
 
 
+def mse(pred: Sequence[float], gold: Sequence[float]) -> float:
+    """Mean squared error (scikit-learn's mean_squared_error); NaN for an empty set."""
+    from sklearn.metrics import mean_squared_error
+
+    return float(mean_squared_error(list(gold), list(pred))) if len(gold) else float("nan")
+
+
 METRICS = {"accuracy": accuracy, "matthews": matthews, "pearson": pearson}
 
 

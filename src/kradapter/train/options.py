@@ -23,6 +23,9 @@ OPTIONS = {
     "cutoff_len": ("int", 2),
     "max_new_tokens": ("int", 1),
     "num_beams": ("int", 1),
+    "max_length": ("int", 1),
+    "image_size": ("int", 1),
+    "shots": ("int", 1),
     "epochs": ("positive", None),
     "lr": ("positive", None),
     "warmup_ratio": ("ratio", None),
@@ -39,6 +42,10 @@ def check_value(name: str, value) -> None:
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(f"{_flag(name)} must be an integer >= {minimum}, got {value!r}")
+        if name == "threads":
+            from .._resources import check_threads
+
+            check_threads(_flag(name), value)
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{_flag(name)} must be a finite number, got {value!r}")
@@ -53,6 +60,34 @@ def check_options(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if value is not None and not (name == "lr" and isinstance(value, str)):  # compare: "METHOD=LR,..."
             check_value(name, value)
+    check_labels_option(getattr(args, "labels", None))
+    check_target_modules_option(getattr(args, "target_modules", None))
+
+
+def check_labels_option(value: str | None) -> None:
+    """--labels: each class once (a repeated name would make a class no row can ever have)."""
+    if value is None:
+        return
+    labels = [v.strip() for v in value.split(",") if v.strip()]
+    repeated = sorted({v for v in labels if labels.count(v) > 1})
+    if repeated:
+        raise ValueError(f"--labels {value!r}: {', '.join(map(repr, repeated))} listed more than once")
+    if len(labels) < 2:
+        raise ValueError(f"--labels {value!r}: classification needs at least 2 classes")
+
+
+def check_target_modules_option(value: str | None) -> None:
+    """--target-modules: every regex entry compiles (tasks.base.resolve_targets' rule says which are regexes)."""
+    import re
+
+    from .tasks.base import is_pattern
+
+    for entry in [v.strip() for v in (value or "").split(",") if v.strip()]:
+        if is_pattern(entry):
+            try:
+                re.compile(entry)
+            except re.error as err:
+                raise ValueError(f"--target-modules: {entry!r} is not a valid regular expression ({err})") from None
 
 
 def option_type(name: str):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import resource
 import shutil
 import sys
@@ -42,7 +43,7 @@ from ..learning_rates import default_lr
 from ..outdir import OutputLock, clean_interrupted, publish_version
 from .baselines import BALANCED, group_baselines, not_above_majority
 from .callbacks import DivergenceGuard, EffectiveRankCallback, GracefulInterrupt
-from .checkpoints import StepTimer, drop_partial, latest_complete_checkpoint
+from .checkpoints import StepTimer, drop_partial, explain_unloadable, latest_complete_checkpoint
 from .deltas import adapter_deltas, spectral_means, spectral_table
 from .interval_tables import PER_EXAMPLE
 from .methods import (
@@ -62,6 +63,7 @@ from .tasks.base import Prepared
 
 RUN_INFO = "kradapter_run.json"
 RANK_POINTS = 20
+MAX_SEEDS = 1000
 FULL_DELTA = "full_delta.safetensors"
 FULL_HEAD = "full_head.safetensors"
 log = logging.getLogger(__name__)  # resume and clean-up notes; `kradapter train` shows them
@@ -78,11 +80,21 @@ def parse_seeds(value: str) -> list[int]:
         if "," in str(value):
             seeds = [int(s) for s in str(value).split(",") if s.strip()]
         else:
-            seeds = list(range(int(value)))
+            count = int(value)
+            if count > MAX_SEEDS:
+                raise ValueError(f"--seeds {value!r}: each seed is a full training run; give at most {MAX_SEEDS}")
+            seeds = list(range(count))
     except ValueError as err:
+        if "--seeds" in str(err):
+            raise
         raise ValueError(f"--seeds {value!r}: give a count (5) or a list (0,1,2)") from err
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds {value!r}: need at least one seed and no repeats")
+    if len(seeds) > MAX_SEEDS:
+        raise ValueError(f"--seeds {value!r}: {len(seeds)} seeds, each a full training run; give at most {MAX_SEEDS}")
+    bad = [s for s in seeds if not 0 <= s < 2**32]
+    if bad:
+        raise ValueError(f"--seeds {value!r}: seed {bad[0]} is outside 0..2**32-1, the range numpy and torch accept")
     return seeds
 
 
@@ -93,8 +105,8 @@ def parse_lr_grid(value: str | None) -> list[float]:
         grid = [float(v) for v in value.split(",") if v.strip()]
     except ValueError as err:
         raise ValueError(f"--lr-grid {value!r}: give comma-separated learning rates, e.g. 1e-4,3e-4,1e-3") from err
-    if len(grid) < 2 or any(lr <= 0 for lr in grid):
-        raise ValueError(f"--lr-grid {value!r}: need at least two positive learning rates")
+    if len(grid) < 2 or not all(math.isfinite(lr) and lr > 0 for lr in grid):
+        raise ValueError(f"--lr-grid {value!r}: need at least two positive finite learning rates")
     return grid
 
 
@@ -217,10 +229,11 @@ def train_seed(
 
         from .._compat import trainer_load_from_checkpoint
 
-        trainer_load_from_checkpoint(trainer, str(last))
+        with explain_unloadable(last):
+            trainer_load_from_checkpoint(trainer, str(last))
         trainer.state = TrainerState.load_from_json(str(last / "trainer_state.json"))
     else:
-        with interrupt:
+        with interrupt, explain_unloadable(last):
             trainer.train(resume_from_checkpoint=str(last) if last else None)
     steps = trainer.state.global_step
     if divergence.diverged is not None:
@@ -465,8 +478,9 @@ def run(args: argparse.Namespace, extra_callbacks=()) -> dict:
     _check_deepspeed(args)
     _check_scoring(args, task)
     out = Path(args.output_dir)
+    fresh = not out.exists()
     check_writable_dir(out)
-    with OutputLock(out):
+    with OutputLock(out, fresh=fresh):
         for path in clean_interrupted(out):
             log.warning("removed %s, left by an interrupted run", path)
         try:

@@ -67,7 +67,7 @@ def resolve_targets(
     names = [n for n, m in model.named_modules() if n and (not kinds or isinstance(m, kinds))]
     chosen: list[str] = []
     for entry in entries:
-        if any(c in entry for c in "*[]()|\\^$+?"):
+        if is_pattern(entry):
             hits = [n for n in names if re.fullmatch(entry, n)]
         else:
             hits = [n for n in names if n == entry or n.endswith("." + entry)]
@@ -80,6 +80,11 @@ def resolve_targets(
             )
         chosen.extend(h for h in hits if h not in chosen)
     return chosen
+
+
+def is_pattern(entry: str) -> bool:
+    """A --target-modules entry with regex characters is a full-name regex; any other is a name suffix."""
+    return any(c in entry for c in "*[]()|\\^$+?")
 
 
 def split_csv(value: str | None) -> list[str] | None:

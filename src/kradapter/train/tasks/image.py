@@ -23,6 +23,7 @@ from torch import nn
 from ..baselines import BALANCED, balanced_accuracy, set_baselines
 from ..data import load_file, parse_data_args, require_columns, spec_args, split_off, subsample
 from ..metrics import CORRECT, accuracy, correctness
+from ..options import option_type
 from .base import Prepared, batched, load_or_explain, resolve_targets, split_csv
 
 EFFICIENTNET = "efficientnet-lite0"
@@ -34,11 +35,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image-column", default="image", help="column holding images in data files (default image)")
     g.add_argument(
         "--image-size",
-        type=int,
+        type=option_type("image_size"),
         default=None,
         help="square input size (default: the model's; the offline default uses 64)",
     )
-    g.add_argument("--shots", type=int, default=None, help="k-shot: train on K images per class (seeded)")
+    g.add_argument(
+        "--shots",
+        type=option_type("shots"),
+        default=None,
+        help="k-shot: train on K images per class (seeded; default: all training images)",
+    )
 
 
 class VisionClassifier(nn.Module):

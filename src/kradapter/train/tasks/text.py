@@ -15,7 +15,8 @@ import numpy as np
 
 from ..baselines import BALANCED, balanced_accuracy, set_baselines
 from ..data import check_labels, load_file, parse_data_args, require_columns, spec_args, split_off, subsample
-from ..metrics import CORRECT, METRICS, correctness
+from ..metrics import CORRECT, METRICS, correctness, mse
+from ..options import option_type
 from .base import Prepared, batched, load_or_explain, resolve_targets, split_csv
 
 HEAD_NAMES = ("pre_classifier", "classifier", "score")
@@ -31,8 +32,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="comma-separated class list, in index order (default: the sorted labels of the train file)",
     )
-    g.add_argument("--regression", action="store_true", help="a real-valued target (one output, Pearson)")
-    g.add_argument("--max-length", type=int, default=128, help="tokens per example (default 128)")
+    g.add_argument(
+        "--regression",
+        action="store_true",
+        help="a real-valued target (one output; scored by Pearson's r, with the mean squared error beside it)",
+    )
+    g.add_argument("--max-length", type=option_type("max_length"), default=128, help="tokens per example (default 128)")
 
 
 def default_data() -> list[str]:
@@ -48,7 +53,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
         task="text",
         text_column=args.text_column or "text",
         pair_column=args.text_pair_column,
-        metric="accuracy",
+        metric="pearson" if args.regression else "accuracy",  # accuracy of real values is undefined
         regression=args.regression,
         classes=split_csv(args.labels),
     )
@@ -178,7 +183,7 @@ def prepare_classification(
         pairs = batched(model, ds, collator, args.eval_batch_size, step, desc="evaluating")
         pred, gold = [p for p, _ in pairs], [g for _, g in pairs]
         if regression:
-            return score(pred, gold)
+            return {metric: score(pred, gold), "mse": mse(pred, gold)}
         scores = {metric: score(pred, gold), BALANCED: balanced_accuracy(pred, gold)}
         # per-example correctness only where the score is its mean (not Matthews' correlation)
         return scores | ({CORRECT: correctness(pred, gold)} if metric == "accuracy" else {})
