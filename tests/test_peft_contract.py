@@ -15,6 +15,7 @@ import torch
 from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 
+import _bounds as bounds
 from _kradapter_models import MLP
 from kradapter import KRAdapterConfig, KronLoRAConfig, SinLoRAConfig
 
@@ -57,9 +58,9 @@ def test_set_training_switches_the_adapter_dropout_only(method):
 def test_merge_adapter_takes_peft_keywords_and_names_unknown_ones(method):
     _, model = adapted(method)
     expected = model(x())
+    tol = bounds.network_tol(model, x())  # both evaluations' float32 roundings per layer, times |W|...|x|
     model.merge_adapter(safe_merge=True)  # PeftModel passes **kwargs on to our tuner
-    # float32 merge: W0 + dW rounded once per weight; |error| <= (d_in + 2) * eps * |x| |W| summed over 3 layers
-    torch.testing.assert_close(model(x()), expected, rtol=1e-5, atol=1e-5)
+    assert (model(x()) - expected).abs().max().item() <= tol
     model.unmerge_adapter()
     with pytest.raises(TypeError, match=r"merge_adapter got options \['no_such_option'\]"):
         model.merge_adapter(no_such_option=True)
