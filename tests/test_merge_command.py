@@ -269,3 +269,14 @@ def test_a_second_merge_into_the_same_out_is_refused_with_one_line(dirs, tmp_pat
     assert len(err) == 1 and f"output dir {out} is in use" in err[0] and "--out" in err[0], err
     assert not out.exists() and not list(tmp_path.iterdir())
     assert main(argv) == 0 and not list(tmp_path.glob(".*"))  # released: the next one runs and leaves no lock
+
+
+def test_a_killed_merges_half_written_directory_is_removed_by_the_next_merge(dirs, tmp_path):
+    root, *_ = dirs
+    out = tmp_path / "merged"
+    left = tmp_path / ".merged.merging-abc123"  # what a SIGKILL during a merge leaves beside --out
+    left.mkdir()
+    (left / "model-00001-of-00002.safetensors").write_bytes(b"half")
+    merge_to_dir(str(root / "base"), str(root / "adapter"), out)
+    assert not left.exists() and out.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]

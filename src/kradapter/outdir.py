@@ -132,9 +132,16 @@ def give_usual_permissions(directory: str | os.PathLike) -> None:
 
 
 def make_temp_dir_beside(dest: str | os.PathLike, purpose: str) -> Path:
-    """A new directory next to `dest` (so it can become `dest` in one rename), with mkdir's usual permissions."""
+    """A new directory next to `dest` (so it can become `dest` in one rename), with mkdir's usual permissions.
+
+    Called while holding ``OutputLock(dest, beside=True)``: no other live run writes into `dest`, so an earlier
+    ``.NAME.PURPOSE-*`` directory there is a killed run's half-written output, removed first."""
+    import glob
+
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    for stale in dest.parent.glob(f".{glob.escape(dest.name)}.{purpose}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{purpose}-", dir=dest.parent))
     os.chmod(tmp, new_dir_mode())
     return tmp
