@@ -62,8 +62,9 @@ def memory_of(device: torch.device) -> int | None:
     return None  # meta (nothing is allocated), mps, xpu, ...
 
 
-# Heads PEFT's task models add to modules_to_save themselves, all candidates at once (a model has one of them).
-_TASK_HEADS = {"classifier", "score", "qa_outputs"}
+# Heads PEFT's task models add to modules_to_save themselves, all candidates at once (a model has one of them);
+# PEFT 0.22's sequence classifier adds "pre_classifier" too (peft_model.CLASSIFIER_MODULE_NAMES).
+_TASK_HEADS = {"classifier", "score", "pre_classifier", "qa_outputs"}
 
 
 def check_modules_to_save(model: nn.Module, config: PeftConfig) -> None:

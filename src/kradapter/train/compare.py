@@ -247,7 +247,7 @@ def format_table(header: list[str], rows: list[list[str]], markdown: bool = Fals
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         return "\n".join(lines)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(header)]  # rows may be empty
     fmt = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
     return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
@@ -402,7 +402,8 @@ def summarise(
         ("paired differences x 100 (first method - second, same seeds and examples)", unc["pairwise_table"]),
     ]
     for title, t in unc_tables:
-        lines += [f"{title}:", format_table(t["header"], t["rows"]), ""]
+        if t["rows"]:  # one method has no pairs
+            lines += [f"{title}:", format_table(t["header"], t["rows"]), ""]
     notes = [
         "eff. rank / nuclear / Frobenius: means over adapted layers of Delta W; s/epoch: wall seconds of the "
         "training steps per epoch (extrapolated where a run trained less than one epoch); cpu x: this process's "
