@@ -66,6 +66,17 @@ def test_from_pretrained_with_a_broken_weights_file_restores_the_model_and_names
     assert not any(isinstance(m, BaseTunerLayer) for m in model.modules())
 
 
+def test_an_adapter_config_that_is_not_json_is_named_not_the_weights(tmp_path):
+    directory = _saved(tmp_path)
+    config = directory / "adapter_config.json"
+    config.write_text(config.read_text()[:-5])  # cut short: still names the method, no longer JSON
+    model = fresh(0)
+    before = _state(model)
+    with pytest.raises(AdapterLoadError, match=f"cannot load adapter {config}: not valid JSON"):
+        PeftModel.from_pretrained(model, str(directory))
+    _same(_state(model), before)
+
+
 @pytest.mark.parametrize("break_", ["truncated", "missing"])
 def test_load_adapter_failure_keeps_the_existing_adapters_only(tmp_path, break_):
     first, second = _saved(tmp_path, seed=1), _saved(tmp_path, seed=2)

@@ -10,6 +10,7 @@ file gives them, so an error names what a user finds in the file.
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -269,4 +270,8 @@ def guarded_load(model: nn.Module, path, adapter_name: str, load, *, tensors=Non
             raise
         if reason is None and isinstance(err, (AdapterTensorError, AdapterLoadError)):
             reason = str(err)
+        if reason is None and isinstance(err, json.JSONDecodeError):
+            # the config, not the weights, is what could not be read: name the file that is broken
+            path = Path(str(path)).with_name("adapter_config.json")
+            reason = f"not valid JSON ({_first_line(err)})"
         raise load_error(path, adapter_name, reason or known or f"{type(err).__name__}: {_first_line(err)}") from err
