@@ -280,3 +280,24 @@ def test_a_killed_merges_half_written_directory_is_removed_by_the_next_merge(dir
     merge_to_dir(str(root / "base"), str(root / "adapter"), out)
     assert not left.exists() and out.is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--max-shard-size", "0", "argument --max-shard-size: '0' is not a positive size"),
+        ("--max-shard-size", "2XB", "argument --max-shard-size: '2XB' is not a positive size"),
+        ("--base", "/nonexistent/base", "argument --base: /nonexistent/base: no such model directory"),
+    ],
+)
+def test_merge_options_are_checked_before_anything_loads(dirs, tmp_path, capsys, option, value, message):
+    root, *_ = dirs
+    argv = ["merge", "--base", str(root / "base"), "--adapter", str(root / "adapter"), "--out", str(tmp_path / "m")]
+    if option in argv:
+        argv[argv.index(option) + 1] = value
+    else:
+        argv += [option, value]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()

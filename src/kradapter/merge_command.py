@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import re
+from pathlib import Path
 
 from .cli import command
 from .merge import DTYPES
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--base", required=True, help="the base model: a local transformers model directory")
+    parser.add_argument(
+        "--base", required=True, type=_base, help="the base model: a local transformers model directory"
+    )
     parser.add_argument("--adapter", required=True, help="the saved adapter directory (save_pretrained output)")
     parser.add_argument("--out", required=True, help="new (or empty) directory for the merged model")
     parser.add_argument(
@@ -24,7 +28,25 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="load the base quantized, as for QLoRA-style training, then dequantize to merge",
     )
-    parser.add_argument("--max-shard-size", default="2GB", help="largest safetensors shard (default 2GB)")
+    parser.add_argument(
+        "--max-shard-size", default="2GB", type=_shard_size, help="largest safetensors shard, e.g. 500MB (default 2GB)"
+    )
+
+
+def _base(value: str) -> str:
+    """A path that does not exist is refused here, naming it; a hub id (user/name) goes on to from_pretrained."""
+    looks_like_path = value.startswith((".", "/", "~")) or Path(value).exists() or value.count("/") > 1
+    if looks_like_path and not Path(value).expanduser().is_dir():
+        raise argparse.ArgumentTypeError(f"{value}: no such model directory")
+    return value
+
+
+def _shard_size(value: str) -> str | int:
+    """A positive size: bytes, or a number with KB / MB / GB / TB (transformers' units)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(KB|MB|GB|TB)?\s*", value, flags=re.I)
+    if m is None or float(m[1]) <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive size (bytes, or e.g. 500MB, 2GB)")
+    return value.strip() if m[2] else int(float(m[1]))
 
 
 @command("merge", "merge an adapter into its base and write a plain transformers model directory", _add_arguments)
