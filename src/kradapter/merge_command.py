@@ -34,8 +34,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _base(value: str) -> str:
-    """A path that does not exist is refused here, naming it; a hub id (user/name) goes on to from_pretrained."""
-    looks_like_path = value.startswith((".", "/", "~")) or Path(value).exists() or value.count("/") > 1
+    """An absolute or relative path (/..., ./..., ~/...) that does not exist is refused here, naming it; anything
+    else may be a hub id and goes on to from_pretrained."""
+    looks_like_path = value.startswith((".", "/", "~"))  # "user/name" may be a hub id: from_pretrained decides
     if looks_like_path and not Path(value).expanduser().is_dir():
         raise argparse.ArgumentTypeError(f"{value}: no such model directory")
     return value
