@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from torch import nn
 
 from .merge import check_out_dir, load_adapted, probe_inputs
 from .methods._geometry import CONV_TYPES, to_matrix_layout
-from .outdir import OutputLock, give_usual_permissions, make_temp_dir_beside
+from .outdir import OutputLock, published_beside
 
 WEIGHTS = "adapter_model.safetensors"
 PREFIX = "base_model.model."  # PeftModel's module names and PEFT's saved keys start with it
@@ -400,21 +399,13 @@ def convert_to_dir(
         conversion = convert_model(adapted, rank=rank, energy=energy, base_name=str(base))
         source_type = str(getattr(adapted.peft_config["default"].peft_type, "value", "adapter"))
         how = f"--rank {rank}" if rank is not None else f"--energy {energy}"
-        tmp = make_temp_dir_beside(out, "converting")
-        try:
+        with published_beside(out, "converting") as tmp:
             from safetensors.torch import save_file
 
             save_file(conversion.state_dict, str(tmp / WEIGHTS), metadata={"format": "pt"})
             conversion.config.save_pretrained(str(tmp))  # type: ignore[attr-defined]
             diff = _check_loads(adapted, tmp, conversion, inputs, reference)
             (tmp / "README.md").write_text(card(conversion, str(adapter_dir), source_type, how, diff))
-            give_usual_permissions(tmp)
-            if out.exists():
-                out.rmdir()  # empty (checked above); rename cannot replace a directory
-            os.rename(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     files = tuple(sorted(p.name for p in out.iterdir()))
     return ConvertResult(out, conversion, diff, files, sum(p.stat().st_size for p in out.iterdir()))
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .outdir import OutputLock, give_usual_permissions, make_temp_dir_beside
+from .outdir import OutputLock, published_beside
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -192,21 +192,13 @@ def _merge_locked(base, adapter_dir, out: Path, dtype, quantize, max_shard_size)
     merged = merged.to(target)
     merged.config.dtype = target
 
-    tmp = make_temp_dir_beside(out, "merging")
-    try:
+    with published_beside(out, "merging") as tmp:
         merged.save_pretrained(tmp, max_shard_size=max_shard_size, safe_serialization=True)
         _copy_tokenizer_files([Path(base), Path(adapter_dir)], tmp)
         _check_plain(tmp)
         reloaded = cls.from_pretrained(tmp, dtype=target).eval()
         diff = (_logits(reloaded, inputs) - reference).abs().max().item()
         del reloaded
-        give_usual_permissions(tmp)
-        if out.exists():
-            out.rmdir()  # empty (checked above); rename cannot replace a directory
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return MergeResult(out, diff, target, dequantized, tuple(sorted(p.name for p in out.iterdir())))
 
 

@@ -12,10 +12,12 @@ set whole; `clean_interrupted` removes what such a kill left behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from .dist import is_launcher_rank0, is_main_process
@@ -145,6 +147,24 @@ def make_temp_dir_beside(dest: str | os.PathLike, purpose: str) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{purpose}-", dir=dest.parent))
     os.chmod(tmp, new_dir_mode())
     return tmp
+
+
+@contextlib.contextmanager
+def published_beside(dest: str | os.PathLike, purpose: str) -> Iterator[Path]:
+    """``with published_beside(out, "merging") as tmp:`` write into `tmp`; when the block ends normally, `tmp` gets
+    the usual permissions and becomes `out` (new or empty) in one rename; when it raises, `tmp` is removed and
+    `out` is untouched. Hold ``OutputLock(out, beside=True)`` around it."""
+    dest = Path(dest)
+    tmp = make_temp_dir_beside(dest, purpose)
+    try:
+        yield tmp
+        give_usual_permissions(tmp)
+        if dest.exists():
+            dest.rmdir()  # empty (the caller checked); rename cannot replace a directory
+        os.rename(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _try_flock(fd: int) -> bool:
